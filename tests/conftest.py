@@ -1,0 +1,25 @@
+"""Shared test set-up: pinned threads and seeds so numbers do not depend on the machine."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def micro_config():
+    from vitcore import ViTConfig
+
+    return ViTConfig.preset("micro")

@@ -1,0 +1,71 @@
+"""vitcore: a readable Vision Transformer, its capture tools and its training loop.
+
+The model and config import eagerly (they need only torch and einops). Everything else is
+loaded on first use, so ``import vitcore`` stays fast and torchvision / transformers / ignite
+are imported only by the code that needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .config import PRESETS, ViTConfig
+from .model import (
+    VisionTransformer,
+    conv_as_linear,
+    interpolate_pos_embedding,
+    patchify,
+    unpatchify,
+)
+
+__version__ = "0.1.0"
+
+# public name -> submodule that defines it
+_LAZY: dict[str, str] = {
+    # capture and analysis
+    "capture": "capture",
+    "capturing": "capture",
+    "Trace": "capture",
+    # data, training, checkpoints
+    "DataBundle": "data",
+    "ShapesDataset": "data",
+    "from_image_folder": "data",
+    "from_zip": "data",
+    "shapes_bundle": "data",
+    "fit": "train",
+    "fit_ignite": "train",
+    "save_checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    # bring your own ViT
+    "from_torchvision": "pretrained",
+    "from_hf": "pretrained",
+    "verify": "pretrained",
+}
+_SUBMODULES = {"analysis", "capture", "checkpoint", "data", "pretrained", "train"}
+
+__all__ = [
+    "PRESETS",
+    "ViTConfig",
+    "VisionTransformer",
+    "__version__",
+    "conv_as_linear",
+    "interpolate_pos_embedding",
+    "patchify",
+    "unpatchify",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'vitcore' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(__all__) | _SUBMODULES)

@@ -1,0 +1,175 @@
+"""The one configuration object of a Vision Transformer (Dosovitskiy et al. 2021, Table 1)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+__all__ = ["PRESETS", "ViTConfig", "divisors"]
+
+
+def divisors(n: int) -> list[int]:
+    """All positive divisors of ``n`` in increasing order."""
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+# Named architectures. "micro" is ours: small enough to fine-tune on 32x32 images in a lecture
+# on two CPU cores; the others are the paper's / DeiT's sizes.
+PRESETS: dict[str, dict[str, Any]] = {
+    "micro": dict(image_size=32, patch_size=4, dim=64, depth=4, heads=4, mlp_ratio=2.0, num_classes=5),
+    "tiny": dict(image_size=224, patch_size=16, dim=192, depth=12, heads=3),
+    "small": dict(image_size=224, patch_size=16, dim=384, depth=12, heads=6),
+    "base": dict(image_size=224, patch_size=16, dim=768, depth=12, heads=12),
+    "large": dict(image_size=224, patch_size=16, dim=1024, depth=24, heads=16),
+}
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """Hyper-parameters of a ViT; validated on construction, immutable afterwards."""
+
+    image_size: tuple[int, int] = (224, 224)  # (H, W); an int means square; need not be square
+    patch_size: int = 16  # P; H and W must be multiples of P
+    in_channels: int = 3  # C
+    num_classes: int = 1000  # size of the classification head; 0 means no head (features only)
+    dim: int = 768  # D, the token width
+    depth: int = 12  # L, number of encoder blocks
+    heads: int = 12  # number of attention heads; must divide D
+    mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * D
+    dropout: float = 0.0  # dropout after embeddings and inside the MLP / attention output
+    attention_dropout: float = 0.0  # dropout on the attention matrix
+    qkv_bias: bool = True
+    pool: str = "cls"  # "cls": head reads the CLS token; "mean": mean of patch tokens
+    layer_norm_eps: float = 1e-6
+    fused_attention: bool = True  # default attention path (switchable per model at run time)
+    distilled: bool = False  # DeiT: an extra distillation token with its own head
+
+    def __post_init__(self) -> None:
+        size = self.image_size
+        if isinstance(size, int) and not isinstance(size, bool):
+            size = (size, size)
+        elif isinstance(size, (list, tuple)) and len(size) == 2:
+            size = tuple(size)
+        else:
+            raise ValueError(f"image_size={self.image_size!r} must be an int or a (height, width) pair")
+        _check(
+            all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size),
+            f"image_size={self.image_size!r} must hold positive integers",
+        )
+        object.__setattr__(self, "image_size", size)
+
+        def positive_int(name: str, allow_zero: bool = False) -> None:
+            value = getattr(self, name)
+            low = 0 if allow_zero else 1
+            _check(
+                isinstance(value, int) and not isinstance(value, bool) and value >= low,
+                f"{name}={value!r} must be an integer >= {low}",
+            )
+
+        for name in ("patch_size", "in_channels", "dim", "depth", "heads"):
+            positive_int(name)
+        positive_int("num_classes", allow_zero=True)
+
+        h, w = size
+        p = self.patch_size
+        if h % p or w % p:
+            valid = [d for d in divisors(h) if w % d == 0]
+            raise ValueError(
+                f"image_size {h}x{w} is not a multiple of patch_size={p}; "
+                f"patch sizes that fit are {valid}, or change the image size to a multiple of {p}"
+            )
+        _check(
+            self.dim % self.heads == 0,
+            f"dim={self.dim} is not divisible by heads={self.heads}; try heads in {divisors(self.dim)}",
+        )
+        _check(
+            isinstance(self.mlp_ratio, (int, float)) and self.mlp_ratio > 0 and int(self.dim * self.mlp_ratio) >= 1,
+            f"mlp_ratio={self.mlp_ratio!r} must be a positive number (4.0 in the paper)",
+        )
+        for name in ("dropout", "attention_dropout"):
+            value = getattr(self, name)
+            _check(
+                isinstance(value, (int, float)) and 0.0 <= value < 1.0,
+                f"{name}={value!r} must be in [0, 1)",
+            )
+        _check(self.pool in ("cls", "mean"), f"pool={self.pool!r} must be 'cls' or 'mean'")
+        _check(
+            isinstance(self.layer_norm_eps, (int, float)) and 0 < self.layer_norm_eps < 1,
+            f"layer_norm_eps={self.layer_norm_eps!r} must be a small positive number such as 1e-6",
+        )
+        for name in ("qkv_bias", "fused_attention", "distilled"):
+            _check(isinstance(getattr(self, name), bool), f"{name}={getattr(self, name)!r} must be True or False")
+
+    # ----------------------------------------------------------------- derived quantities
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Patch grid (gh, gw) = (H / P, W / P)."""
+        return self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        """N, the number of patch tokens."""
+        gh, gw = self.grid_size
+        return gh * gw
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patches: CLS, plus DeiT's distillation token when distilled."""
+        return 1 + int(self.distilled)
+
+    @property
+    def head_dim(self) -> int:
+        """d = D / heads, the width of one attention head."""
+        return self.dim // self.heads
+
+    @property
+    def mlp_dim(self) -> int:
+        """Hidden width of the MLP."""
+        return int(self.dim * self.mlp_ratio)
+
+    # ----------------------------------------------------------------- constructors / IO
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> ViTConfig:
+        """A named architecture (micro, tiny, small, base, large) with fields overridden."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def replace(self, **changes: Any) -> ViTConfig:
+        """A validated copy with some fields changed."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of all fields."""
+        d = asdict(self)
+        d["image_size"] = list(self.image_size)
+        return d
+
+    def to_json(self) -> str:
+        """The config as a JSON string."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ViTConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are refused with their names."""
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a dict of config fields, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ViTConfig fields {unknown}; valid fields are {sorted(known)}")
+        data = dict(data)
+        if isinstance(data.get("image_size"), list):
+            data["image_size"] = tuple(data["image_size"])
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> ViTConfig:
+        """Inverse of :meth:`to_json`."""
+        return cls.from_dict(json.loads(text))
