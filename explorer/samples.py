@@ -1,0 +1,32 @@
+"""The sample gallery: real photos from scikit-image plus Shapes images with their object masks."""
+
+from __future__ import annotations
+
+from explorer.images import SampleImage, sample_images
+
+__all__ = ["gallery", "shapes_samples"]
+
+
+def shapes_samples(per_class: int = 1, image_size: int = 32, seed: int = 1234) -> dict[str, SampleImage]:
+    """Shapes images (one per class by default) with their ground-truth masks, from a fixed seed."""
+    from vitcore.data import ShapesDataset
+
+    classes = ShapesDataset.DEFAULT_CLASSES
+    ds = ShapesDataset(len(classes) * per_class, image_size=image_size, seed=seed)
+    out: dict[str, SampleImage] = {}
+    for i in range(len(ds)):
+        image, label, mask = ds.sample(i)
+        name = f"shapes: {classes[label]} #{i // len(classes) + 1}" if per_class > 1 else f"shapes: {classes[label]}"
+        if name not in out:
+            out[name] = SampleImage(name, image, mask, classes[label])
+    return out
+
+
+def gallery() -> dict[str, SampleImage]:
+    """Every sample the sidebar offers, photos first."""
+    out = {name: SampleImage(name, img) for name, img in sample_images().items()}
+    try:
+        out.update(shapes_samples())
+    except (ImportError, AttributeError):  # the Shapes data set is optional for the gallery
+        pass
+    return out

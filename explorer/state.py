@@ -1,0 +1,70 @@
+"""Every ``st.session_state`` key the app uses, in one place, with its default.
+
+Pages never spell a key as a literal string: they import it from here, so a typo is an
+ImportError rather than a silent fresh default.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# sidebar: image input
+IMAGE_SOURCE = "image_source"  # "sample" | "upload" | "camera"
+SAMPLE_NAME = "sample_name"  # name in the sample gallery
+UPLOAD = "image_upload"  # st.file_uploader widget
+CAMERA = "image_camera"  # st.camera_input widget
+
+# sidebar: model choice
+MODEL_KIND = "model_kind"  # see explorer.models.MODEL_KINDS
+PRESET_NAME = "preset_name"
+PRESET_PATCH = "preset_patch"
+PRESET_HEADS = "preset_heads"
+PRESET_DEPTH = "preset_depth"
+PRESET_DIM = "preset_dim"
+PRESET_IMAGE = "preset_image"
+CHECKPOINT_UPLOAD = "checkpoint_upload"
+SESSION_MODELS = "session_models"  # name -> checkpoint bytes fine-tuned in this session
+SESSION_MODEL_NAME = "session_model_name"
+TORCHVISION_NAME = "torchvision_name"
+HF_SOURCE = "hf_source"
+
+# page widgets
+PATCH_SIZE = "patches_patch_size"
+LAYER = "attention_layer"
+HEAD = "attention_head"
+QUERY = "attention_query"  # patch index of the query token
+ROLLOUT_FUSION = "rollout_fusion"
+ROLLOUT_DISCARD = "rollout_discard"
+TOPK = "predict_topk"
+MASKED_PATCHES = "predict_masked"
+PLAY_A = "playground_a"
+PLAY_B = "playground_b"
+
+# training page
+TRAIN_JOB = "train_job_id"
+
+DEFAULTS: dict[str, Any] = {
+    IMAGE_SOURCE: "sample",
+    SAMPLE_NAME: "chelsea",
+    MODEL_KIND: "bundled",
+    PRESET_NAME: "tiny",
+    SESSION_MODELS: {},
+    LAYER: 0,
+    HEAD: 0,
+    QUERY: 0,
+    ROLLOUT_FUSION: "mean",
+    ROLLOUT_DISCARD: 0.0,
+    TOPK: 5,
+    MASKED_PATCHES: [],
+    TRAIN_JOB: None,
+}
+
+# settings that live in the URL so a teacher can share a link to exactly this view
+URL_KEYS = (SAMPLE_NAME, MODEL_KIND, PRESET_NAME, LAYER, HEAD, QUERY, PATCH_SIZE)
+
+
+def init(state: Any) -> None:
+    """Fill missing keys of a session-state mapping with their defaults (copies for mutables)."""
+    for key, value in DEFAULTS.items():
+        if key not in state:
+            state[key] = value.copy() if isinstance(value, (dict, list)) else value

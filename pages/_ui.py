@@ -1,0 +1,230 @@
+"""Streamlit glue shared by every page: sidebar inputs, cached models and traces, errors.
+
+This is the only module besides the pages that imports Streamlit; the logic it calls lives in
+``explorer/`` and is tested there. Shared objects from ``st.cache_resource`` are read-only:
+anything that hooks or trains works on a copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from typing import Any
+
+import streamlit as st
+import torch
+
+from explorer import state as S
+from explorer.images import ImageError, load_image, sample_images, to_tensor
+from explorer.models import MODEL_KINDS, LoadedModel, ModelSpec, build_model, digest
+from vitcore import PRESETS, ViTConfig
+
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"]
+
+
+# ----------------------------------------------------------------------------- caches
+@st.cache_resource(max_entries=16, show_spinner="Loading model…")
+def cached_model(spec: ModelSpec, _data: bytes | None = None) -> LoadedModel:
+    """One shared, read-only model per spec (uploads keyed by their digest in ``spec``)."""
+    return build_model(spec, _data)
+
+
+@st.cache_resource(max_entries=1, show_spinner=False)
+def cached_samples() -> dict[str, Any]:
+    """The sample gallery: skimage photos and Shapes samples (image, mask, label)."""
+    from explorer.samples import gallery
+
+    return gallery()
+
+
+@st.cache_resource(max_entries=64, show_spinner="Running the model and recording every stage…")
+def cached_trace(spec: ModelSpec, image_key: str, size: tuple[int, int], _loaded: LoadedModel, _x: torch.Tensor):
+    """Full capture of one image through one model, computed once and shared read-only."""
+    from explorer.analysis import trace_image
+
+    return trace_image(_loaded, _x)
+
+
+# ----------------------------------------------------------------------------- helpers
+def show_error(exc: BaseException, what: str = "") -> None:
+    """A user-facing error box; the page keeps working."""
+    prefix = f"{what}: " if what else ""
+    st.error(f"{prefix}{exc}")
+
+
+def _query_defaults() -> None:
+    """Seed session state from the URL once per session (shareable views)."""
+    if st.session_state.get("_url_loaded"):
+        return
+    st.session_state["_url_loaded"] = True
+    params = st.query_params
+    for key in S.URL_KEYS:
+        if key in params:
+            raw = params[key]
+            default = S.DEFAULTS.get(key)
+            try:
+                st.session_state[key] = int(raw) if isinstance(default, int) or key == S.PATCH_SIZE else raw
+            except ValueError:
+                continue
+
+
+def sync_url(*keys: str) -> None:
+    """Write the given settings into the URL so the current view can be shared."""
+    for key in keys:
+        value = st.session_state.get(key)
+        if value is not None and not isinstance(value, (list, dict)):
+            st.query_params[key] = str(value)
+
+
+# ----------------------------------------------------------------------------- sidebar
+def sidebar() -> None:
+    """Image and model pickers shared by all pages."""
+    S.init(st.session_state)
+    _query_defaults()
+    with st.sidebar:
+        st.subheader("Image")
+        source = st.radio(
+            "Source", ["sample", "upload", "camera"], key=S.IMAGE_SOURCE, horizontal=True,
+            format_func={"sample": "Gallery", "upload": "Upload", "camera": "Camera"}.get,
+        )
+        if source == "sample":
+            names = list(cached_samples())
+            if st.session_state.get(S.SAMPLE_NAME) not in names:
+                st.session_state[S.SAMPLE_NAME] = names[0]
+            st.selectbox("Sample", names, key=S.SAMPLE_NAME)
+        elif source == "upload":
+            st.file_uploader("Your image", type=UPLOAD_TYPES, key=S.UPLOAD)
+        else:
+            st.camera_input("Take a photo", key=S.CAMERA)
+
+        st.subheader("Model")
+        kinds = list(MODEL_KINDS)
+        st.selectbox("Model", kinds, key=S.MODEL_KIND, format_func=MODEL_KINDS.get)
+        kind = st.session_state[S.MODEL_KIND]
+        if kind == "preset":
+            _preset_controls()
+        elif kind == "checkpoint":
+            st.file_uploader("Checkpoint saved by ViT Explorer", type=["safetensors"], key=S.CHECKPOINT_UPLOAD)
+        elif kind == "session":
+            names = list(st.session_state[S.SESSION_MODELS])
+            if names:
+                st.selectbox("Fine-tuned model", names, key=S.SESSION_MODEL_NAME)
+            else:
+                st.info("No model fine-tuned in this session yet: use the Fine-tune page.")
+        elif kind == "torchvision":
+            st.selectbox("Architecture", ["vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14"],
+                         key=S.TORCHVISION_NAME)
+            st.caption("Uses weights from the local torch hub cache when present, random weights otherwise.")
+        elif kind == "hf":
+            st.text_input("Hub id or local folder", key=S.HF_SOURCE, placeholder="google/vit-base-patch16-224")
+
+
+def _preset_controls() -> None:
+    name = st.selectbox("Preset", list(PRESETS), key=S.PRESET_NAME)
+    base = ViTConfig.preset(name)
+    size = st.select_slider("Image size", [32, 64, 96, 128, 160, 192, 224, 256, 384],
+                            value=st.session_state.get(S.PRESET_IMAGE, base.image_size[0]), key=S.PRESET_IMAGE)
+    valid_patches = [p for p in (2, 4, 8, 14, 16, 32) if size % p == 0 and p < size]
+    default_patch = base.patch_size if base.patch_size in valid_patches else valid_patches[-1]
+    if st.session_state.get(S.PRESET_PATCH) not in valid_patches:
+        st.session_state[S.PRESET_PATCH] = default_patch
+    st.select_slider("Patch size P", valid_patches, key=S.PRESET_PATCH)
+    dims = [32, 64, 96, 128, 192, 256, 384, 512, 768]
+    if st.session_state.get(S.PRESET_DIM) not in dims:
+        st.session_state[S.PRESET_DIM] = base.dim if base.dim in dims else 192
+    dim = st.select_slider("Width D", dims, key=S.PRESET_DIM)
+    heads = [h for h in (1, 2, 3, 4, 6, 8, 12, 16) if dim % h == 0]
+    if st.session_state.get(S.PRESET_HEADS) not in heads:
+        st.session_state[S.PRESET_HEADS] = base.heads if base.heads in heads else heads[-1]
+    st.select_slider("Heads", heads, key=S.PRESET_HEADS)
+    if S.PRESET_DEPTH not in st.session_state:
+        st.session_state[S.PRESET_DEPTH] = min(base.depth, 12)
+    st.slider("Depth (blocks)", 1, 12, key=S.PRESET_DEPTH)
+
+
+def current_spec() -> tuple[ModelSpec, bytes | None]:
+    """The model the sidebar currently selects, and its bytes when it is an upload."""
+    ss = st.session_state
+    kind = ss.get(S.MODEL_KIND, "bundled")
+    if kind == "preset":
+        overrides = (
+            ("image_size", int(ss[S.PRESET_IMAGE])),
+            ("patch_size", int(ss[S.PRESET_PATCH])),
+            ("dim", int(ss[S.PRESET_DIM])),
+            ("heads", int(ss[S.PRESET_HEADS])),
+            ("depth", int(ss[S.PRESET_DEPTH])),
+        )
+        return ModelSpec("preset", preset=ss[S.PRESET_NAME], overrides=overrides), None
+    if kind == "checkpoint":
+        upload = ss.get(S.CHECKPOINT_UPLOAD)
+        if upload is None:
+            raise ValueError("Upload a .safetensors checkpoint in the sidebar, or pick another model.")
+        data = upload.getvalue()
+        return ModelSpec("checkpoint", digest=digest(data)), data
+    if kind == "session":
+        name = ss.get(S.SESSION_MODEL_NAME)
+        models = ss[S.SESSION_MODELS]
+        if not name or name not in models:
+            raise ValueError("No model fine-tuned in this session yet: train one on the Fine-tune page.")
+        data = models[name]
+        return ModelSpec("session", name=name, digest=digest(data)), data
+    if kind == "torchvision":
+        return ModelSpec("torchvision", name=ss.get(S.TORCHVISION_NAME) or "vit_b_16"), None
+    if kind == "hf":
+        source = (ss.get(S.HF_SOURCE) or "").strip()
+        if not source:
+            raise ValueError("Type a Hugging Face model id or a local folder in the sidebar.")
+        return ModelSpec("hf", name=source), None
+    return ModelSpec("bundled"), None
+
+
+def current_model() -> tuple[ModelSpec, LoadedModel] | None:
+    """The selected model (shared, read-only), or None after showing why it could not load."""
+    try:
+        spec, data = current_spec()
+        return spec, cached_model(spec, data)
+    except (ValueError, OSError, RuntimeError) as exc:
+        show_error(exc, "Model")
+        return None
+
+
+def current_image() -> tuple[str, Any, Any] | None:
+    """(key, RGB image, object mask or None) for the selected input, or None with a message."""
+    ss = st.session_state
+    source = ss.get(S.IMAGE_SOURCE, "sample")
+    if source == "sample":
+        samples = cached_samples()
+        name = ss.get(S.SAMPLE_NAME)
+        if name not in samples:
+            name = next(iter(samples))
+        sample = samples[name]
+        return f"sample:{name}", sample.image, sample.mask
+    widget = ss.get(S.UPLOAD if source == "upload" else S.CAMERA)
+    if widget is None:
+        st.info("Upload an image (or take a photo) in the sidebar; the gallery works too.")
+        return None
+    data = widget.getvalue()
+    try:
+        image = load_image(data)
+    except ImageError as exc:
+        show_error(exc, "Image")
+        return None
+    return f"upload:{hashlib.sha256(data).hexdigest()}", image, None
+
+
+def model_input(loaded: LoadedModel, image: Any, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """The image as the model's normalised (1, 3, H, W) input."""
+    return to_tensor(image, size or loaded.image_size, loaded.mean, loaded.std)
+
+
+def trace_for(spec: ModelSpec, loaded: LoadedModel, image_key: str, image: Any):
+    """Cached full trace of the current image through the current model."""
+    x = model_input(loaded, image)
+    return cached_trace(spec, image_key, tuple(loaded.image_size), loaded, x)
+
+
+def png_bytes(image: Any) -> bytes:
+    """PIL image -> PNG bytes for a download button."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
