@@ -10,9 +10,9 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a classroom server has no hub access
 
-import streamlit as st  # noqa: E402
+import streamlit as st
 
-from pages._ui import sidebar  # noqa: E402
+from pages._ui import sidebar
 
 st.set_page_config(page_title="ViT Explorer", page_icon="🔬", layout="wide")
 

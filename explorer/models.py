@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from vitcore import ViTConfig, VisionTransformer
+from vitcore import VisionTransformer, ViTConfig
 
 __all__ = [
     "ASSETS",

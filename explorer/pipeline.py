@@ -37,7 +37,6 @@ def shape_flow(model: VisionTransformer, images: torch.Tensor) -> list[Stage]:
     P = cfg.patch_size
     B, C, H, W = images.shape
     gh, gw = model.grid_for(H, W)
-    N = gh * gw
     patches = patchify(images, P)  # (B, N, C*P*P)
     emb = model.patch_embed(images)  # (B, N, D)
     prefix = [model.cls_token.expand(B, -1, -1)]

@@ -25,8 +25,5 @@ def shapes_samples(per_class: int = 1, image_size: int = 32, seed: int = 1234) -
 def gallery() -> dict[str, SampleImage]:
     """Every sample the sidebar offers, photos first."""
     out = {name: SampleImage(name, img) for name, img in sample_images().items()}
-    try:
-        out.update(shapes_samples())
-    except (ImportError, AttributeError):  # the Shapes data set is optional for the gallery
-        pass
+    out.update(shapes_samples())
     return out

@@ -15,7 +15,7 @@ import streamlit as st
 import torch
 
 from explorer import state as S
-from explorer.images import ImageError, load_image, sample_images, to_tensor
+from explorer.images import ImageError, load_image, to_tensor
 from explorer.models import MODEL_KINDS, LoadedModel, ModelSpec, build_model, digest
 from vitcore import PRESETS, ViTConfig
 
@@ -228,3 +228,51 @@ def png_bytes(image: Any) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def clickable(fig: Any, chart_key: str, target_key: str, container: Any = st) -> None:
+    """Show a figure whose patch markers are clickable; a click stores the patch index in ``target_key``."""
+    from explorer.figures import selected_patch
+
+    def on_select() -> None:
+        patch = selected_patch(st.session_state.get(chart_key))
+        if patch is not None:
+            st.session_state[target_key] = patch
+
+    container.plotly_chart(fig, key=chart_key, on_select=on_select, selection_mode="points")
+
+
+def patch_picker(label: str, key: str, num_patches: int, container: Any = st) -> int:
+    """A number input for a patch index kept in range (clicks on figures write the same key)."""
+    value = st.session_state.get(key, 0)
+    if not isinstance(value, int) or not 0 <= value < num_patches:
+        st.session_state[key] = 0
+    return int(container.number_input(label, 0, num_patches - 1, key=key))
+
+
+@st.cache_resource(max_entries=64, show_spinner="Computing the class-specific relevance…")
+def cached_gradient_rollout(spec: ModelSpec, image_key: str, _loaded: LoadedModel, _image: Any, target: int):
+    """Chefer et al. relevance map for one class, on a private copy of the model (numpy (gh, gw))."""
+    import copy
+
+    from vitcore.analysis import gradient_rollout
+
+    model = copy.deepcopy(_loaded.model)
+    x = model_input(_loaded, _image)
+    return gradient_rollout(model, x, target)[0].detach().numpy()
+
+
+@st.cache_resource(max_entries=64, show_spinner="Masking every patch in turn…")
+def cached_occlusion_map(spec: ModelSpec, image_key: str, _loaded: LoadedModel, _image: Any, target: int):
+    """Occlusion sensitivity (gh, gw) of one class (forward passes only, no hooks: shared model is fine)."""
+    from vitcore.analysis import occlusion_map
+
+    return occlusion_map(_loaded.model, model_input(_loaded, _image), target).detach().numpy()
+
+
+@st.cache_resource(max_entries=32, show_spinner="Building and timing the model…")
+def cached_playground(config: ViTConfig) -> dict[str, Any]:
+    """A random model for a playground config, its measured latency and an attention-map function."""
+    from explorer.playground import playground_model
+
+    return playground_model(config)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from explorer.pipeline import cost_summary, param_count, shape_flow
-from vitcore import ViTConfig, VisionTransformer
+from vitcore import VisionTransformer, ViTConfig
 
 
 def test_shape_flow_matches_the_real_forward_pass():

@@ -1,0 +1,63 @@
+"""Embeddings: what the patch, position and CLS embeddings look like (paper Fig. 7 left, centre)."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from explorer import figures as F
+from explorer.images import fit_to_size
+from pages._ui import clickable, current_image, current_model, patch_picker, trace_for
+from vitcore import analysis
+
+st.title("2 · Embeddings")
+picked, img = current_model(), current_image()
+if picked is None or img is None:
+    st.stop()
+spec, loaded = picked
+key, image, _ = img
+cfg = loaded.config
+trace = trace_for(spec, loaded, key, image)
+grid = tuple(trace.grid)
+resized = np.asarray(fit_to_size(image, cfg.image_size))
+prefix = trace.num_prefix_tokens
+
+st.subheader("Patch tokens as colours")
+layer = st.slider("After block (0 = embeddings + position, before any block)", 0, cfg.depth, cfg.depth,
+                  key="emb_layer")
+rgb = analysis.patch_pca_rgb(trace.tokens[layer][0], grid, num_prefix_tokens=prefix)
+left, right = st.columns(2)
+left.plotly_chart(F.image_with_grid(resized, cfg.patch_size, title="input"), key="emb_input")
+right.image(np.kron(np.asarray(rgb), np.ones((16, 16, 1))).clip(0, 1), caption=(
+    "first three principal components of the patch tokens as red, green, blue: patches the model "
+    "represents alike get alike colours"), width="stretch")
+with st.expander("What is a token, and what is the CLS token for?"):
+    st.markdown(
+        "Each patch becomes one D-dimensional vector, a *token*. A transformer has no built-in notion of "
+        "'the whole image', so ViT prepends one extra learned token, **CLS**. It carries no pixels; through "
+        "attention it gathers information from every patch, and after the last block the classifier reads "
+        "only that token. (With `pool='mean'` the head averages the patch tokens instead.)"
+    )
+
+st.subheader("Embedding filters (Fig. 7, left)")
+filters = analysis.embedding_filters(loaded.model, k=min(28, 3 * cfg.patch_size**2, cfg.dim))
+st.plotly_chart(F.filters_figure(filters.numpy()), key="emb_filters")
+st.caption("The principal components of the rows of E (the patch-embedding weights), each shown as a P×P RGB "
+           "patch. Trained ViTs learn smooth, Gabor-like bases; a random model shows noise.")
+
+st.subheader("Position embedding similarity (Fig. 7, centre)")
+sim = analysis.position_embedding_similarity(trace.pos_embedding, grid, num_prefix_tokens=prefix).numpy()
+N = grid[0] * grid[1]
+cols = st.columns([1, 1])
+patch = patch_picker("Patch (or click one on the right)", "emb_patch", N, cols[0])
+clickable(F.heatmap_over_image(resized, sim[patch], highlight=patch, name="cosine",
+                               title=f"cosine of patch {patch}'s position with all others"),
+          "emb_pos_click", "emb_patch", cols[1])
+cols[0].plotly_chart(F.similarity_grid(sim, grid, title="all patches (tile r, c = patch at row r, column c)"),
+                     key="emb_pos_all")
+st.download_button("Position similarity (CSV, N×N)", F.to_csv(sim.reshape(N, N)), "position_similarity.csv")
+
+st.subheader("How much each patch resembles CLS")
+cls = analysis.cls_similarity(trace.tokens[-1][0], grid, num_prefix_tokens=prefix).numpy()
+st.plotly_chart(F.heatmap_over_image(resized, cls, title="cosine(patch token, CLS token) after the last block",
+                                     name="cosine"), key="emb_cls")

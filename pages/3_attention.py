@@ -1,0 +1,122 @@
+"""Attention: every head's map for a query you click, rollout, gradients, distance, the arithmetic."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from explorer import figures as F
+from explorer import state as S
+from explorer.images import fit_to_size
+from explorer.traces import attention_steps, query_maps
+from pages._ui import (
+    cached_gradient_rollout,
+    clickable,
+    current_image,
+    current_model,
+    patch_picker,
+    sync_url,
+    trace_for,
+)
+from vitcore import analysis
+
+st.title("3 · Attention")
+picked, img = current_model(), current_image()
+if picked is None or img is None:
+    st.stop()
+spec, loaded = picked
+key, image, mask = img
+cfg = loaded.config
+trace = trace_for(spec, loaded, key, image)
+grid = tuple(trace.grid)
+N = grid[0] * grid[1]
+prefix = trace.num_prefix_tokens
+resized = np.asarray(fit_to_size(image, cfg.image_size))
+
+for k, top in ((S.LAYER, cfg.depth - 1), (S.HEAD, cfg.heads - 1)):
+    if not isinstance(st.session_state.get(k), int) or not 0 <= st.session_state[k] <= top:
+        st.session_state[k] = 0
+c1, c2, c3 = st.columns(3)
+layer = c1.slider("Layer", 0, cfg.depth - 1, key=S.LAYER)
+head = c2.slider("Head", 0, cfg.heads - 1, key=S.HEAD)
+query = patch_picker("Query patch (or click the image)", S.QUERY, N, c3)
+sync_url(S.LAYER, S.HEAD, S.QUERY)
+
+maps = query_maps(trace, layer, query)  # (H, gh, gw)
+left, right = st.columns(2)
+with left:
+    clickable(F.heatmap_over_image(resized, maps[head], highlight=query, name="attention",
+                                   title=f"layer {layer}, head {head}: where patch {query} looks"),
+              "attn_click", S.QUERY)
+    st.download_button("This map (CSV)", F.to_csv(maps[head]), f"attention_l{layer}_h{head}_q{query}.csv")
+with right:
+    st.plotly_chart(F.head_maps(maps, [f"head {h}" for h in range(cfg.heads)], cols=4),
+                    key="attn_heads")
+    st.caption(f"All {cfg.heads} heads of layer {layer} for query patch {query}: each head learns its own "
+               "notion of relevance.")
+
+st.subheader("What the CLS token attends to")
+cls_maps = query_maps(trace, layer, None)
+st.plotly_chart(F.head_maps(cls_maps, [f"head {h}" for h in range(cfg.heads)], cols=6), key="attn_cls")
+
+st.subheader("Attention rollout (Abnar & Zuidema 2020)")
+r1, r2 = st.columns(2)
+fusion = r1.selectbox("Fuse heads by", ["mean", "max", "min"], key=S.ROLLOUT_FUSION)
+discard = r2.slider("Discard the lowest attention weights (ratio)", 0.0, 0.95, step=0.05, key=S.ROLLOUT_DISCARD)
+rollout = analysis.attention_rollout(trace.attention, head_fusion=fusion, discard_ratio=discard, grid=grid,
+                                     num_prefix_tokens=prefix)[0].numpy()
+probs = trace.logits[0].softmax(-1).numpy()
+names = loaded.class_names
+target = st.selectbox("Class for the gradient rollout (Chefer et al. 2021)", range(len(names)),
+                      index=int(np.argmax(probs)), format_func=lambda i: f"{names[i]} ({probs[i]:.1%})",
+                      key="attn_target")
+grad_map = cached_gradient_rollout(spec, key, loaded, image, int(target))
+g1, g2 = st.columns(2)
+g1.plotly_chart(F.heatmap_over_image(resized, rollout, title=f"rollout ({fusion}, discard {discard:.0%})",
+                                     name="rollout"), key="attn_rollout")
+g2.plotly_chart(F.heatmap_over_image(resized, grad_map, title=f"gradient rollout for '{names[target]}'",
+                                     name="relevance"), key="attn_grad")
+if mask is not None:
+    share_r = analysis.attention_mass_in_mask(rollout, mask)
+    share_g = analysis.attention_mass_in_mask(grad_map, mask)
+    area = float(np.asarray(mask, dtype=bool).mean())
+    st.info(f"Share of the map inside the object: rollout {share_r:.0%}, gradient rollout {share_g:.0%} "
+            f"(the object covers {area:.0%} of the image, so {area:.0%} is chance).")
+with st.expander("Rollout in one paragraph"):
+    st.markdown(
+        "One layer's attention says how tokens mix in that layer, but the residual connection also passes "
+        "each token on unchanged. Rollout adds the identity for that, renormalises, and multiplies the "
+        "matrices of all layers: the row of CLS then says how much each input patch flowed into CLS. "
+        "Gradient rollout weighs each attention weight by its gradient for one class, so the map changes "
+        "with the class you ask about."
+    )
+
+st.subheader("Mean attention distance (Fig. 7, right)")
+distance = analysis.mean_attention_distance(trace.attention, grid, cfg.patch_size, num_prefix_tokens=prefix).numpy()
+st.plotly_chart(F.distance_figure(distance, cfg.patch_size), key="attn_distance")
+st.caption("How far, in pixels, each head looks on average. In trained ViTs some early heads already look far "
+           "(global), others stay local like a convolution; deeper layers look far.")
+
+st.subheader(f"The arithmetic for query patch {query}, layer {layer}, head {head}")
+steps = attention_steps(trace, layer, head, prefix + query)
+d = cfg.head_dim
+label = {0: "CLS"} | ({1: "DIST"} if prefix == 2 else {})
+rows = [{"key token": label.get(t, f"patch {t - prefix}"), "q·k / √d": round(s, 4), "softmax weight": round(w, 4)}
+        for t, s, w in steps.top]
+st.markdown(f"1. scores: $s_j = q \\cdot k_j / \\sqrt{{d}}$ with $d = {d}$, so $1/\\sqrt{{d}} = {steps.scale:.4f}$")
+st.markdown("2. weights: $a_j = e^{s_j} / \\sum_i e^{s_i}$, which sum to "
+            f"{steps.weights.sum():.6f}; the largest five:")
+st.dataframe(rows, hide_index=True)
+st.markdown(f"3. output: $\\sum_j a_j v_j$, a vector of {d} numbers; first four: "
+            + ", ".join(f"{v:.4f}" for v in steps.output[:4]))
+st.caption(f"Recomputed from the captured q, k, v; max difference to the model's own weights: "
+           f"{np.abs(steps.weights - steps.captured_weights).max():.1e}")
+with st.expander("Keys and locks, and why divide by √d"):
+    st.markdown(
+        "Think of every token holding a **key** (what it offers) and sending a **query** (what it looks "
+        "for). The dot product q·k is large when the two point the same way, like a key fitting a lock. "
+        "With d random components of unit variance the dot product has variance d, so without the "
+        "1/√d the scores grow with the head width, the softmax saturates to one token and its gradients "
+        "vanish. **Multi-head** attention runs several such lookups in parallel on D/heads-wide slices, so "
+        "one head can track colour while another tracks position."
+    )

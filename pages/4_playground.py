@@ -1,0 +1,64 @@
+"""Architecture playground: change P, heads, depth, D, image size, MLP ratio and see what it costs."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from explorer import figures as F
+from explorer.images import fit_to_size
+from explorer.pipeline import cost_summary
+from pages._ui import cached_playground, current_image
+from vitcore import ViTConfig
+
+st.title("4 · Architecture playground")
+st.caption("Two random-initialised ViTs side by side. Costs are computed exactly; latency is measured on this "
+           "server (batch 1, median of 3); attention maps are on your image (random weights, so look at the "
+           "shape of the maps, not their meaning).")
+img = current_image()
+DEFAULTS = {"a": dict(patch=16, heads=3, depth=4, dim=192, size=224, mlp=4.0),
+            "b": dict(patch=32, heads=3, depth=4, dim=192, size=224, mlp=4.0)}
+
+
+def controls(side: str, col) -> ViTConfig | None:
+    d = DEFAULTS[side]
+    size = col.select_slider("Image size", [32, 64, 96, 128, 160, 192, 224, 256, 384], d["size"], key=f"pg_{side}_size")
+    patches = [p for p in (4, 8, 14, 16, 32) if size % p == 0 and p < size]
+    patch = col.select_slider("Patch size", patches, d["patch"] if d["patch"] in patches else patches[-1],
+                              key=f"pg_{side}_patch_{size}")
+    dim = col.select_slider("Width D", [64, 96, 128, 192, 256, 384, 512, 768], d["dim"], key=f"pg_{side}_dim")
+    heads_ok = [h for h in (1, 2, 3, 4, 6, 8, 12, 16) if dim % h == 0]
+    heads = col.select_slider("Heads", heads_ok, d["heads"] if d["heads"] in heads_ok else heads_ok[-1],
+                              key=f"pg_{side}_heads_{dim}")
+    depth = col.slider("Depth", 1, 12, d["depth"], key=f"pg_{side}_depth")
+    mlp = col.select_slider("MLP ratio", [1.0, 2.0, 3.0, 4.0], d["mlp"], key=f"pg_{side}_mlp")
+    try:
+        return ViTConfig(image_size=size, patch_size=patch, dim=dim, heads=heads, depth=depth, mlp_ratio=mlp,
+                         num_classes=10, fused_attention=False)
+    except ValueError as exc:
+        col.error(str(exc))
+        return None
+
+
+cols = st.columns(2)
+configs = {side: controls(side, col) for side, col in zip("ab", cols)}
+for (side, config), col in zip(configs.items(), cols):
+    if config is None:
+        continue
+    cost = cost_summary(config)
+    result = cached_playground(config)
+    col.markdown(f"**{side.upper()}: P={config.patch_size}, D={config.dim}, {config.depth} blocks × "
+                 f"{config.heads} heads, {config.image_size[0]} px**")
+    m1, m2, m3 = col.columns(3)
+    m1.metric("parameters", f"{cost['params'] / 1e6:.2f} M")
+    m2.metric("tokens", int(cost["tokens"]))
+    m3.metric("GFLOPs", f"{cost['gflops']:.2f}")
+    m4, m5, m6 = col.columns(3)
+    m4.metric("attention maps", f"{cost['attention_mib']:.1f} MiB")
+    m5.metric("attention share", f"{cost['attention_share']:.0%}")
+    m6.metric("latency here", f"{result['latency_ms']:.1f} ms")
+    if img is not None:
+        resized = np.asarray(fit_to_size(img[1], config.image_size))
+        cls_attn = result["attention_for"](resized)
+        col.plotly_chart(F.heatmap_over_image(resized, cls_attn, title="CLS attention, last layer, mean of heads",
+                                              name="attention"), key=f"pg_{side}_map")

@@ -1,0 +1,73 @@
+"""Predict: top-k classes, mask patches by clicking, and the occlusion sensitivity of every patch."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from explorer import figures as F
+from explorer import state as S
+from explorer.images import fit_to_size
+from explorer.traces import occlusion_effect, predict_probs
+from pages._ui import cached_occlusion_map, current_image, current_model, model_input
+
+st.title("5 · Predict")
+picked, img = current_model(), current_image()
+if picked is None or img is None:
+    st.stop()
+spec, loaded = picked
+key, image, _ = img
+cfg = loaded.config
+x = model_input(loaded, image)
+names = loaded.class_names
+probs = predict_probs(loaded.model, x)
+resized = np.asarray(fit_to_size(image, cfg.image_size))
+gh, gw = cfg.grid_size
+top = int(np.argmax(probs))
+
+k = st.slider("Show the top k classes", 1, min(10, len(names)), min(5, len(names)), key=S.TOPK)
+left, right = st.columns(2)
+right.plotly_chart(F.topk_bars(probs, names, k), key="pred_topk")
+order = np.argsort(-probs)[:k]
+right.download_button("Probabilities (CSV)", "\n".join(f"{names[i]},{probs[i]:.6f}" for i in order).encode(),
+                      "probabilities.csv")
+
+st.session_state.setdefault(S.MASKED_PATCHES, [])
+masked: list[int] = [p for p in st.session_state[S.MASKED_PATCHES] if 0 <= p < gh * gw]
+
+
+def toggle() -> None:
+    patch = F.selected_patch(st.session_state.get("pred_click"))
+    if patch is not None:
+        current = set(st.session_state.get(S.MASKED_PATCHES, []))
+        current ^= {patch}
+        st.session_state[S.MASKED_PATCHES] = sorted(current)
+
+
+with left:
+    fig = F.image_with_grid(resized, cfg.patch_size, title="click patches to mask / unmask them")
+    for p in masked:
+        r, c = divmod(p, gw)
+        cell = fig.layout.xaxis.range[1] / gw
+        fig.add_shape(type="rect", x0=c * cell, x1=(c + 1) * cell, y0=r * cell, y1=(r + 1) * cell,
+                      fillcolor="grey", opacity=0.85, line=dict(width=0))
+    st.plotly_chart(fig, key="pred_click", on_select=toggle, selection_mode="points")
+    if st.button("Clear masked patches", disabled=not masked):
+        st.session_state[S.MASKED_PATCHES] = []
+        st.rerun()
+
+if masked:
+    fill = st.radio("Masked patches are filled with", ["mean", "zero", "blur"], horizontal=True, key="pred_fill")
+    delta = occlusion_effect(loaded.model, x, masked, fill=fill)
+    order = np.argsort(-np.abs(delta))[:k]
+    st.markdown(f"Masking {len(masked)} patch(es) changes the logits like this (largest changes):")
+    st.dataframe([{"class": names[i], "logit change": round(float(delta[i]), 4)} for i in order], hide_index=True)
+
+st.subheader("Occlusion sensitivity")
+target = st.selectbox("Class", range(len(names)), index=top, key="pred_target",
+                      format_func=lambda i: f"{names[i]} ({probs[i]:.1%})")
+heat = cached_occlusion_map(spec, key, loaded, image, int(target))
+st.plotly_chart(F.heatmap_over_image(resized, heat, colorscale="RdBu_r", name="logit drop",
+                                     title=f"drop of the '{names[target]}' logit when each patch is masked"),
+                key="pred_occlusion")
+st.download_button("Occlusion map (CSV)", F.to_csv(heat), "occlusion.csv")
