@@ -18,6 +18,12 @@ st.set_page_config(page_title="ViT Explorer", page_icon="🔬", layout="wide")
 
 PAGES = [
     st.Page("pages/0_home.py", title="Home: the guided tour", icon="🏠", default=True, url_path="home"),
+    st.Page("pages/1_patches.py", title="1 · Patches", icon="🧩", url_path="patches"),
+    st.Page("pages/2_embeddings.py", title="2 · Embeddings", icon="🎨", url_path="embeddings"),
+    st.Page("pages/3_attention.py", title="3 · Attention", icon="👀", url_path="attention"),
+    st.Page("pages/4_playground.py", title="4 · Architecture playground", icon="🛠️", url_path="playground"),
+    st.Page("pages/5_predict.py", title="5 · Predict", icon="🎯", url_path="predict"),
+    st.Page("pages/6_finetune.py", title="6 · Fine-tune", icon="🏋️", url_path="finetune"),
 ]
 
 navigation = st.navigation(PAGES)

@@ -24,7 +24,6 @@ __all__ = [
     "load_image",
     "fit_to_size",
     "to_tensor",
-    "sample_images",
     "SampleImage",
 ]
 
@@ -175,25 +174,3 @@ class SampleImage:
     image: Image.Image
     mask: np.ndarray | None = None
     label: str | None = None
-
-
-def _skimage_photo(name: str) -> Image.Image:
-    from skimage import data as skdata
-
-    arr = getattr(skdata, name)()
-    img = Image.fromarray(arr)
-    return _to_rgb(img)
-
-
-SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "hubble_deep_field")
-
-
-def sample_images(names: tuple[str, ...] = SKIMAGE_PHOTOS) -> dict[str, Image.Image]:
-    """Real photos that ship with scikit-image, as RGB images by name."""
-    out: dict[str, Image.Image] = {}
-    for name in names:
-        try:
-            out[name] = _skimage_photo(name)
-        except Exception:
-            continue
-    return out

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from explorer.images import SampleImage, sample_images
+from explorer.images import SampleImage
+from vitcore.data import SHAPE_CLASSES, ShapesDataset, sample_images
 
 __all__ = ["gallery", "shapes_samples"]
 
 
 def shapes_samples(per_class: int = 1, image_size: int = 32, seed: int = 1234) -> dict[str, SampleImage]:
     """Shapes images (one per class by default) with their ground-truth masks, from a fixed seed."""
-    from vitcore.data import ShapesDataset
-
-    classes = ShapesDataset.DEFAULT_CLASSES
+    classes = SHAPE_CLASSES
     ds = ShapesDataset(len(classes) * per_class, image_size=image_size, seed=seed)
     out: dict[str, SampleImage] = {}
     for i in range(len(ds)):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import streamlit as st
+import torch
 
 from explorer import figures as F
 from explorer import state as S
@@ -77,8 +78,9 @@ g1.plotly_chart(F.heatmap_over_image(resized, rollout, title=f"rollout ({fusion}
 g2.plotly_chart(F.heatmap_over_image(resized, grad_map, title=f"gradient rollout for '{names[target]}'",
                                      name="relevance"), key="attn_grad")
 if mask is not None:
-    share_r = analysis.attention_mass_in_mask(rollout, mask)
-    share_g = analysis.attention_mass_in_mask(grad_map, mask)
+    mask_t = torch.as_tensor(np.asarray(mask, dtype=bool))
+    share_r = float(analysis.attention_mass_in_mask(torch.from_numpy(rollout), mask_t))
+    share_g = float(analysis.attention_mass_in_mask(torch.from_numpy(grad_map), mask_t))
     area = float(np.asarray(mask, dtype=bool).mean())
     st.info(f"Share of the map inside the object: rollout {share_r:.0%}, gradient rollout {share_g:.0%} "
             f"(the object covers {area:.0%} of the image, so {area:.0%} is chance).")

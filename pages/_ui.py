@@ -40,7 +40,7 @@ def cached_samples() -> dict[str, Any]:
 @st.cache_resource(max_entries=64, show_spinner="Running the model and recording every stage…")
 def cached_trace(spec: ModelSpec, image_key: str, size: tuple[int, int], _loaded: LoadedModel, _x: torch.Tensor):
     """Full capture of one image through one model, computed once and shared read-only."""
-    from explorer.analysis import trace_image
+    from explorer.traces import trace_image
 
     return trace_image(_loaded, _x)
 

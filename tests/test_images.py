@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from explorer.images import ImageError, fit_to_size, load_image, sample_images, to_tensor
+from explorer.images import ImageError, fit_to_size, load_image, to_tensor
+from explorer.samples import gallery
 
 
 def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -147,7 +148,11 @@ def test_to_tensor_normalises():
     assert torch.allclose(x[0, :, 0, 0], torch.tensor([1.0, -1.0, 128 / 255 * 2 - 1]), atol=1e-6)
 
 
-def test_sample_photos_are_real_rgb():
-    photos = sample_images(("astronaut", "chelsea"))
-    assert photos["astronaut"].size == (512, 512) and photos["astronaut"].mode == "RGB"
-    assert photos["chelsea"].size == (451, 300)
+def test_gallery_has_real_photos_and_shapes_with_masks():
+    samples = gallery()
+    assert samples["astronaut"].image.size == (512, 512) and samples["astronaut"].image.mode == "RGB"
+    assert samples["chelsea"].image.size == (451, 300) and samples["chelsea"].mask is None
+    shapes = [s for name, s in samples.items() if name.startswith("shapes: ")]
+    assert {s.label for s in shapes} == {"circle", "square", "triangle", "cross", "star"}
+    for s in shapes:
+        assert s.mask.shape == (32, 32) and s.mask.dtype == bool and 0 < s.mask.mean() < 1

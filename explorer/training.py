@@ -1,0 +1,288 @@
+"""The live fine-tune behind the Fine-tune page: data sources, the worker, the attention timeline.
+
+:func:`run_finetune` is the work of one :class:`explorer.jobs.Job`. It runs in a background
+thread, never calls Streamlit, trains a private deep copy of the chosen model and publishes
+everything the page draws through the job: step and epoch metrics, the attention timeline of a
+fixed probe image, the best checkpoint so far (as bytes), and at the end a confusion matrix, a
+grid of validation predictions and an optional ResNet-18 baseline.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from explorer.images import load_image
+from explorer.jobs import Job
+from explorer.models import LoadedModel
+from vitcore import VisionTransformer
+from vitcore.data import DataBundle, from_image_folder, from_zip, shapes_bundle
+
+__all__ = [
+    "FinetuneRequest",
+    "allowed_data_folder",
+    "collected_bundle",
+    "build_bundle",
+    "adapt_head",
+    "checkpoint_bytes",
+    "run_finetune",
+    "confusion_matrix",
+]
+
+
+@dataclass
+class FinetuneRequest:
+    """Everything a fine-tune needs; built by the page, consumed by the worker."""
+
+    loaded: LoadedModel  # the starting model (shared: the worker deep-copies it)
+    source: str = "shapes"  # shapes | zip | folder | collected
+    shapes_classes: tuple[str, ...] = ("circle", "square", "triangle", "cross", "star")
+    shapes_per_class: int = 300
+    zip_bytes: bytes | None = None
+    folder: str = ""
+    collected: dict[str, list[bytes]] = field(default_factory=dict)
+    strategy: str = "full"
+    last_k: int = 2
+    epochs: int = 20
+    max_seconds: float = 60.0
+    lr: float | None = None
+    batch_size: int = 64
+    augment: bool = False
+    probe_image: Image.Image | None = None
+    probe_head: int = 0
+    baseline: bool = False
+    seed: int = 0
+
+
+def allowed_data_folder(path: str, root: str | None = None) -> Path:
+    """Resolve a server folder, allowed only inside ``EXPLORER_DATA_ROOT`` (refused otherwise)."""
+    root = root if root is not None else os.environ.get("EXPLORER_DATA_ROOT", "")
+    if not root:
+        raise ValueError(
+            "Reading folders on the server is off. The teacher can allow it by starting the app with "
+            "EXPLORER_DATA_ROOT=/path/to/datasets."
+        )
+    base = Path(root).resolve()
+    target = (base / path).resolve() if not Path(path).is_absolute() else Path(path).resolve()
+    if target != base and base not in target.parents:
+        raise ValueError(f"{path!r} is outside the allowed data folder {base}; pick a folder inside it.")
+    if not target.is_dir():
+        raise ValueError(f"{target} is not a folder; give a folder of class folders (or with train/ and val/).")
+    return target
+
+
+def collected_bundle(collected: dict[str, list[bytes]], image_size: tuple[int, int], batch_size: int,
+                     normalization, augment: bool, workdir: Path) -> DataBundle:
+    """Images gathered per class from the camera or uploads -> a DataBundle (split deterministically)."""
+    classes = {name.strip(): items for name, items in collected.items() if name.strip() and items}
+    if len(classes) < 2 or any(len(items) < 2 for items in classes.values()):
+        counts = ", ".join(f"{k}: {len(v)}" for k, v in collected.items()) or "nothing yet"
+        raise ValueError(f"collect at least 2 classes with at least 2 images each (now {counts})")
+    for name, items in classes.items():
+        folder = workdir / name.replace("/", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, data in enumerate(items):
+            load_image(data).save(folder / f"{i:04d}.png")
+    return from_image_folder(workdir, image_size, batch_size, normalization=normalization, augment=augment)
+
+
+def build_bundle(request: FinetuneRequest, workdir: Path) -> DataBundle:
+    """The request's data source as a DataBundle at the model's image size and normalisation."""
+    size = request.loaded.image_size
+    norm = (tuple(request.loaded.mean), tuple(request.loaded.std))
+    if request.source == "shapes":
+        per_val = max(10, request.shapes_per_class // 5)
+        return shapes_bundle(size, request.shapes_per_class, per_val, request.shapes_classes,
+                             request.batch_size, request.seed, augment=request.augment)
+    if request.source == "zip":
+        if not request.zip_bytes:
+            raise ValueError("upload a .zip of class folders first")
+        return from_zip(request.zip_bytes, size, request.batch_size, normalization=norm, augment=request.augment)
+    if request.source == "folder":
+        folder = allowed_data_folder(request.folder)
+        return from_image_folder(folder, size, request.batch_size, normalization=norm, augment=request.augment)
+    if request.source == "collected":
+        return collected_bundle(request.collected, size, request.batch_size, norm, request.augment, workdir)
+    raise ValueError(f"unknown data source {request.source!r}; use shapes, zip, folder or collected")
+
+
+def adapt_head(model: VisionTransformer, num_classes: int) -> VisionTransformer:
+    """The same backbone with a fresh head for ``num_classes`` (unchanged if it already fits)."""
+    if model.config.num_classes == num_classes:
+        return model
+    new = VisionTransformer(model.config.replace(num_classes=num_classes))
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(("head.", "head_dist."))}
+    missing, unexpected = new.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith(("head.", "head_dist.")) for k in missing)
+    new.fused_attention = model.fused_attention
+    return new
+
+
+def checkpoint_bytes(model: torch.nn.Module, class_names: list[str], normalization, extra: dict | None = None) -> bytes:
+    """A checkpoint (.safetensors with config and metadata) as bytes for a download button."""
+    from vitcore.checkpoint import save_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.safetensors"
+        save_checkpoint(model, path, class_names=class_names, normalization=normalization, extra=extra or {})
+        return path.read_bytes()
+
+
+@torch.no_grad()
+def confusion_matrix(model: torch.nn.Module, loader, num_classes: int) -> np.ndarray:
+    """Counts of (true, predicted) over a loader, (C, C)."""
+    model.eval()
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for images, labels in loader:
+        preds = model(images).argmax(-1)
+        np.add.at(matrix, (labels.numpy(), preds.numpy()), 1)
+    return matrix
+
+
+def _denormalize(x: torch.Tensor, normalization) -> np.ndarray:
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in normalization)
+    return ((x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+
+
+@torch.no_grad()
+def prediction_grid(model: torch.nn.Module, loader, normalization, limit: int = 16) -> list[dict[str, Any]]:
+    """The tutorial's ``visualize_model``: validation images with predicted and true labels."""
+    model.eval()
+    out: list[dict[str, Any]] = []
+    for images, labels in loader:
+        preds = model(images).argmax(-1)
+        for x, y, p in zip(images, labels, preds):
+            out.append({"image": _denormalize(x, normalization), "true": int(y), "pred": int(p)})
+            if len(out) >= limit:
+                return out
+    return out
+
+
+@torch.no_grad()
+def probe_attention(model: VisionTransformer, x: torch.Tensor, head: int) -> dict[str, Any]:
+    """Rollout and one last-layer head's CLS attention of the probe image, plus its prediction."""
+    from vitcore.analysis import attention_rollout
+    from vitcore.capture import capture
+
+    was_training = model.training
+    try:
+        trace = capture(model, x)
+    finally:
+        model.train(was_training)
+    prefix = trace.num_prefix_tokens
+    rollout = attention_rollout(trace.attention, grid=trace.grid, num_prefix_tokens=prefix)[0]
+    head = min(head, trace.attention.shape[2] - 1)
+    cls_head = trace.attention[-1, 0, head, 0, prefix:].reshape(trace.grid)
+    return {"rollout": rollout.numpy(), "head": cls_head.float().numpy(),
+            "probs": trace.logits[0].softmax(-1).numpy()}
+
+
+def _probe_tensor(request: FinetuneRequest) -> torch.Tensor | None:
+    if request.probe_image is None:
+        return None
+    from explorer.images import to_tensor
+
+    return to_tensor(request.probe_image, request.loaded.image_size, request.loaded.mean, request.loaded.std)
+
+
+def run_finetune(job: Job, request: FinetuneRequest) -> dict[str, Any]:
+    """The worker: build data, train a private copy, publish progress; returns the final summary."""
+    from vitcore.train import fit
+
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    job.update(message="preparing the data…", progress=0.0)
+    with tempfile.TemporaryDirectory(prefix="vit-explorer-") as tmp:
+        data = build_bundle(request, Path(tmp))
+        job.check()
+        names = list(data.class_names)
+        norm = data.normalization
+        model = adapt_head(copy.deepcopy(request.loaded.model), len(names))
+        probe_x = _probe_tensor(request)
+        timeline: list[dict[str, Any]] = []
+        if probe_x is not None:
+            timeline.append({"epoch": 0, **probe_attention(model, probe_x, request.probe_head)})
+        job.update(message=f"training ({request.strategy}) on {data.dataset_sizes['train']} images…",
+                   class_names=names, timeline=list(timeline))
+        started = time.monotonic()
+        best = {"acc": -1.0}
+
+        def on_event(event: dict[str, Any]) -> None:
+            if event["event"] == "step":
+                job.log({k: event[k] for k in ("step", "epoch", "loss", "accuracy", "lr", "images_per_second",
+                                               "seconds")} | {"kind": "step"})
+            else:
+                job.log({k: v for k, v in event.items() if k != "event"} | {"kind": "epoch"})
+                if probe_x is not None:
+                    timeline.append({"epoch": event["epoch"], **probe_attention(model, probe_x, request.probe_head)})
+                    job.update(timeline=list(timeline))
+                if event["val_accuracy"] > best["acc"]:
+                    best["acc"] = event["val_accuracy"]
+                    job.update(best_checkpoint=_safe_checkpoint(model, names, norm, event))
+            by_time = (time.monotonic() - started) / request.max_seconds
+            by_epoch = (event["epoch"] - 1 + (1.0 if event["event"] == "epoch" else 0.5)) / request.epochs
+            job.update(progress=min(0.99, max(by_time, by_epoch)))
+
+        result = fit(model, data, strategy=request.strategy, last_k=request.last_k, epochs=request.epochs,
+                     max_seconds=request.max_seconds, lr=request.lr, callbacks=[on_event],
+                     stop=lambda: job.stop_requested, seed=request.seed, augment=request.augment)
+        trained = result.model
+        summary: dict[str, Any] = {
+            "stop_reason": result.stop_reason,
+            "message": result.message,
+            "best_val_accuracy": result.best_val_accuracy,
+            "seconds": result.seconds,
+            "images_per_second": result.images_per_second,
+            "trainable_params": result.trainable_params,
+        }
+        final_ckpt = checkpoint_bytes(trained, names, norm, {"val_accuracy": result.best_val_accuracy,
+                                                              "strategy": request.strategy})
+        job.update(best_checkpoint=final_ckpt, message="evaluating…")
+        summary["confusion"] = confusion_matrix(trained, data.dataloaders["val"], len(names))
+        summary["grid"] = prediction_grid(trained, data.dataloaders["val"], norm)
+        if probe_x is not None:
+            summary["after"] = probe_attention(trained, probe_x, request.probe_head)
+            summary["before"] = timeline[0]
+        if request.baseline and not job.stop_requested:
+            summary["baseline"] = _baseline(job, data, request)
+        job.update(summary=summary, message=result.message or f"done: {result.stop_reason}")
+        return summary
+
+
+def _safe_checkpoint(model, names, norm, event) -> bytes | None:
+    """Checkpoint bytes of the current weights; None while LoRA adapters are still unmerged
+    (the final, merged checkpoint is written when the run ends, also when it is stopped)."""
+    if any(type(m).__module__.startswith("peft") for m in model.modules()):
+        return None
+    return checkpoint_bytes(model, names, norm, {"val_accuracy": event["val_accuracy"], "epoch": event["epoch"]})
+
+
+def _baseline(job: Job, data: DataBundle, request: FinetuneRequest) -> dict[str, Any]:
+    """The same budget on a torchvision ResNet-18 (random init): the inductive-bias comparison."""
+    from torchvision.models import resnet18
+
+    from vitcore.train import fit
+
+    job.update(message="training the ResNet-18 baseline…")
+    torch.manual_seed(request.seed)
+    cnn = resnet18(num_classes=len(data.class_names))
+    result = fit(cnn, data, strategy="full", epochs=request.epochs, max_seconds=request.max_seconds,
+                 stop=lambda: job.stop_requested, seed=request.seed)
+    return {"best_val_accuracy": result.best_val_accuracy, "seconds": result.seconds,
+            "params": sum(p.numel() for p in cnn.parameters())}
+
+
+def image_bytes(image: Image.Image) -> bytes:
+    """PNG bytes of an image (for collected camera shots)."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
