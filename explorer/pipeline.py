@@ -107,5 +107,5 @@ def param_count(config) -> int:
     embed = D * C * P * P + D + prefix * D + (prefix + N) * D
     qkv = 3 * D * D + (3 * D if config.qkv_bias else 0)
     block = 2 * 2 * D + qkv + D * D + D + D * M + M + M * D + D
-    head = (D * K + K) * (2 if config.distilled else 1) if K else 0
+    head = (D * K + K) * (2 if config.distilled and config.distilled_head else 1) if K else 0
     return embed + L * block + 2 * D + head

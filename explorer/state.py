@@ -48,6 +48,11 @@ DEFAULTS: dict[str, Any] = {
     SAMPLE_NAME: "chelsea",
     MODEL_KIND: "bundled",
     PRESET_NAME: "tiny",
+    PRESET_IMAGE: 224,  # the tiny preset's values; choosing a preset resets them (see pages/_ui.py)
+    PRESET_PATCH: 16,
+    PRESET_DIM: 192,
+    PRESET_HEADS: 3,
+    PRESET_DEPTH: 12,
     SESSION_MODELS: {},
     LAYER: 0,
     HEAD: 0,

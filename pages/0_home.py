@@ -36,3 +36,26 @@ if picked is not None and img is not None:
         width="stretch",
     )
     st.markdown(" → ".join(f"`{s.name} {s.shape_text}`" for s in stages))
+
+st.subheader("The guided tour")
+TOUR = [
+    ("pages/1_patches.py", "Patches",
+     "the image becomes a grid of P×P patches; watch the token count change with P, and see that the "
+     "patch embedding convolution is exactly a linear layer on flattened patches."),
+    ("pages/2_embeddings.py", "Embeddings",
+     "what the model turns patches into: token colours by PCA, the embedding filters and the position "
+     "embeddings that learned the 2-D layout (paper Fig. 7)."),
+    ("pages/3_attention.py", "Attention",
+     "click a patch and see where every head looks; follow the CLS token, rollout and the q·k/√d "
+     "arithmetic with real numbers."),
+    ("pages/4_playground.py", "Architecture playground",
+     "change patch size, heads, depth and width: parameters, FLOPs, memory and latency, two models side by side."),
+    ("pages/5_predict.py", "Predict",
+     "top classes, and which patches the prediction depends on: mask them by clicking, or see the occlusion map."),
+    ("pages/6_finetune.py", "Fine-tune",
+     "train in about a minute with live curves and watch the attention move from epoch to epoch."),
+]
+for number, (path, title, what) in enumerate(TOUR, start=1):
+    cols = st.columns([1, 4])
+    cols[0].page_link(path, label=f"{number}. {title}")
+    cols[1].markdown(f"Look at {what}")

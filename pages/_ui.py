@@ -119,26 +119,39 @@ def sidebar() -> None:
             st.text_input("Hub id or local folder", key=S.HF_SOURCE, placeholder="google/vit-base-patch16-224")
 
 
+def _apply_preset() -> None:
+    """Reset the architecture sliders to the values of the preset just chosen."""
+    base = ViTConfig.preset(st.session_state[S.PRESET_NAME])
+    st.session_state[S.PRESET_IMAGE] = base.image_size[0]
+    st.session_state[S.PRESET_PATCH] = base.patch_size
+    st.session_state[S.PRESET_DIM] = base.dim
+    st.session_state[S.PRESET_HEADS] = base.heads
+    st.session_state[S.PRESET_DEPTH] = min(base.depth, 12)
+
+
+def _choose_valid(key: str, options: list[int]) -> None:
+    """Keep a slider's stored value among its options (nearest valid one otherwise)."""
+    value = st.session_state.get(key)
+    if value not in options:
+        st.session_state[key] = min(options, key=lambda o: abs(o - (value or 0)))
+
+
+IMAGE_SIZES = [32, 64, 96, 128, 160, 192, 224, 256, 384]
+DIMS = [32, 64, 96, 128, 192, 256, 384, 512, 768]
+
+
 def _preset_controls() -> None:
-    name = st.selectbox("Preset", list(PRESETS), key=S.PRESET_NAME)
-    base = ViTConfig.preset(name)
-    size = st.select_slider("Image size", [32, 64, 96, 128, 160, 192, 224, 256, 384],
-                            value=st.session_state.get(S.PRESET_IMAGE, base.image_size[0]), key=S.PRESET_IMAGE)
-    valid_patches = [p for p in (2, 4, 8, 14, 16, 32) if size % p == 0 and p < size]
-    default_patch = base.patch_size if base.patch_size in valid_patches else valid_patches[-1]
-    if st.session_state.get(S.PRESET_PATCH) not in valid_patches:
-        st.session_state[S.PRESET_PATCH] = default_patch
-    st.select_slider("Patch size P", valid_patches, key=S.PRESET_PATCH)
-    dims = [32, 64, 96, 128, 192, 256, 384, 512, 768]
-    if st.session_state.get(S.PRESET_DIM) not in dims:
-        st.session_state[S.PRESET_DIM] = base.dim if base.dim in dims else 192
-    dim = st.select_slider("Width D", dims, key=S.PRESET_DIM)
+    st.selectbox("Preset", list(PRESETS), key=S.PRESET_NAME, on_change=_apply_preset)
+    _choose_valid(S.PRESET_IMAGE, IMAGE_SIZES)
+    size = st.select_slider("Image size", IMAGE_SIZES, key=S.PRESET_IMAGE)
+    patches = [p for p in (2, 4, 8, 14, 16, 32) if size % p == 0 and p < size]
+    _choose_valid(S.PRESET_PATCH, patches)
+    st.select_slider("Patch size P", patches, key=S.PRESET_PATCH)
+    _choose_valid(S.PRESET_DIM, DIMS)
+    dim = st.select_slider("Width D", DIMS, key=S.PRESET_DIM)
     heads = [h for h in (1, 2, 3, 4, 6, 8, 12, 16) if dim % h == 0]
-    if st.session_state.get(S.PRESET_HEADS) not in heads:
-        st.session_state[S.PRESET_HEADS] = base.heads if base.heads in heads else heads[-1]
+    _choose_valid(S.PRESET_HEADS, heads)
     st.select_slider("Heads", heads, key=S.PRESET_HEADS)
-    if S.PRESET_DEPTH not in st.session_state:
-        st.session_state[S.PRESET_DEPTH] = min(base.depth, 12)
     st.slider("Depth (blocks)", 1, 12, key=S.PRESET_DEPTH)
 
 
@@ -147,14 +160,17 @@ def current_spec() -> tuple[ModelSpec, bytes | None]:
     ss = st.session_state
     kind = ss.get(S.MODEL_KIND, "bundled")
     if kind == "preset":
+        def get(key: str) -> int:
+            return int(ss.get(key, S.DEFAULTS[key]))
+
         overrides = (
-            ("image_size", int(ss[S.PRESET_IMAGE])),
-            ("patch_size", int(ss[S.PRESET_PATCH])),
-            ("dim", int(ss[S.PRESET_DIM])),
-            ("heads", int(ss[S.PRESET_HEADS])),
-            ("depth", int(ss[S.PRESET_DEPTH])),
+            ("image_size", get(S.PRESET_IMAGE)),
+            ("patch_size", get(S.PRESET_PATCH)),
+            ("dim", get(S.PRESET_DIM)),
+            ("heads", get(S.PRESET_HEADS)),
+            ("depth", get(S.PRESET_DEPTH)),
         )
-        return ModelSpec("preset", preset=ss[S.PRESET_NAME], overrides=overrides), None
+        return ModelSpec("preset", preset=ss.get(S.PRESET_NAME, "tiny"), overrides=overrides), None
     if kind == "checkpoint":
         upload = ss.get(S.CHECKPOINT_UPLOAD)
         if upload is None:

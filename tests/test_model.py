@@ -213,3 +213,16 @@ def test_micro_model_overfits_one_batch():
         loss.backward()
         opt.step()
     assert loss.item() < 0.05
+
+
+def test_distilled_heads():
+    both = VisionTransformer(small(distilled=True)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    tokens = both.forward_features(x)
+    assert tokens.shape == (2, 18, 48)  # CLS + distillation token + 16 patches
+    expected = (both.head(tokens[:, 0]) + both.head_dist(tokens[:, 1])) / 2
+    assert torch.allclose(both.forward_head(tokens), expected)
+    cls_only = VisionTransformer(small(distilled=True, distilled_head=False)).eval()
+    assert cls_only.head_dist is None
+    tokens = cls_only.forward_features(x)
+    assert torch.equal(cls_only.forward_head(tokens), cls_only.head(tokens[:, 0]))

@@ -35,6 +35,8 @@ def test_shape_flow_matches_the_real_forward_pass():
         ViTConfig.preset("micro"),
         ViTConfig(image_size=(32, 64), patch_size=8, dim=24, depth=3, heads=2, num_classes=0, qkv_bias=False),
         ViTConfig(image_size=32, patch_size=4, dim=16, depth=1, heads=2, num_classes=3, distilled=True),
+        ViTConfig(image_size=32, patch_size=4, dim=16, depth=1, heads=2, num_classes=3, distilled=True,
+                  distilled_head=False),
     ],
 )
 def test_param_count_formula_is_exact(config):

@@ -48,7 +48,8 @@ class ViTConfig:
     pool: str = "cls"  # "cls": head reads the CLS token; "mean": mean of patch tokens
     layer_norm_eps: float = 1e-6
     fused_attention: bool = True  # default attention path (switchable per model at run time)
-    distilled: bool = False  # DeiT: an extra distillation token with its own head
+    distilled: bool = False  # DeiT: an extra distillation token (attends like any token)
+    distilled_head: bool = True  # with distilled: a second head on that token, logits averaged (DeiT)
 
     def __post_init__(self) -> None:
         size = self.image_size
@@ -103,7 +104,7 @@ class ViTConfig:
             isinstance(self.layer_norm_eps, (int, float)) and 0 < self.layer_norm_eps < 1,
             f"layer_norm_eps={self.layer_norm_eps!r} must be a small positive number such as 1e-6",
         )
-        for name in ("qkv_bias", "fused_attention", "distilled"):
+        for name in ("qkv_bias", "fused_attention", "distilled", "distilled_head"):
             _check(isinstance(getattr(self, name), bool), f"{name}={getattr(self, name)!r} must be True or False")
 
     # ----------------------------------------------------------------- derived quantities

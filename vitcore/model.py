@@ -216,7 +216,8 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
         self.norm = nn.LayerNorm(D, eps=config.layer_norm_eps)
         self.head = nn.Linear(D, config.num_classes) if config.num_classes else nn.Identity()
-        self.head_dist = nn.Linear(D, config.num_classes) if config.distilled and config.num_classes else None
+        has_dist_head = config.distilled and config.distilled_head and config.num_classes
+        self.head_dist = nn.Linear(D, config.num_classes) if has_dist_head else None
         self.reset_parameters()
 
     # ---- initialisation -----------------------------------------------------------

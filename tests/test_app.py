@@ -1,0 +1,151 @@
+"""AppTest smoke tests: every page runs on a sample image and shows the right numbers."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest
+
+from explorer import state as S
+from explorer.pipeline import param_count
+from vitcore import ViTConfig
+
+APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
+
+
+def app(page: str | None = None, **state) -> AppTest:
+    from streamlit import config
+
+    config.set_option("client.showErrorDetails", "full")  # failures show their cause, not a redaction
+    at = AppTest.from_file(APP, default_timeout=180)
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def rerun(at: AppTest, page: str) -> AppTest:
+    """Run again on the same page (AppTest returns to the entry page on a plain run)."""
+    at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def charts(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def array(value) -> np.ndarray:
+    """A plotly JSON array: a plain list, or plotly's typed form {"dtype", "bdata", "shape"}."""
+    if isinstance(value, dict) and "bdata" in value:
+        data = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        shape = value.get("shape")
+        if isinstance(shape, str):
+            shape = [int(s) for s in shape.split(",")]
+        return data.reshape(shape) if shape else data
+    return np.asarray(value, dtype=float)
+
+
+def metric(at: AppTest, label: str) -> str:
+    values = [m.value for m in at.metric if m.label == label]
+    assert values, f"no metric {label!r}; have {[m.label for m in at.metric]}"
+    return values[0]
+
+
+TINY = {S.MODEL_KIND: "preset", S.PRESET_NAME: "tiny", S.PRESET_DEPTH: 2, S.SAMPLE_NAME: "chelsea"}
+
+
+def test_home_shows_live_shapes_for_tiny():
+    at = app(**TINY)
+    flow = at.dataframe[0].value
+    shapes = dict(zip(flow["stage"], flow["this run"]))
+    assert shapes["image"] == "[1, 3, 224, 224]"
+    assert shapes["patches"] == "[1, 196, 768]"
+    assert shapes["patch embeddings"] == "[1, 196, 192]"
+    assert shapes["+ CLS"] == shapes["+ position"] == shapes["blocks"] == "[1, 197, 192]"
+    assert shapes["CLS"] == "[1, 192]" and shapes["logits"] == "[1, 1000]"
+    # the guided tour links every page
+    links = [link.proto.page for link in at.get("page_link")]
+    assert len(links) == 6
+
+
+def test_home_uses_the_bundled_model_by_default():
+    at = app()
+    shapes = dict(zip(at.dataframe[0].value["stage"], at.dataframe[0].value["this run"]))
+    assert shapes["image"] == "[1, 3, 32, 32]" and shapes["logits"] == "[1, 5]"
+
+
+def test_patches_page_counts_tokens_and_proves_conv_is_linear():
+    at = app("pages/1_patches.py", **TINY)
+    assert metric(at, "tokens N") == "196"
+    assert metric(at, "sequence length T = N + 1") == "197"
+    assert float(metric(at, "max |conv(x) − linear(flatten(x))|")) < 1e-5
+    at.select_slider(key=S.PATCH_SIZE).set_value(32)
+    rerun(at, "pages/1_patches.py")
+    assert metric(at, "tokens N") == "49"
+    assert float(metric(at, "max |conv(x) − linear(flatten(x))|")) < 1e-5
+    table = at.dataframe[0].value
+    assert dict(zip(table["patch size"], table["tokens N+1"]))[16] == 197
+
+
+def test_embeddings_page_position_similarity_is_one_on_itself():
+    at = app("pages/2_embeddings.py", **TINY)
+    figs = charts(at)
+    sim = next(f for f in figs if "position with all others" in json.dumps(f["layout"].get("title", "")))
+    heat = next(t for t in sim["data"] if t["type"] == "heatmap")
+    z = array(heat["z"])
+    assert z.shape == (14, 14) and abs(z[0, 0] - 1) < 1e-5 and z.max() <= 1 + 1e-5
+
+
+def test_attention_page_arithmetic_matches_the_probe_and_query_moves():
+    at = app("pages/3_attention.py", **TINY)
+    caption = next(c.value for c in at.caption if "max difference to the model's own weights" in c.value)
+    assert float(caption.rsplit(" ", 1)[-1]) < 1e-6
+    weights = at.dataframe[0].value["softmax weight"]
+    assert (np.diff(weights.to_numpy()) <= 0).all()  # sorted, largest first
+    first = charts(at)[0]
+    at.number_input(key=S.QUERY).set_value(100)
+    rerun(at, "pages/3_attention.py")
+    second = charts(at)[0]
+    assert "patch 100" in json.dumps(second["layout"]["title"])
+    assert not np.array_equal(array(first["data"][1]["z"]), array(second["data"][1]["z"]))
+    assert at.query_params[S.QUERY] == ["100"] or at.query_params[S.QUERY] == "100"
+
+
+def test_attention_page_reports_mask_share_on_shapes():
+    at = app("pages/3_attention.py", **{S.SAMPLE_NAME: "shapes: star"})
+    info = " ".join(i.value for i in at.info)
+    assert "inside the object" in info
+
+
+def test_playground_parameter_count_is_exact():
+    at = app("pages/4_playground.py", **TINY)
+    expected = param_count(ViTConfig(image_size=224, patch_size=16, dim=192, heads=3, depth=4, num_classes=10))
+    assert metric(at, "parameters") == f"{expected / 1e6:.2f} M"
+    assert [m.value for m in at.metric if m.label == "tokens"] == ["197", "50"]
+
+
+def test_predict_page_topk_and_masking():
+    at = app("pages/5_predict.py", **{S.SAMPLE_NAME: "shapes: circle"})
+    bars = charts(at)[1]["data"][0]
+    probs = array(bars["x"])
+    assert len(probs) == 5 and probs.sum() == pytest.approx(1.0, abs=1e-6)
+    assert bars["y"][-1] == "circle"  # the bundled model recognises its own data
+    at.session_state[S.MASKED_PATCHES] = [0, 1, 2]
+    rerun(at, "pages/5_predict.py")
+    table = at.dataframe[0].value
+    assert len(table) == 5 and np.isfinite(table["logit change"]).all()
+
+
+def test_bad_upload_shows_a_message_and_the_page_keeps_working():
+    at = app(**{S.IMAGE_SOURCE: "upload"})
+    assert any("Upload an image" in i.value for i in at.info)
