@@ -129,21 +129,36 @@ def build_model(spec: ModelSpec, data: bytes | None = None) -> LoadedModel:
         if data is None:
             raise ValueError("no checkpoint bytes were given; upload a .safetensors file first")
         return _from_checkpoint(data, spec.label())
-    if spec.kind == "torchvision":
-        from vitcore.pretrained import from_torchvision
-
-        model, meta = from_torchvision(spec.name)
-        mean, std = _norm(meta, IMAGENET_NORM)
-        names = list(meta.get("class_names") or [f"class {i}" for i in range(model.config.num_classes)])
-        return LoadedModel(model.eval(), names, mean, std, spec.label(), meta)
-    if spec.kind == "hf":
-        from vitcore.pretrained import from_hf
-
-        model, meta = from_hf(spec.name)
-        mean, std = _norm(meta, HALF_NORM)
-        names = list(meta.get("class_names") or [f"class {i}" for i in range(model.config.num_classes)])
-        return LoadedModel(model.eval(), names, mean, std, spec.label(), meta)
+    if spec.kind in ("torchvision", "hf"):
+        return _pretrained(spec)
     raise ValueError(f"unknown model kind {spec.kind!r}; choose one of {sorted(MODEL_KINDS)}")
+
+
+@torch.no_grad()
+def _pretrained(spec: ModelSpec) -> LoadedModel:
+    """A torchvision / Hugging Face model converted to vitcore, with its reproduction check."""
+    from vitcore import pretrained
+
+    if spec.kind == "torchvision":
+        if pretrained.torchvision_weights_cached(spec.name):
+            model, meta = pretrained.from_torchvision(spec.name, "DEFAULT")
+            reference = pretrained.load_torchvision(spec.name, "DEFAULT")
+        else:  # no weights offline: a random model, converted from the very reference it is checked against
+            reference = pretrained.load_torchvision(spec.name)
+            model, meta = pretrained.from_torchvision(reference)
+            meta["notes"] = "random weights: the ImageNet weights are not in the local torch hub cache"
+        default_norm = IMAGENET_NORM
+    else:
+        reference = pretrained.load_hf(spec.name)
+        model, meta = pretrained.from_hf(reference)
+        default_norm = HALF_NORM
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(1, model.config.in_channels, *model.config.image_size, generator=generator)
+    meta["reproduction_max_diff"] = pretrained.verify(model, reference, images)
+    del reference
+    mean, std = _norm(meta, default_norm)
+    names = list(meta.get("class_names") or [f"class {i}" for i in range(model.config.num_classes)])
+    return LoadedModel(model.eval(), names, mean, std, spec.label(), meta)
 
 
 def session_copy(loaded: LoadedModel) -> LoadedModel:

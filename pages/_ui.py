@@ -198,7 +198,9 @@ def current_model() -> tuple[ModelSpec, LoadedModel] | None:
     """The selected model (shared, read-only), or None after showing why it could not load."""
     try:
         spec, data = current_spec()
-        return spec, cached_model(spec, data)
+        loaded = cached_model(spec, data)
+        model_caption(loaded)
+        return spec, loaded
     except (ValueError, OSError, RuntimeError) as exc:
         show_error(exc, "Model")
         return None
@@ -292,3 +294,16 @@ def cached_playground(config: ViTConfig) -> dict[str, Any]:
     from explorer.playground import playground_model
 
     return playground_model(config)
+
+
+def model_caption(loaded: LoadedModel) -> None:
+    """One line under the sidebar model picker: what is loaded and its reproduction check."""
+    meta = loaded.metadata
+    line = f"{loaded.label} · {sum(p.numel() for p in loaded.model.parameters()) / 1e6:.2f} M parameters"
+    if "reproduction_max_diff" in meta:
+        line += f" · reproduction check: max |Δ| = {meta['reproduction_max_diff']:.1e}"
+    if "val_accuracy" in meta:
+        line += f" · val accuracy {float(meta['val_accuracy']):.1%}"
+    st.sidebar.caption(line)
+    if meta.get("notes"):
+        st.sidebar.caption(str(meta["notes"]))

@@ -45,6 +45,7 @@ __all__ = [
     "from_torchvision",
     "load_hf",
     "load_torchvision",
+    "torchvision_weights_cached",
     "verify",
 ]
 
@@ -149,6 +150,14 @@ def _torchvision_weights(name: str, weights: Any) -> Any:
 def _torchvision_checkpoint_path(weights: Any) -> Path:
     """Where torch.hub caches this weights file: ``torch.hub.get_dir()/checkpoints/<file name of the URL>``."""
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+
+
+def torchvision_weights_cached(name: str, weights: Any = "DEFAULT") -> bool:
+    """Whether the weights file of torchvision's ``name`` is already in the torch.hub cache."""
+    name = _strip_prefix(name, "torchvision:")
+    if name not in TORCHVISION_NAMES:
+        raise ValueError(f"unknown torchvision ViT {name!r}; choose one of {list(TORCHVISION_NAMES)}")
+    return _torchvision_checkpoint_path(_torchvision_weights(name, weights)).is_file()
 
 
 def load_torchvision(name: str, weights: Any = None, download: bool = False) -> nn.Module:
