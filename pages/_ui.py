@@ -117,6 +117,9 @@ def sidebar() -> None:
             st.caption("Uses weights from the local torch hub cache when present, random weights otherwise.")
         elif kind == "hf":
             st.text_input("Hub id or local folder", key=S.HF_SOURCE, placeholder="google/vit-base-patch16-224")
+    shared = [S.MODEL_KIND] + ([S.SAMPLE_NAME] if source == "sample" else [])
+    shared += [S.PRESET_NAME] if kind == "preset" else []
+    sync_url(*shared)
 
 
 def _apply_preset() -> None:

@@ -149,3 +149,20 @@ def test_predict_page_topk_and_masking():
 def test_bad_upload_shows_a_message_and_the_page_keeps_working():
     at = app(**{S.IMAGE_SOURCE: "upload"})
     assert any("Upload an image" in i.value for i in at.info)
+
+
+def test_shared_link_opens_exactly_that_view():
+    from streamlit import config
+
+    config.set_option("client.showErrorDetails", "full")
+    at = AppTest.from_file(APP, default_timeout=180)
+    for key, value in {S.MODEL_KIND: "preset", S.PRESET_NAME: "tiny", S.SAMPLE_NAME: "astronaut",
+                       S.LAYER: "2", S.HEAD: "1", S.QUERY: "5"}.items():
+        at.query_params[key] = value
+    at.run()
+    assert at.selectbox(key=S.SAMPLE_NAME).value == "astronaut"
+    assert at.selectbox(key=S.MODEL_KIND).value == "preset"
+    at.switch_page("pages/3_attention.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    title = json.dumps(charts(at)[0]["layout"]["title"])
+    assert "layer 2, head 1: where patch 5 looks" in title
