@@ -80,7 +80,8 @@ def _patch_markers(grid: tuple[int, int], cell: float, values: np.ndarray | None
 def _image_layout(fig: go.Figure, width: float, height: float, title: str = "") -> go.Figure:
     fig.update_xaxes(visible=False, range=[0, width], constrain="domain")
     fig.update_yaxes(visible=False, range=[height, 0], scaleanchor="x")
-    fig.update_layout(margin=MARGIN, title=title, dragmode="select", clickmode="event+select", height=420)
+    # no dragmode here: with points-only selection Streamlit sets pan + click-to-select itself
+    fig.update_layout(margin=MARGIN, title=title, height=420)
     return fig
 
 

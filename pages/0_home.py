@@ -6,8 +6,9 @@ import streamlit as st
 import torch
 
 from explorer.pipeline import shape_flow
-from pages._ui import current_image, current_model, model_input
+from pages._ui import current_image, current_model, enter_page, model_input
 
+enter_page()
 st.title("ViT Explorer")
 st.markdown(
     "Follow one image through a **Vision Transformer** (Dosovitskiy et al., *An Image is Worth "

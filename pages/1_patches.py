@@ -10,9 +10,10 @@ from explorer import state as S
 from explorer.images import fit_to_size
 from explorer.pipeline import cost_summary
 from explorer.traces import conv_linear_difference, patch_size_rows, valid_patch_sizes
-from pages._ui import current_image, current_model, model_input, sync_url
+from pages._ui import current_image, current_model, enter_page, model_input, sync_url
 from vitcore import patchify
 
+enter_page()
 st.title("1 · Patches")
 picked, img = current_model(), current_image()
 if picked is None or img is None:

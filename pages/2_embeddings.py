@@ -7,9 +7,10 @@ import streamlit as st
 
 from explorer import figures as F
 from explorer.images import fit_to_size
-from pages._ui import clickable, current_image, current_model, patch_picker, trace_for
+from pages._ui import clickable, current_image, current_model, enter_page, patch_picker, trace_for
 from vitcore import analysis
 
+enter_page()
 st.title("2 · Embeddings")
 picked, img = current_model(), current_image()
 if picked is None or img is None:

@@ -15,12 +15,14 @@ from pages._ui import (
     clickable,
     current_image,
     current_model,
+    enter_page,
     patch_picker,
     sync_url,
     trace_for,
 )
 from vitcore import analysis
 
+enter_page()
 st.title("3 · Attention")
 picked, img = current_model(), current_image()
 if picked is None or img is None:

@@ -8,9 +8,10 @@ import streamlit as st
 from explorer import figures as F
 from explorer.images import fit_to_size
 from explorer.pipeline import cost_summary
-from pages._ui import cached_playground, current_image
+from pages._ui import cached_playground, current_image, enter_page
 from vitcore import ViTConfig
 
+enter_page()
 st.title("4 · Architecture playground")
 st.caption("Two random-initialised ViTs side by side. Costs are computed exactly; latency is measured on this "
            "server (batch 1, median of 3); attention maps are on your image (random weights, so look at the "

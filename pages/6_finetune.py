@@ -13,10 +13,11 @@ from explorer import state as S
 from explorer.images import fit_to_size
 from explorer.jobs import FINISHED, default_manager
 from explorer.training import FinetuneRequest, run_finetune
-from pages._ui import current_image, current_model
+from pages._ui import current_image, current_model, enter_page
 from vitcore.data import SHAPE_CLASSES
 from vitcore.train import STRATEGIES
 
+enter_page()
 st.title("6 · Fine-tune")
 manager = default_manager()
 owner = st.session_state.setdefault("_owner", uuid.uuid4().hex)

@@ -310,3 +310,18 @@ def model_caption(loaded: LoadedModel) -> None:
     st.sidebar.caption(line)
     if meta.get("notes"):
         st.sidebar.caption(str(meta["notes"]))
+
+
+def enter_page() -> None:
+    """Make sure the page runs inside the app's navigation (with its sidebar).
+
+    On a fresh server, a first request for a deep link such as ``/attention`` is served by
+    Streamlit's legacy ``pages/`` directory mode, which runs the page file alone. Switch the
+    server to the ``st.navigation`` mode of ``streamlit_app.py`` and rerun: the same URL path then
+    resolves to the same page, now with the shared sidebar and URL settings.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()

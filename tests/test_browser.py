@@ -1,0 +1,124 @@
+"""Real-browser test: Debian Chromium driven by Playwright against the app on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = ROOT / "tests" / "artifacts"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
+         "--no-first-run", "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed (.ci/run installs it with apt-get)")
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "EXPLORER_MAX_TRAINING_JOBS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"), "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail("the app did not start within 60 s")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.set_default_timeout(90_000)
+        yield page
+        browser.close()
+
+
+def wait_idle(page) -> None:
+    """Wait until Streamlit has finished the current script run."""
+    page.wait_for_timeout(300)
+    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=120_000)
+
+
+def attention_title(page) -> str:
+    return page.locator('[data-testid="stPlotlyChart"] .gtitle').first.text_content()
+
+
+def test_upload_open_attention_click_a_patch(server, page, tmp_path):
+    from PIL import Image
+    from skimage import data
+
+    photo = tmp_path / "coffee.png"
+    Image.fromarray(data.coffee()).save(photo)
+
+    page.goto(f"{server}/?model_kind=preset&preset_name=tiny")
+    page.get_by_text("The data flow, with the shapes of this run").wait_for()
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.get_by_text("Upload", exact=True).click()
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(photo))
+    wait_idle(page)
+    page.get_by_text("coffee.png").wait_for()
+
+    page.locator('[data-testid="stSidebarNav"]').get_by_text("3 · Attention").click()
+    page.get_by_text("What the CLS token attends to").wait_for()
+    wait_idle(page)
+    before = attention_title(page)
+    assert "where patch 0 looks" in before
+
+    chart = page.locator('[data-testid="stPlotlyChart"]').first
+    box = chart.locator(".nsewdrag").first.bounding_box()
+    # tiny sees a 14×14 grid; click inside the lower-right quarter
+    x, y = box["x"] + box["width"] * 0.72, box["y"] + box["height"] * 0.72
+    page.mouse.move(x, y)  # plotly needs hover data under the pointer before a click selects
+    page.wait_for_timeout(400)
+    page.mouse.click(x, y)
+    page.wait_for_function(
+        "(before) => { const t = document.querySelector('[data-testid=\"stPlotlyChart\"] .gtitle');"
+        " return t && t.textContent !== before; }",
+        arg=before,
+        timeout=60_000,
+    )
+    wait_idle(page)
+    after = attention_title(page)
+    assert after != before and "where patch" in after
+    patch = int(after.split("where patch ")[1].split()[0])
+    assert patch >= 98 and patch % 14 >= 7  # lower-right quarter of the 14×14 grid
+    page.screenshot(path=str(ARTIFACTS / "attention_after_click.png"), full_page=True)
