@@ -1,0 +1,226 @@
+"""capture / capturing: every stage exported, nothing changed, nothing left behind."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vitcore
+from vitcore import VisionTransformer, ViTConfig, capture, capturing, patchify
+
+
+def small(**kw) -> ViTConfig:
+    base = dict(image_size=(16, 24), patch_size=4, dim=32, depth=3, heads=4, mlp_ratio=2.0, num_classes=5)
+    return ViTConfig(**{**base, **kw})
+
+
+def hook_count(model: torch.nn.Module) -> int:
+    """Hooks of every kind on every submodule (forward, pre, with kwargs, backward)."""
+    names = (
+        "_forward_hooks",
+        "_forward_pre_hooks",
+        "_forward_hooks_with_kwargs",
+        "_forward_pre_hooks_with_kwargs",
+        "_backward_hooks",
+        "_backward_pre_hooks",
+        "_forward_hooks_always_called",
+    )
+    return sum(len(getattr(m, n, {})) for m in model.modules() for n in names)
+
+
+@pytest.fixture
+def model() -> VisionTransformer:
+    return VisionTransformer(small()).eval()
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    return torch.randn(2, 3, 16, 24)
+
+
+def test_lazy_exports_are_these_objects():
+    from vitcore.capture import Trace
+
+    assert vitcore.capture is capture and vitcore.capturing is capturing
+
+    assert vitcore.Trace is Trace
+
+
+def test_logits_bit_identical_to_explicit_path_and_close_to_fused(model, images):
+    model.fused_attention = True
+    with torch.no_grad():
+        fused = model(images)
+        trace = capture(model, images)
+        model.fused_attention = False
+        explicit = model(images)
+    assert torch.equal(trace.logits, explicit)
+    assert torch.allclose(trace.logits, fused, atol=1e-5)
+    assert trace.logits.shape == (2, 5)
+
+
+def test_fields_shapes_and_values(model, images):
+    trace = capture(model, images)
+    B, (gh, gw), N, D, T = 2, (4, 6), 24, 32, 25
+    assert trace.grid == (gh, gw) and trace.patch_size == 4 and trace.num_prefix_tokens == 1
+    assert torch.equal(trace.patches, patchify(images, 4))  # the pixels each token saw
+    assert trace.patch_embeddings.shape == (B, N, D)
+    model.fused_attention = False  # recompute on the path the capture ran on
+    with torch.no_grad():
+        assert torch.equal(trace.patch_embeddings, model.patch_embed(images))
+        assert torch.equal(trace.pos_embedding, model.pos_embedding[0])
+        assert len(trace.tokens) == model.config.depth + 1
+        assert torch.equal(trace.tokens[0], model.embed(images))  # z_0, eq. (1)
+        z = trace.tokens[0]
+        for i, block in enumerate(model.blocks):
+            z = block(z)
+            assert torch.equal(trace.tokens[i + 1], z)
+        assert torch.equal(model.forward_head(model.norm(trace.tokens[-1])), trace.logits)
+    assert trace.attention.shape == (3, B, 4, T, T) and trace.attention.dtype == torch.float32
+    assert torch.allclose(trace.attention.sum(-1), torch.ones(3, B, 4, T), atol=1e-6)
+    assert trace.layers == (0, 1, 2) and trace.heads == (0, 1, 2, 3)
+    assert trace.q is None and trace.mlp is None
+    for t in [trace.logits, trace.patches, trace.attention, *trace.tokens]:
+        assert t.device.type == "cpu" and not t.requires_grad
+
+
+def test_attention_matches_a_recomputation_from_tokens(model, images):
+    trace = capture(model, images, qkv=True, mlp=True)
+    model.fused_attention = False
+    with torch.no_grad():
+        for i, block in enumerate(model.blocks):
+            qkv = block.attn.qkv(block.norm1(trace.tokens[i]))  # (B, T, 3D)
+            q, k, v = qkv.reshape(2, 25, 3, 4, 8).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, d)
+            attn = (q @ k.transpose(-2, -1) * 8**-0.5).softmax(-1)
+            assert torch.allclose(trace.attention[i], attn, atol=1e-6)
+            assert torch.equal(trace.q[i], q) and torch.equal(trace.k[i], k) and torch.equal(trace.v[i], v)
+            x = trace.tokens[i] + block.attn(block.norm1(trace.tokens[i]))
+            hidden = block.mlp.act(block.mlp.fc1(block.norm2(x)))  # (B, T, mlp_dim)
+            assert torch.equal(trace.mlp[i], hidden)
+    assert trace.mlp.shape == (3, 2, 25, 64)
+
+
+def test_selection_stores_only_selected_layers_and_heads(model, images):
+    full = capture(model, images, qkv=True)
+    part = capture(model, images, layers=[-1, 0], heads=[3, 1], qkv=True)
+    assert part.layers == (0, 2) and part.heads == (1, 3)
+    assert part.attention.shape == (2, 2, 2, 25, 25)
+    assert torch.equal(part.attention, full.attention[[0, 2]][:, :, [1, 3]])
+    assert torch.equal(part.k, full.k[[0, 2]][:, :, [1, 3]])
+    assert part.layer_slot(2) == 1
+    with pytest.raises(ValueError, match="holds layers"):
+        part.layer_slot(1)
+    assert part.nbytes() < full.nbytes()
+    assert full.nbytes() - part.nbytes() == 4 * (full.attention.numel() - part.attention.numel()) + 3 * 4 * (
+        full.q.numel() - part.q.numel()
+    )
+    one = capture(model, images, layers=1, heads=2)
+    assert one.attention.shape == (1, 2, 1, 25, 25) and torch.equal(one.attention[0], full.attention[1][:, [2]])
+    none = capture(model, images, layers=[])
+    assert none.attention is None and len(none.tokens) == 4
+
+
+@pytest.mark.parametrize(
+    "kw, fragment",
+    [
+        (dict(layers=[3]), "valid layers are 0..2"),
+        (dict(layers=-4), "valid layers are 0..2"),
+        (dict(heads=[0, 4]), "valid heads are 0..3"),
+        (dict(heads=[]), "at least one head"),
+        (dict(layers=[1.5]), "must be integers"),
+        (dict(attention_dtype=torch.int8), "attention_dtype"),
+    ],
+)
+def test_selection_errors_name_the_valid_range(model, images, kw, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        capture(model, images, **kw)
+    assert hook_count(model) == 0
+
+
+def test_float16_attention(model, images):
+    full = capture(model, images)
+    half = capture(model, images, attention_dtype=torch.float16)
+    assert half.attention.dtype == torch.float16
+    assert half.attention.nbytes == full.attention.nbytes // 2
+    assert torch.allclose(half.attention.float(), full.attention, atol=1e-3)
+    assert torch.equal(half.logits, full.logits)
+
+
+def test_hooks_removed_and_fused_flag_restored_after_exception(model, images):
+    model.blocks[1].attn.fused = False  # mixed flags must come back exactly
+    flags = [b.attn.fused for b in model.blocks]
+    before = hook_count(model)
+    with pytest.raises(ValueError, match="not a multiple of patch size"), capturing(model) as rec:
+        assert hook_count(model) > before
+        assert not model.fused_attention
+        model(torch.randn(1, 3, 17, 24))
+    assert hook_count(model) == before == 0
+    assert [b.attn.fused for b in model.blocks] == flags
+    with pytest.raises(RuntimeError, match="no complete forward"):
+        _ = rec.result
+
+
+def test_hooks_removed_and_flag_restored_after_success(model, images):
+    model.fused_attention = True
+    model.train()
+    with torch.no_grad(), capturing(model, layers=[1]) as rec:
+        model(images)
+    assert hook_count(model) == 0 and model.fused_attention and model.training
+    assert rec.result.attention.shape == (1, 2, 4, 25, 25)
+    capture(model, images)
+    assert hook_count(model) == 0 and model.fused_attention
+    assert all(m.training for m in model.modules())  # capture() ran in eval mode and restored train mode
+
+
+def test_capture_does_not_change_training_state_or_grads():
+    model = VisionTransformer(small(dropout=0.5, attention_dropout=0.5))
+    model.train()
+    x = torch.randn(2, 3, 16, 24)
+    a = capture(model, x)
+    b = capture(model, x)
+    assert torch.equal(a.logits, b.logits)  # eval mode inside: dropout off, deterministic
+    assert model.training and all(p.grad is None for p in model.parameters())
+
+
+def test_capturing_keeps_the_last_forward_and_accepts_one_image(model):
+    x1, x2 = torch.randn(1, 3, 16, 24), torch.randn(3, 3, 16, 24)
+    with torch.no_grad(), capturing(model) as rec:
+        model(x1)
+        model(x2)
+    assert rec.result.logits.shape == (3, 5) and torch.equal(rec.result.patches, patchify(x2, 4))
+    single = capture(model, x1[0])
+    assert single.patches.shape == (1, 24, 48)
+    with torch.no_grad(), capturing(model) as rec:
+        tokens = model.forward_features(x1)
+    assert rec.result.logits is None and torch.equal(model.norm(rec.result.tokens[-1]), tokens)
+
+
+def test_other_image_size_interpolates_pos_embedding_and_distilled_prefix():
+    model = VisionTransformer(small(distilled=True)).eval()
+    x = torch.randn(1, 3, 24, 32)  # grid 6x8 instead of 4x6
+    trace = capture(model, x)
+    assert trace.grid == (6, 8) and trace.num_prefix_tokens == 2
+    with torch.no_grad():
+        assert torch.equal(trace.pos_embedding, model.pos_embedding_for((6, 8))[0])
+    assert trace.pos_embedding.shape == (2 + 48, 32) and trace.attention.shape == (3, 1, 4, 50, 50)
+
+
+def test_trace_is_independent_of_later_parameter_updates(model, images):
+    trace = capture(model, images)
+    pos = trace.pos_embedding.clone()
+    with torch.no_grad():
+        model.pos_embedding.add_(1.0)
+    assert torch.equal(trace.pos_embedding, pos)
+
+
+def test_non_vitcore_model_is_refused():
+    with pytest.raises(ValueError, match=r"vitcore\.VisionTransformer"):
+        capture(torch.nn.Linear(3, 3), torch.randn(1, 3, 16, 16))
+
+
+def test_huge_page_advice_keeps_the_data():
+    from vitcore.capture import _advise_huge_pages
+
+    slab = torch.empty(4 << 20)  # 16 MiB, large enough to be advised
+    _advise_huge_pages(slab)
+    slab.copy_(torch.arange(slab.numel(), dtype=torch.float32))
+    assert slab[-1] == slab.numel() - 1 and slab[12345] == 12345
