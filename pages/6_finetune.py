@@ -29,7 +29,7 @@ cfg = loaded.config
 job = manager.get(st.session_state.get(S.TRAIN_JOB))
 busy = job is not None and job.status not in FINISHED
 
-with st.form("finetune_setup", border=True):
+with st.container(border=True):
     st.markdown(f"Starting model: **{loaded.label}** ({cfg.image_size[0]}×{cfg.image_size[1]}, "
                 f"P={cfg.patch_size}); change it in the sidebar.")
     source = st.radio("Data", ["shapes", "zip", "folder", "collected"], horizontal=True, key="ft_source",
@@ -59,7 +59,7 @@ with st.form("finetune_setup", border=True):
     lr = s5.number_input("Learning rate (0 = strategy default)", 0.0, 1.0, 0.0, format="%.4f", key="ft_lr")
     augment = s6.checkbox("Augment training images", key="ft_augment")
     baseline = s7.checkbox("Also train a ResNet-18 baseline", key="ft_baseline")
-    start = st.form_submit_button("Start fine-tuning", type="primary", disabled=busy)
+    start = st.button("Start fine-tuning", type="primary", disabled=busy, key="ft_start")
 
 if start:
     collected = {}
@@ -130,7 +130,11 @@ def live() -> None:
     timeline = artifacts.get("timeline", [])
     if timeline and img is not None:
         resized = np.asarray(fit_to_size(img[1], cfg.image_size))
-        pick = st.slider("Attention timeline (epoch)", 0, len(timeline) - 1, len(timeline) - 1, key="ft_timeline")
+        pick = 0
+        if len(timeline) > 1:
+            pick = st.slider("Attention timeline (epoch)", 0, len(timeline) - 1, len(timeline) - 1, key="ft_timeline")
+        else:
+            st.caption("Attention timeline: before training; a point is added after every epoch.")
         point = timeline[pick]
         t1, t2 = st.columns(2)
         t1.plotly_chart(F.heatmap_over_image(resized, point["rollout"], title=f"rollout after epoch {point['epoch']}",

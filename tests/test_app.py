@@ -166,3 +166,40 @@ def test_shared_link_opens_exactly_that_view():
     assert not at.exception, [e.value for e in at.exception]
     title = json.dumps(charts(at)[0]["layout"]["title"])
     assert "layer 2, head 1: where patch 5 looks" in title
+
+
+def test_finetune_page_follows_a_short_job_to_a_usable_model():
+    """The page polls a running job and ends with results, a loadable checkpoint and 'use this model'.
+
+    (AppTest does not deliver button clicks on st.navigation pages, so the job is started the way
+    the Start button starts it; the real click is covered by the browser test.)
+    """
+    import time
+
+    from explorer.jobs import default_manager
+    from explorer.models import ModelSpec, build_model
+    from explorer.training import FinetuneRequest, run_finetune
+    from vitcore.checkpoint import load_checkpoint
+
+    page = "pages/6_finetune.py"
+    at = app(page)
+    assert any("press **Start fine-tuning**" in i.value for i in at.info)
+    request = FinetuneRequest(loaded=build_model(ModelSpec("bundled")), strategy="last_k", last_k=1,
+                              shapes_per_class=40, epochs=2, max_seconds=30)
+    job = default_manager().submit("apptest", lambda j: run_finetune(j, request))
+    at.session_state[S.TRAIN_JOB] = job.id
+    deadline = time.monotonic() + 240
+    while job.status not in ("done", "stopped", "failed"):
+        assert time.monotonic() < deadline, job.snapshot()["message"]
+        time.sleep(1.0)
+        rerun(at, page)  # the page polls; each poll keeps the job's heartbeat alive
+    rerun(at, page)
+    assert job.status == "done", job.message
+    results = " ".join(m.value for m in at.markdown if "Best validation accuracy" in m.value)
+    accuracy = float(results.split("**")[1].rstrip("%")) / 100
+    assert accuracy > 0.2  # five classes: above chance
+    assert [m.value for m in at.metric if m.label == "val accuracy"]
+    model, meta = load_checkpoint(job.snapshot()["artifacts"]["best_checkpoint"])
+    assert meta["class_names"] == ["circle", "square", "triangle", "cross", "star"]
+    assert model.config.image_size == (32, 32) and model.config.num_classes == 5
+    assert [b.label for b in at.button if b.key == "ft_use"] == ["Use this model on every page"]

@@ -33,11 +33,14 @@ def server():
     if not Path(CHROMIUM).exists():
         pytest.skip("chromium is not installed (.ci/run installs it with apt-get)")
     port = free_port()
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = open(ARTIFACTS / "server.log", "w")  # noqa: SIM115 - closed when the server stops
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "EXPLORER_MAX_TRAINING_JOBS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"), "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+         "--client.showErrorDetails", "full"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -57,6 +60,7 @@ def server():
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
+    log.close()
 
 
 @pytest.fixture
@@ -122,3 +126,29 @@ def test_upload_open_attention_click_a_patch(server, page, tmp_path):
     patch = int(after.split("where patch ")[1].split()[0])
     assert patch >= 98 and patch % 14 >= 7  # lower-right quarter of the 14×14 grid
     page.screenshot(path=str(ARTIFACTS / "attention_after_click.png"), full_page=True)
+
+
+def test_finetune_start_curve_grows_stop(server, page):
+    page.goto(f"{server}/finetune")
+    page.get_by_text("Starting model:").wait_for()
+    wait_idle(page)
+    page.get_by_role("button", name="Start fine-tuning").click()
+    # the live fragment polls every second: the step curve appears and grows
+    page.get_by_text("training loss per step").first.wait_for(timeout=60_000)
+
+    def points() -> int:
+        return page.evaluate(
+            "() => { const g = [...document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .js-plotly-plot')]"
+            ".find(d => d.layout && d.layout.title && String(d.layout.title.text).includes('loss per step'));"
+            " return g && g.data[0] ? g.data[0].x.length : 0; }"
+        )
+
+    page.wait_for_function("() => true")
+    first = points()
+    page.wait_for_timeout(3000)
+    assert points() > first >= 1
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_text("stopped by the user").first.wait_for(timeout=60_000)
+    page.screenshot(path=str(ARTIFACTS / "finetune_stopping.png"), full_page=True)
+    page.get_by_role("button", name="Download the best checkpoint (.safetensors)").wait_for(timeout=60_000)
+    page.screenshot(path=str(ARTIFACTS / "finetune_stopped.png"), full_page=True)
