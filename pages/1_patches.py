@@ -10,16 +10,10 @@ from explorer import state as S
 from explorer.images import fit_to_size
 from explorer.pipeline import cost_summary
 from explorer.traces import conv_linear_difference, patch_size_rows, valid_patch_sizes
-from pages._ui import current_image, current_model, enter_page, model_input, sync_url
+from pages._ui import model_input, page_inputs, sync_url
 from vitcore import patchify
 
-enter_page()
-st.title("1 · Patches")
-picked, img = current_model(), current_image()
-if picked is None or img is None:
-    st.stop()
-spec, loaded = picked
-_, image, _ = img
+spec, loaded, _, image, _ = page_inputs("1 · Patches")
 cfg = loaded.config
 sizes = valid_patch_sizes(cfg.image_size)
 if st.session_state.get(S.PATCH_SIZE) not in sizes:

@@ -7,16 +7,10 @@ import streamlit as st
 
 from explorer import figures as F
 from explorer.images import fit_to_size
-from pages._ui import clickable, current_image, current_model, enter_page, patch_picker, trace_for
+from pages._ui import clickable, page_inputs, patch_picker, trace_for
 from vitcore import analysis
 
-enter_page()
-st.title("2 · Embeddings")
-picked, img = current_model(), current_image()
-if picked is None or img is None:
-    st.stop()
-spec, loaded = picked
-key, image, _ = img
+spec, loaded, key, image, _ = page_inputs("2 · Embeddings")
 cfg = loaded.config
 trace = trace_for(spec, loaded, key, image)
 grid = tuple(trace.grid)

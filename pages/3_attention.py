@@ -13,22 +13,14 @@ from explorer.traces import attention_steps, query_maps
 from pages._ui import (
     cached_gradient_rollout,
     clickable,
-    current_image,
-    current_model,
-    enter_page,
+    page_inputs,
     patch_picker,
     sync_url,
     trace_for,
 )
 from vitcore import analysis
 
-enter_page()
-st.title("3 · Attention")
-picked, img = current_model(), current_image()
-if picked is None or img is None:
-    st.stop()
-spec, loaded = picked
-key, image, mask = img
+spec, loaded, key, image, mask = page_inputs("3 · Attention")
 cfg = loaded.config
 trace = trace_for(spec, loaded, key, image)
 grid = tuple(trace.grid)

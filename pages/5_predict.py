@@ -9,15 +9,9 @@ from explorer import figures as F
 from explorer import state as S
 from explorer.images import fit_to_size
 from explorer.traces import occlusion_effect, predict_probs
-from pages._ui import cached_occlusion_map, current_image, current_model, enter_page, model_input
+from pages._ui import cached_occlusion_map, model_input, page_inputs
 
-enter_page()
-st.title("5 · Predict")
-picked, img = current_model(), current_image()
-if picked is None or img is None:
-    st.stop()
-spec, loaded = picked
-key, image, _ = img
+spec, loaded, key, image, _ = page_inputs("5 · Predict")
 cfg = loaded.config
 x = model_input(loaded, image)
 names = loaded.class_names

@@ -325,3 +325,18 @@ def enter_page() -> None:
     if PagesManager.uses_pages_directory:
         PagesManager.uses_pages_directory = False
         st.rerun()
+
+
+def page_inputs(title: str) -> tuple[ModelSpec, LoadedModel, str, Any, Any]:
+    """Start a page that needs a model and an image: (spec, model, image key, image, mask).
+
+    Stops the page (after the sidebar has said why) when either is missing.
+    """
+    enter_page()
+    st.title(title)
+    picked, img = current_model(), current_image()
+    if picked is None or img is None:
+        st.stop()
+    spec, loaded = picked
+    key, image, mask = img
+    return spec, loaded, key, image, mask
