@@ -446,10 +446,13 @@ def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, cx: float, cy: float, r: f
 
 
 def _contrasting_colours(rng: np.random.Generator) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    while True:
-        bg, fg = rng.integers(0, 256, size=3), rng.integers(0, 256, size=3)
-        if np.abs(bg.astype(int) - fg.astype(int)).sum() > 200:
-            return tuple(int(v) for v in bg), tuple(int(v) for v in fg)  # type: ignore[return-value]
+    """A dark background colour and a bright object colour (consistent polarity keeps the task about shape)."""
+    bg = rng.integers(0, 100, size=3)
+    fg = rng.integers(0, 256, size=3)
+    fg[int(rng.integers(0, 3))] = int(rng.integers(200, 256))  # at least one bright channel
+    while int(fg.sum()) - int(bg.sum()) < 250:
+        fg = np.minimum(fg + 40, 255)
+    return tuple(int(v) for v in bg), tuple(int(v) for v in fg)  # type: ignore[return-value]
 
 
 class ShapesDataset(Dataset):
@@ -472,6 +475,7 @@ class ShapesDataset(Dataset):
         clutter: int = 3,
         normalization: Normalization = SHAPES_NORMALIZATION,
         augment: bool = False,
+        max_rotation: float = 15.0,
         supersample: int = 4,
     ) -> None:
         if not isinstance(n, int) or n < 1:
@@ -482,6 +486,7 @@ class ShapesDataset(Dataset):
             raise ValueError(f"classes={classes} must be at least 2 distinct names from {SHAPE_CLASSES}")
         self.n, self.image_size, self.classes, self.seed = n, _pair(image_size), classes, seed
         self.clutter, self.supersample, self.augment = clutter, supersample, augment
+        self.max_rotation = float(max_rotation)  # degrees either way from the upright shape
         self.normalization = _check_normalization(normalization)
         rendered = [self._render(i) for i in range(n)]
         self.images = torch.from_numpy(np.stack([r[0] for r in rendered]))  # (n, H, W, 3) uint8
@@ -526,7 +531,7 @@ class ShapesDataset(Dataset):
         side = min(H, W)
         # Clutter: thin lines and small dots in random colours, drawn before the object.
         for _ in range(int(rng.integers(0, self.clutter + 1))):
-            colour = tuple(int(v) for v in rng.integers(0, 256, size=3))
+            colour = tuple(int(v) for v in rng.integers(40, 180, size=3))
             x0, y0, x1, y1 = rng.uniform(0, 1, size=4) * [W, H, W, H]
             if rng.uniform() < 0.5:
                 draw.line([x0, y0, x1, y1], fill=colour, width=max(1, s // 2))
@@ -536,7 +541,9 @@ class ShapesDataset(Dataset):
         r = side * rng.uniform(0.22, 0.42)  # circumradius
         cx = rng.uniform(r, W - r)
         cy = rng.uniform(r, H - r)
-        angle = rng.uniform(0, 2 * math.pi)
+        angle = math.radians(rng.uniform(-self.max_rotation, self.max_rotation))
+        if kind in ("triangle", "star"):
+            angle -= math.pi / 2  # upright: a vertex at the top
         _draw_shape(draw, kind, cx, cy, r, angle, fg)
         mask = Image.new("L", (W, H), 0)
         _draw_shape(ImageDraw.Draw(mask), kind, cx, cy, r, angle, 255)
