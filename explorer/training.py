@@ -27,13 +27,13 @@ from explorer.jobs import Job
 from explorer.models import LoadedModel
 from vitcore import VisionTransformer
 from vitcore.data import DataBundle, from_image_folder, from_zip, shapes_bundle
+from vitcore.train import replace_head
 
 __all__ = [
     "FinetuneRequest",
     "allowed_data_folder",
     "collected_bundle",
     "build_bundle",
-    "adapt_head",
     "checkpoint_bytes",
     "run_finetune",
     "confusion_matrix",
@@ -116,18 +116,6 @@ def build_bundle(request: FinetuneRequest, workdir: Path) -> DataBundle:
     raise ValueError(f"unknown data source {request.source!r}; use shapes, zip, folder or collected")
 
 
-def adapt_head(model: VisionTransformer, num_classes: int) -> VisionTransformer:
-    """The same backbone with a fresh head for ``num_classes`` (unchanged if it already fits)."""
-    if model.config.num_classes == num_classes:
-        return model
-    new = VisionTransformer(model.config.replace(num_classes=num_classes))
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith(("head.", "head_dist."))}
-    missing, unexpected = new.load_state_dict(state, strict=False)
-    assert not unexpected and all(k.startswith(("head.", "head_dist.")) for k in missing)
-    new.fused_attention = model.fused_attention
-    return new
-
-
 def checkpoint_bytes(model: torch.nn.Module, class_names: list[str], normalization, extra: dict | None = None) -> bytes:
     """A checkpoint (.safetensors with config and metadata) as bytes for a download button."""
     from vitcore.checkpoint import save_checkpoint
@@ -206,7 +194,7 @@ def run_finetune(job: Job, request: FinetuneRequest) -> dict[str, Any]:
         job.check()
         names = list(data.class_names)
         norm = data.normalization
-        model = adapt_head(copy.deepcopy(request.loaded.model), len(names))
+        model = replace_head(copy.deepcopy(request.loaded.model), len(names))
         probe_x = _probe_tensor(request)
         timeline: list[dict[str, Any]] = []
         if probe_x is not None:

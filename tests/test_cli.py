@@ -95,5 +95,27 @@ def test_errors_are_messages_not_tracebacks(tmp_path, capsys):
     junk.write_bytes(b"garbage")
     assert main(["info", str(junk)]) == 2
     assert "neither a .safetensors" in capsys.readouterr().err
-    assert main(["train", *TINY, "--out", str(tmp_path / "o"), "--from", "torchvision:vit_b_16"]) == 2
-    assert "unknown source 'torchvision'" in capsys.readouterr().err
+    assert main(["train", *TINY, "--out", str(tmp_path / "o"), "--from", "onnx:model"]) == 2
+    assert "unknown source 'onnx'" in capsys.readouterr().err
+    # the seed tutorial's command, offline: a clear message naming the missing weights file
+    assert main(["train", "--data", "shapes", "--out", str(tmp_path / "o"), "--from", "torchvision:vit_b_16",
+                 "--strategy", "head", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "not in the cache" in err and "vit_b_16" in err and "checkpoints" in err
+
+
+def test_train_from_a_hugging_face_folder(tmp_path):
+    from transformers import ViTConfig as HFConfig
+    from transformers import ViTForImageClassification
+
+    from vitcore.checkpoint import load_checkpoint
+
+    hf = ViTForImageClassification(HFConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                            num_attention_heads=2, intermediate_size=64, num_labels=3))
+    hf.save_pretrained(tmp_path / "hf")
+    out = tmp_path / "out"
+    assert main(["train", "--data", "shapes", "--per-class-train", "8", "--per-class-val", "4", "--epochs", "1",
+                 "--strategy", "head", "--from", f"hf:{tmp_path / 'hf'}", "--out", str(out), "--quiet"]) == 0
+    model, meta = load_checkpoint(out / "model.safetensors")
+    assert model.config.dim == 32 and model.config.num_classes == 5 and model.config.patch_size == 8
+    assert meta["strategy"] == "head"

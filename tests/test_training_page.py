@@ -9,8 +9,9 @@ import torch
 
 from explorer.jobs import JobManager
 from explorer.models import ModelSpec, build_model
-from explorer.training import FinetuneRequest, adapt_head, allowed_data_folder, collected_bundle, run_finetune
+from explorer.training import FinetuneRequest, allowed_data_folder, collected_bundle, run_finetune
 from vitcore.checkpoint import load_checkpoint
+from vitcore.train import replace_head
 
 
 def wait(job, timeout=120.0, until=("done", "stopped", "failed")):
@@ -119,9 +120,11 @@ def test_collected_images_need_two_classes_of_two(tmp_path):
     assert bundle.dataset_sizes["train"] + bundle.dataset_sizes["val"] == 8
 
 
-def test_adapt_head_keeps_the_backbone(micro):
-    new = adapt_head(micro.model, 3)
+def test_replace_head_keeps_the_backbone(micro):
+    new = replace_head(micro.model, 3)
     assert new.config.num_classes == 3 and new.head.out_features == 3
     assert torch.equal(new.pos_embedding, micro.model.pos_embedding)
     assert torch.equal(new.blocks[0].attn.qkv.weight, micro.model.blocks[0].attn.qkv.weight)
-    assert adapt_head(micro.model, 5) is micro.model
+    assert replace_head(micro.model, 5) is micro.model
+    with pytest.raises(ValueError, match="positive integer"):
+        replace_head(micro.model, 0)

@@ -33,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", default="micro", help="architecture preset: micro, tiny, small, base, large")
     t.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: the preset's)")
     t.add_argument("--from", dest="init", default=None, metavar="SOURCE",
-                   help="initial weights: a vitcore .safetensors/.pt checkpoint (its head is replaced when the "
-                        "classes differ); converter sources such as 'torchvision:NAME' plug in here")
+                   help="initial weights: a vitcore .safetensors/.pt checkpoint, 'torchvision:vit_b_16' (ImageNet "
+                        "weights from the torch hub cache) or 'hf:ID_OR_FOLDER'; the head is replaced when the "
+                        "classes differ, and the model's input size and normalisation are used")
     t.add_argument("--strategy", default="full", choices=["full", "head", "last_k", "lora"],
                    help="which parameters train")
     t.add_argument("--last-k", type=int, default=2, help="blocks trained by --strategy last_k")
@@ -84,55 +85,67 @@ def state_hash(model: Any) -> str:
     return digest.hexdigest()
 
 
-def _load_data(args: argparse.Namespace, image_size: int) -> Any:
-    from .data import from_image_folder, from_zip, shapes_bundle
+def _load_data(args: argparse.Namespace, image_size: Any, normalization: Any = None) -> Any:
+    from .data import IMAGENET_NORMALIZATION, from_image_folder, from_zip, shapes_bundle
 
+    norm = normalization or IMAGENET_NORMALIZATION
     if args.data == "shapes":
         return shapes_bundle(image_size, args.per_class_train, args.per_class_val, batch_size=args.batch_size,
                              seed=args.seed)
     path = Path(args.data)
     if path.suffix.lower() == ".zip":
-        return from_zip(path, image_size, args.batch_size, augment=args.augment, seed=args.seed)
+        return from_zip(path, image_size, args.batch_size, augment=args.augment, seed=args.seed, normalization=norm)
     if path.is_dir():
-        return from_image_folder(path, image_size, args.batch_size, augment=args.augment, seed=args.seed)
+        return from_image_folder(path, image_size, args.batch_size, augment=args.augment, seed=args.seed,
+                                 normalization=norm)
     raise ValueError(f"--data {args.data!r} is not 'shapes', a folder or a .zip file")
 
 
-def _initial_model(args: argparse.Namespace, num_classes: int) -> Any:
-    """The model to train: a fresh preset, or weights named by ``--from``."""
-    import torch
-    from torch import nn
+def _pretrained_source(scheme: str, name: str) -> tuple[Any, dict[str, Any]]:
+    """``torchvision:NAME`` (ImageNet weights from the torch hub cache) or ``hf:ID_OR_FOLDER``."""
+    from . import pretrained
 
+    if scheme == "torchvision":
+        return pretrained.from_torchvision(name, "DEFAULT")
+    return pretrained.from_hf(name)
+
+
+# Converters: scheme -> callable(scheme, name) -> (VisionTransformer, metadata)
+_SOURCES: dict[str, Any] = {"torchvision": _pretrained_source, "hf": _pretrained_source}
+
+
+def _source_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The weights named by ``--from`` with their metadata, or (None, {}) for a fresh preset."""
     from .checkpoint import load_checkpoint
+
+    if args.init is None:
+        return None, {}
+    scheme, _, rest = args.init.partition(":")
+    if rest and scheme in _SOURCES:
+        return _SOURCES[scheme](scheme, rest)
+    if rest and len(scheme) > 1 and not Path(args.init).exists():
+        raise ValueError(f"--from {args.init!r}: unknown source {scheme!r}; known sources are "
+                         f"{sorted(_SOURCES)} or a checkpoint file")
+    return load_checkpoint(args.init)
+
+
+def _initial_model(args: argparse.Namespace, source: Any, num_classes: int) -> Any:
+    """The model to train: a fresh preset, or the ``--from`` weights with a head for ``num_classes``."""
+    import torch
+
     from .config import PRESETS, ViTConfig
     from .model import VisionTransformer
+    from .train import replace_head
 
     torch.manual_seed(args.seed)
-    if args.init is None:
+    if source is None:
         if args.preset not in PRESETS:
             raise ValueError(f"unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}")
         overrides: dict[str, Any] = {"num_classes": num_classes}
         if args.image_size is not None:
             overrides["image_size"] = args.image_size
         return VisionTransformer(ViTConfig.preset(args.preset, **overrides))
-    scheme, _, rest = args.init.partition(":")
-    if rest and scheme in _SOURCES:
-        model = _SOURCES[scheme](rest)
-    elif rest and len(scheme) > 1 and not Path(args.init).exists():
-        raise ValueError(f"--from {args.init!r}: unknown source {scheme!r}; known sources are "
-                         f"{sorted(_SOURCES) or 'none yet'} or a checkpoint file")
-    else:
-        model, _ = load_checkpoint(args.init)
-    if model.config.num_classes != num_classes:  # new task: a fresh head of the right size
-        model.config = model.config.replace(num_classes=num_classes)
-        model.head = nn.Linear(model.config.dim, num_classes)
-        if model.head_dist is not None:
-            model.head_dist = nn.Linear(model.config.dim, num_classes)
-    return model
-
-
-# Converters register here: scheme -> callable(name) -> VisionTransformer (e.g. "torchvision").
-_SOURCES: dict[str, Any] = {}
+    return replace_head(source, num_classes)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -161,9 +174,16 @@ def _train_process(args: argparse.Namespace, rank: int) -> int:
     out = Path(args.out)
     if args.preset not in PRESETS:
         raise ValueError(f"unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}")
-    image_size = args.image_size or PRESETS[args.preset]["image_size"]
-    data = _load_data(args, image_size)
-    model = _initial_model(args, data.num_classes)
+    source, source_meta = _source_model(args)
+    if source is not None:  # a trained model fixes the input size and the normalisation
+        image_size = args.image_size or source.config.image_size
+        norm = source_meta.get("normalization")
+        normalization = (tuple(norm["mean"]), tuple(norm["std"])) if isinstance(norm, dict) else None
+    else:
+        image_size = args.image_size or PRESETS[args.preset]["image_size"]
+        normalization = None
+    data = _load_data(args, image_size, normalization)
+    model = _initial_model(args, source, data.num_classes)
 
     bar = None
     callbacks = []

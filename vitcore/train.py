@@ -44,6 +44,7 @@ __all__ = [
     "fit",
     "fit_ignite",
     "merge_lora",
+    "replace_head",
     "prepare_model",
     "resolve_device",
     "trainable_parameter_names",
@@ -170,6 +171,28 @@ def prepare_model(
         if name.startswith(tuple(f"{h}." for h in _head_names(model))):
             p.requires_grad_(True)
     return wrapped
+
+
+def replace_head(model: VisionTransformer, num_classes: int) -> VisionTransformer:
+    """The same backbone with a fresh classification head for ``num_classes`` (new task).
+
+    Returns ``model`` itself when the head already fits; otherwise a new model whose config says
+    ``num_classes`` and whose every non-head weight is a copy of ``model``'s.
+    """
+    if not isinstance(model, VisionTransformer):
+        raise ValueError(f"replace_head needs a vitcore VisionTransformer, got {type(model).__name__}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes={num_classes!r} must be a positive integer")
+    if model.config.num_classes == num_classes:
+        return model
+    new = VisionTransformer(model.config.replace(num_classes=num_classes))
+    backbone = {k: v for k, v in model.state_dict().items() if not k.startswith(("head.", "head_dist."))}
+    missing, unexpected = new.load_state_dict(backbone, strict=False)
+    if unexpected or any(not k.startswith(("head.", "head_dist.")) for k in missing):
+        raise ValueError(f"could not carry the backbone over: missing {missing}, unexpected {unexpected}")
+    new.fused_attention = model.fused_attention
+    param = next(model.parameters())
+    return new.to(param.device, param.dtype)
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
