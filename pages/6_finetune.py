@@ -54,7 +54,7 @@ with st.container(border=True):
                                          "last_k": "last k blocks", "lora": "LoRA"}.get)
     last_k = s2.slider("k (last blocks)", 1, cfg.depth, min(2, cfg.depth), key="ft_last_k")
     budget = s3.slider("Time budget (s)", 10, 300, 60, step=10, key="ft_budget")
-    epochs = s4.slider("Epochs", 1, 100, 30, key="ft_epochs")
+    epochs = s4.slider("Epochs", 1, 100, 15, key="ft_epochs")
     s5, s6, s7 = st.columns(3)
     lr = s5.number_input("Learning rate (0 = strategy default)", 0.0, 1.0, 0.0, format="%.4f", key="ft_lr")
     augment = s6.checkbox("Augment training images", key="ft_augment")

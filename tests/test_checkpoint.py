@@ -89,7 +89,7 @@ def test_mismatched_weights_are_listed(micro, tmp_path):
     with pytest.raises(ValueError, match=r"missing keys \(12\): blocks\.4\."):
         load_checkpoint(tmp_path / "m.pt", config=deeper)
     more_classes = ViTConfig.preset("micro", num_classes=7)
-    with pytest.raises(ValueError, match=r"head.weight: checkpoint \(5, 64\) vs model \(7, 64\)"):
+    with pytest.raises(ValueError, match=r"head.weight: checkpoint \(5, 96\) vs model \(7, 96\)"):
         load_checkpoint(tmp_path / "m.pt", config=more_classes)
 
 

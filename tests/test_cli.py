@@ -50,7 +50,7 @@ def test_train_info_predict(tmp_path, capsys):
     assert main(["info", str(ckpt), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["class_names"] == list(SHAPE_CLASSES)
-    assert info["config"]["dim"] == 64 and info["parameters"] > 100_000
+    assert info["config"]["dim"] == 96 and info["parameters"] > 100_000
     assert info["val_accuracy"] == history["history"][-1]["best_val_accuracy"]
 
     ds = ShapesDataset(2, 32, seed=5)

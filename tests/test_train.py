@@ -36,17 +36,17 @@ def micro():
     return VisionTransformer(ViTConfig.preset("micro"))
 
 
-# micro: D=64, mlp 128, depth 4, 5 classes. One block = 2 LayerNorms (2*128) + qkv (64*192+192)
-# + proj (64*64+64) + fc1 (64*128+128) + fc2 (128*64+64) = 33472 scalars.
-BLOCK = 2 * 128 + (64 * 192 + 192) + (64 * 64 + 64) + (64 * 128 + 128) + (128 * 64 + 64)
-HEAD = 64 * 5 + 5
-NORM = 2 * 64
-LORA_PER_BLOCK = 8 * ((64 + 192) + (64 + 64) + (64 + 128) + (128 + 64))  # r * (in + out) per adapted linear
+# micro: D=96, mlp 192, depth 4, 5 classes. One block = 2 LayerNorms (2*192) + qkv (96*288+288)
+# + proj (96*96+96) + fc1 (96*192+192) + fc2 (192*96+96) = 74784 scalars.
+BLOCK = 2 * 192 + (96 * 288 + 288) + (96 * 96 + 96) + (96 * 192 + 192) + (192 * 96 + 96)
+HEAD = 96 * 5 + 5
+NORM = 2 * 96
+LORA_PER_BLOCK = 8 * ((96 + 288) + (96 + 96) + (96 + 192) + (192 + 96))  # r * (in + out) per adapted linear
 
 
 def test_strategy_parameter_counts_by_hand(micro):
     total = sum(p.numel() for p in micro.parameters())
-    assert BLOCK == 33472
+    assert BLOCK == 74784
     assert trainable_parameters(micro, "full") == total
     assert trainable_parameters(micro, "head") == HEAD
     assert trainable_parameters(micro, "last_k", last_k=2) == 2 * BLOCK + NORM + HEAD

@@ -17,7 +17,7 @@ def divisors(n: int) -> list[int]:
 # Named architectures. "micro" is ours: small enough to fine-tune on 32x32 images in a lecture
 # on two CPU cores; the others are the paper's / DeiT's sizes.
 PRESETS: dict[str, dict[str, Any]] = {
-    "micro": dict(image_size=32, patch_size=4, dim=64, depth=4, heads=4, mlp_ratio=2.0, num_classes=5),
+    "micro": dict(image_size=32, patch_size=8, dim=96, depth=4, heads=4, mlp_ratio=2.0, num_classes=5),
     "tiny": dict(image_size=224, patch_size=16, dim=192, depth=12, heads=3),
     "small": dict(image_size=224, patch_size=16, dim=384, depth=12, heads=6),
     "base": dict(image_size=224, patch_size=16, dim=768, depth=12, heads=12),
