@@ -42,6 +42,7 @@ PLAY_B = "playground_b"
 
 # training page
 TRAIN_JOB = "train_job_id"
+TRAIN_REQUEST = "train_request"  # the last FinetuneRequest, for "resume"
 
 DEFAULTS: dict[str, Any] = {
     IMAGE_SOURCE: "sample",

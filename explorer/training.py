@@ -14,7 +14,7 @@ import io
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ __all__ = [
     "collected_bundle",
     "build_bundle",
     "checkpoint_bytes",
+    "resume_request",
     "run_finetune",
     "confusion_matrix",
 ]
@@ -181,6 +182,18 @@ def _probe_tensor(request: FinetuneRequest) -> torch.Tensor | None:
     from explorer.images import to_tensor
 
     return to_tensor(request.probe_image, request.loaded.image_size, request.loaded.mean, request.loaded.std)
+
+
+def resume_request(previous: FinetuneRequest, checkpoint: bytes) -> FinetuneRequest:
+    """The same fine-tune, continuing from a checkpoint of an earlier (stopped) run."""
+    from vitcore.checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(checkpoint)
+    norm = meta.get("normalization") or {}
+    loaded = LoadedModel(model, list(meta.get("class_names") or []),
+                         tuple(norm.get("mean", previous.loaded.mean)), tuple(norm.get("std", previous.loaded.std)),
+                         f"resumed from {previous.loaded.label}", meta)
+    return replace(previous, loaded=loaded)
 
 
 def run_finetune(job: Job, request: FinetuneRequest) -> dict[str, Any]:

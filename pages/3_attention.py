@@ -116,3 +116,23 @@ with st.expander("Keys and locks, and why divide by √d"):
         "vanish. **Multi-head** attention runs several such lookups in parallel on D/heads-wide slices, so "
         "one head can track colour while another tracks position."
     )
+
+st.subheader("Inside a block: LayerNorm and the MLP")
+with st.expander("LayerNorm vs BatchNorm"):
+    st.markdown(
+        "Every block normalises its input twice (before attention and before the MLP). **LayerNorm** "
+        "normalises each token on its own, over its D features: mean 0, variance 1, then a learned scale and "
+        "shift. **BatchNorm**, the CNN default, normalises each feature over the batch, so a token's output "
+        "depends on the other images in the batch and on running statistics that differ between training and "
+        "inference. LayerNorm needs neither, works for any batch size (even one image in this app), and "
+        "suits sequences whose length changes with the image size."
+    )
+with st.expander("The MLP and its activation: GELU vs ReLU vs ELU", expanded=False):
+    st.markdown(
+        f"After attention mixes information *between* tokens, the MLP transforms each token on its own: "
+        f"D = {cfg.dim} → {cfg.mlp_dim} → {cfg.dim} with a **GELU** in between. ReLU cuts negative inputs to "
+        "zero with a kink at 0; ELU curves smoothly to −1; GELU weighs each input by the probability that a "
+        "standard normal variable is below it, x·Φ(x): smooth everywhere, slightly negative just left of 0, "
+        "and the activation BERT and ViT use."
+    )
+    st.plotly_chart(F.activation_curves(), key="attn_activations")

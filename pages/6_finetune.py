@@ -12,7 +12,7 @@ from explorer import figures as F
 from explorer import state as S
 from explorer.images import fit_to_size
 from explorer.jobs import FINISHED, default_manager
-from explorer.training import FinetuneRequest, run_finetune
+from explorer.training import FinetuneRequest, resume_request, run_finetune
 from pages._ui import current_image, current_model, enter_page
 from vitcore.data import SHAPE_CLASSES
 from vitcore.train import STRATEGIES
@@ -85,6 +85,18 @@ if start:
     else:
         job = manager.submit(owner, lambda j, r=request: run_finetune(j, r), max_seconds=float(budget) * 3 + 120)
         st.session_state[S.TRAIN_JOB] = job.id
+        st.session_state[S.TRAIN_REQUEST] = request
+
+
+def resume(checkpoint: bytes) -> None:
+    """Start a new job from a stopped job's checkpoint with the same data and settings."""
+    previous = st.session_state.get(S.TRAIN_REQUEST)
+    if previous is None:
+        return
+    request = resume_request(previous, checkpoint)
+    job = manager.submit(owner, lambda j, r=request: run_finetune(j, r), max_seconds=request.max_seconds * 3 + 120)
+    st.session_state[S.TRAIN_JOB] = job.id
+    st.session_state[S.TRAIN_REQUEST] = request
 
 
 def use_model(data: bytes, name: str) -> None:
@@ -153,6 +165,8 @@ def live() -> None:
         if status in FINISHED:
             d2.button("Use this model on every page", key="ft_use", on_click=use_model,
                       args=(ckpt, f"fine-tune #{job.id} ({snap['status']})"))
+        if status in ("stopped", "failed") and st.session_state.get(S.TRAIN_REQUEST) is not None:
+            d2.button("Resume from this checkpoint", key="ft_resume", on_click=resume, args=(ckpt,))
     summary = artifacts.get("summary")
     if summary:
         _results(summary, names, img)

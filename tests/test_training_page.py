@@ -128,3 +128,22 @@ def test_replace_head_keeps_the_backbone(micro):
     assert replace_head(micro.model, 5) is micro.model
     with pytest.raises(ValueError, match="positive integer"):
         replace_head(micro.model, 0)
+
+
+def test_resume_continues_from_the_stopped_weights(micro):
+    from explorer.training import resume_request
+    from vitcore.checkpoint import save_checkpoint
+
+    first = FinetuneRequest(loaded=micro, shapes_per_class=20, epochs=3, lr=1e-3, strategy="last_k")
+    import tempfile
+    from pathlib import Path
+
+    with torch.no_grad():
+        micro.model.head.bias.fill_(0.25)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.safetensors"
+        save_checkpoint(micro.model, path, class_names=micro.class_names, normalization=(micro.mean, micro.std))
+        again = resume_request(first, path.read_bytes())
+    assert again.strategy == "last_k" and again.epochs == 3 and again.lr == 1e-3
+    assert torch.equal(again.loaded.model.head.bias, torch.full((5,), 0.25))
+    assert again.loaded.class_names == micro.class_names
