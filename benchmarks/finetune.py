@@ -24,33 +24,56 @@ sys.path.insert(0, str(ROOT))
 
 
 def interactions(n_sessions: int, seconds: float) -> list[float]:
-    """Run n AppTest sessions in threads, each changing the query patch repeatedly; return latencies."""
-    from streamlit.testing.v1 import AppTest
+    """n sessions (threads) each repeat the Attention page's work for a new query; return latencies.
 
-    from explorer import state as S
+    One interaction is what a rerun of the page computes after a click: the cached trace is
+    reused, the per-query maps, rollout, mean distance and attention arithmetic are recomputed,
+    and the page's plotly figures are built and serialised to JSON as Streamlit sends them.
+    (AppTest instances cannot run in parallel threads, so the page's own functions are called.)
+    """
+    import numpy as np
 
-    page = "pages/3_attention.py"
-    apps = []
-    for _ in range(n_sessions):
-        at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=300)
-        at.run()
-        at.switch_page(page).run()  # warm: trace cached
-        apps.append(at)
+    from explorer import figures as F
+    from explorer.images import fit_to_size
+    from explorer.models import ModelSpec, build_model
+    from explorer.samples import gallery
+    from explorer.traces import attention_steps, query_maps, trace_image
+    from vitcore import analysis
+
+    loaded = build_model(ModelSpec("bundled"))
+    image = gallery()["chelsea"].image
+    from explorer.images import to_tensor
+
+    trace = trace_image(loaded, to_tensor(image, loaded.image_size, loaded.mean, loaded.std))
+    resized = np.asarray(fit_to_size(image, loaded.image_size))
+    grid, prefix, n = tuple(trace.grid), trace.num_prefix_tokens, trace.grid[0] * trace.grid[1]
+
+    def one(query: int) -> None:
+        maps = query_maps(trace, 0, query)
+        rollout = analysis.attention_rollout(trace.attention, grid=grid, num_prefix_tokens=prefix)[0].numpy()
+        distance = analysis.mean_attention_distance(trace.attention, grid, loaded.config.patch_size, prefix)
+        attention_steps(trace, 0, 0, prefix + query)
+        figs = [F.heatmap_over_image(resized, maps[0], highlight=query), F.head_maps(maps, ["h"] * len(maps)),
+                F.head_maps(query_maps(trace, 0, None), ["h"] * len(maps)), F.heatmap_over_image(resized, rollout),
+                F.distance_figure(distance.numpy(), loaded.config.patch_size)]
+        for fig in figs:
+            fig.to_json()
+
     latencies: list[float] = []
     lock = threading.Lock()
     stop_at = time.monotonic() + seconds
 
-    def session(at, offset: int) -> None:
+    def session(offset: int) -> None:
         i = 0
         while time.monotonic() < stop_at:
-            at.number_input(key=S.QUERY).set_value((offset * 7 + i * 13) % 64)
             start = time.perf_counter()
-            at.switch_page(page).run()
+            one((offset * 7 + i * 13) % n)
             with lock:
                 latencies.append(time.perf_counter() - start)
             i += 1
+            time.sleep(0.2)  # a student clicks, looks, clicks again
 
-    threads = [threading.Thread(target=session, args=(at, k)) for k, at in enumerate(apps)]
+    threads = [threading.Thread(target=session, args=(k,)) for k in range(n_sessions)]
     for t in threads:
         t.start()
     for t in threads:

@@ -9,7 +9,9 @@ Images travel as one compressed PNG, keeping each figure well under 2 MB.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+import threading
 
 import numpy as np
 import plotly.graph_objects as go
@@ -35,10 +37,24 @@ MARGIN = dict(l=0, r=0, t=30, b=0)
 
 
 def _png_uri(arr: np.ndarray) -> str:
-    """uint8 (H, W, 3) array -> data URI of a PNG."""
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    """uint8 (H, W, 3) array -> data URI of a PNG (memoised: pages redraw the same image often)."""
+    arr = np.ascontiguousarray(arr)
+    key = (arr.shape, hashlib.blake2b(arr.tobytes(), digest_size=16).digest())
+    with _PNG_LOCK:
+        uri = _PNG_CACHE.get(key)
+    if uri is None:
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="PNG", compress_level=6)
+        uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+        with _PNG_LOCK:
+            if len(_PNG_CACHE) >= 64:
+                _PNG_CACHE.pop(next(iter(_PNG_CACHE)))
+            _PNG_CACHE[key] = uri
+    return uri
+
+
+_PNG_CACHE: dict[tuple, str] = {}
+_PNG_LOCK = threading.Lock()
 
 
 def _as_uint8(image) -> np.ndarray:
@@ -128,26 +144,33 @@ def heatmap_over_image(
 
 
 def head_maps(maps: np.ndarray, titles: list[str], cols: int = 4, zmax: float | None = None) -> go.Figure:
-    """Small multiples of (K, gh, gw) maps, e.g. every head's attention for one query."""
-    from plotly.subplots import make_subplots
+    """Small multiples of (K, gh, gw) maps (e.g. every head for one query) as one tiled heatmap.
 
+    One trace instead of K subplots keeps the figure fast to build and small to send; hover
+    gives the map's title, the patch index and the value.
+    """
     maps = np.asarray(maps, dtype=np.float64)
-    k = len(maps)
-    cols = min(cols, k)
+    k, gh, gw = maps.shape
+    cols = max(1, min(cols, k))
     rows = int(np.ceil(k / cols))
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.02, vertical_spacing=0.08)
-    gw = maps.shape[2]
-    idx = np.arange(maps.shape[1] * gw).reshape(maps.shape[1:])
+    tile = np.full((rows * (gh + 1) - 1, cols * (gw + 1) - 1), np.nan)
+    index = np.full(tile.shape, -1)
+    names = np.full(tile.shape, "", dtype=object)
+    patch_ids = np.arange(gh * gw).reshape(gh, gw)
+    annotations = []
     for i, m in enumerate(maps):
-        fig.add_trace(
-            go.Heatmap(z=m, customdata=idx, coloraxis="coloraxis",
-                       hovertemplate="patch %{customdata}<br>value %{z:.4f}<extra></extra>"),
-            row=i // cols + 1, col=i % cols + 1,
-        )
+        r, c = divmod(i, cols)
+        rs, cs = slice(r * (gh + 1), r * (gh + 1) + gh), slice(c * (gw + 1), c * (gw + 1) + gw)
+        tile[rs, cs], index[rs, cs], names[rs, cs] = m, patch_ids, titles[i]
+        annotations.append(dict(x=c * (gw + 1) + (gw - 1) / 2, y=r * (gh + 1) - 0.9, text=titles[i],
+                                showarrow=False, yanchor="bottom", font=dict(size=12)))
+    fig = go.Figure(go.Heatmap(
+        z=tile, customdata=np.dstack([index, names]), colorscale="Inferno", zmin=0, zmax=zmax, hoverongaps=False,
+        hovertemplate="%{customdata[1]}<br>patch %{customdata[0]}<br>value %{z:.4f}<extra></extra>",
+    ))
     fig.update_yaxes(autorange="reversed", visible=False, scaleanchor="x")
     fig.update_xaxes(visible=False)
-    fig.update_layout(coloraxis=dict(colorscale="Inferno", cmin=0, cmax=zmax), margin=MARGIN,
-                      height=max(220, 210 * rows))
+    fig.update_layout(annotations=annotations, margin=dict(l=0, r=0, t=25, b=0), height=max(220, 200 * rows))
     return fig
 
 

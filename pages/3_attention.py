@@ -11,7 +11,9 @@ from explorer import state as S
 from explorer.images import fit_to_size
 from explorer.traces import attention_steps, query_maps
 from pages._ui import (
+    cached_distance,
     cached_gradient_rollout,
+    cached_rollout,
     clickable,
     page_inputs,
     patch_picker,
@@ -58,8 +60,7 @@ st.subheader("Attention rollout (Abnar & Zuidema 2020)")
 r1, r2 = st.columns(2)
 fusion = r1.selectbox("Fuse heads by", ["mean", "max", "min"], key=S.ROLLOUT_FUSION)
 discard = r2.slider("Discard the lowest attention weights (ratio)", 0.0, 0.95, step=0.05, key=S.ROLLOUT_DISCARD)
-rollout = analysis.attention_rollout(trace.attention, head_fusion=fusion, discard_ratio=discard, grid=grid,
-                                     num_prefix_tokens=prefix)[0].numpy()
+rollout = cached_rollout(spec, key, fusion, float(discard), trace)
 probs = trace.logits[0].softmax(-1).numpy()
 names = loaded.class_names
 target = st.selectbox("Class for the gradient rollout (Chefer et al. 2021)", range(len(names)),
@@ -88,7 +89,7 @@ with st.expander("Rollout in one paragraph"):
     )
 
 st.subheader("Mean attention distance (Fig. 7, right)")
-distance = analysis.mean_attention_distance(trace.attention, grid, cfg.patch_size, num_prefix_tokens=prefix).numpy()
+distance = cached_distance(spec, key, cfg.patch_size, trace)
 st.plotly_chart(F.distance_figure(distance, cfg.patch_size), key="attn_distance")
 st.caption("How far, in pixels, each head looks on average. In trained ViTs some early heads already look far "
            "(global), others stay local like a convolution; deeper layers look far.")

@@ -340,3 +340,22 @@ def page_inputs(title: str) -> tuple[ModelSpec, LoadedModel, str, Any, Any]:
     spec, loaded = picked
     key, image, mask = img
     return spec, loaded, key, image, mask
+
+
+@st.cache_resource(max_entries=128, show_spinner=False)
+def cached_rollout(spec: ModelSpec, image_key: str, fusion: str, discard: float, _trace: Any):
+    """Attention rollout of a cached trace (numpy (gh, gw)); depends only on the trace and settings."""
+    from vitcore.analysis import attention_rollout
+
+    out = attention_rollout(_trace.attention, head_fusion=fusion, discard_ratio=discard, grid=tuple(_trace.grid),
+                            num_prefix_tokens=_trace.num_prefix_tokens)
+    return out[0].numpy()
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def cached_distance(spec: ModelSpec, image_key: str, patch_size: int, _trace: Any):
+    """Mean attention distance (L, H) of a cached trace, in pixels."""
+    from vitcore.analysis import mean_attention_distance
+
+    return mean_attention_distance(_trace.attention, tuple(_trace.grid), patch_size,
+                                   num_prefix_tokens=_trace.num_prefix_tokens).numpy()

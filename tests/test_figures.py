@@ -45,7 +45,11 @@ def test_selected_patch_from_streamlit_events(event, expected):
 def test_head_maps_and_topk():
     maps = np.stack([np.eye(3), np.ones((3, 3)) / 9])
     fig = F.head_maps(maps, ["head 0", "head 1"])
-    assert len(fig.data) == 2 and np.array_equal(np.asarray(fig.data[0].z), np.eye(3))
+    z = np.asarray(fig.data[0].z, dtype=float)
+    assert z.shape == (3, 7)  # two 3×3 tiles side by side with a one-cell gap
+    assert np.array_equal(z[:, :3], np.eye(3)) and np.isnan(z[:, 3]).all() and np.allclose(z[:, 4:], 1 / 9)
+    assert [a.text for a in fig.layout.annotations] == ["head 0", "head 1"]
+    assert int(fig.data[0].customdata[2][5][0]) == 7  # patch (row 2, col 1) of the second head
     bars = F.topk_bars(np.array([0.1, 0.6, 0.3]), ["a", "b", "c"], k=2)
     assert list(bars.data[0].y) == ["c", "b"]  # largest at the top of a horizontal bar chart
 
