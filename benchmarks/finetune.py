@@ -104,39 +104,55 @@ def main() -> None:
 
     loaded = build_model(ModelSpec("preset", preset="micro"))
     manager = JobManager(max_running=1)
-    request = FinetuneRequest(loaded=loaded, shapes_per_class=300, epochs=100, max_seconds=args.budget)
+    # the page's defaults: 1000 Shapes per class (rendered once per server, warmed when the page opens),
+    # 15 epochs, learning rate 3e-3, full fine-tune from random weights
+    from explorer.training import _shapes
+
+    _shapes((32, 32), 1000, FinetuneRequest.__dataclass_fields__["shapes_classes"].default, 64, 0, False)
+    request = FinetuneRequest(loaded=loaded, epochs=15, lr=3e-3, max_seconds=args.budget)
+
+    def submit():
+        job = manager.submit("bench", lambda j: run_finetune(j, request), max_seconds=args.budget * 3)
+        stop = threading.Event()
+
+        def heartbeat() -> None:  # the page's polling
+            while not stop.is_set():
+                job.touch()
+                time.sleep(0.5)
+
+        threading.Thread(target=heartbeat, daemon=True).start()
+        return job, stop
+
+    # 1. the fine-tune alone: first curve point and accuracy inside the budget
     start = time.monotonic()
-    job = manager.submit("bench", lambda j: run_finetune(j, request), max_seconds=args.budget * 3)
-    first = None
-    while first is None:
-        job.touch()
-        if any(h.get("kind") == "step" for h in job.snapshot()["history"]):
-            first = time.monotonic() - start
+    job, stop = submit()
+    while not any(h.get("kind") == "step" for h in job.snapshot()["history"]):
         time.sleep(0.01)
-    print(f"first curve point after {first:.2f} s (target <= 3 s)")
-
-    keep_alive = threading.Event()
-
-    def heartbeat() -> None:
-        while not keep_alive.is_set():
-            job.touch()
-            time.sleep(0.5)
-
-    threading.Thread(target=heartbeat, daemon=True).start()
-    busy = interactions(args.sessions, min(30.0, args.budget / 2))
-    print(f"{args.sessions} sessions while training: p50 {statistics.median(busy) * 1e3:.0f} ms, "
-          f"p95 {pct(busy, 0.95) * 1e3:.0f} ms ({len(busy)} interactions; target p95 <= 1000 ms)")
+    first = time.monotonic() - start
     while job.status not in ("done", "stopped", "failed"):
         time.sleep(0.2)
-    keep_alive.set()
+    stop.set()
     snap = job.snapshot()
     epochs = [h for h in snap["history"] if h.get("kind") == "epoch"]
     reached = next((h["seconds"] for h in epochs if h["val_accuracy"] >= 0.95), None)
     best = max((h["val_accuracy"] for h in epochs), default=0.0)
     ips = statistics.median(h["images_per_second"] for h in epochs) if epochs else 0.0
-    print(f"micro on Shapes, {args.budget:.0f} s budget: best val accuracy {best:.1%}, "
-          f"95% reached at {reached if reached is None else round(reached, 1)} s, {ips:.0f} images/s "
-          f"(target >= 95% within 60 s); status {snap['status']}: {snap['message']}")
+    print(f"first curve point after {first:.2f} s (target <= 3 s)")
+    print(f"micro on Shapes, {args.budget:.0f} s budget: best val accuracy {best:.1%}, 95% reached at "
+          f"{'never' if reached is None else f'{reached:.1f} s'}, {ips:.0f} images/s "
+          f"(target >= 95% within 60 s); {snap['status']}: {snap['message']}")
+
+    # 2. the same fine-tune again while other sessions click around
+    job, stop = submit()
+    while not any(h.get("kind") == "step" for h in job.snapshot()["history"]):
+        time.sleep(0.01)
+    busy = interactions(args.sessions, min(30.0, args.budget / 2))
+    job.stop()
+    while job.status not in ("done", "stopped", "failed"):  # let the worker end before the interpreter does
+        time.sleep(0.1)
+    stop.set()
+    print(f"{args.sessions} sessions while training: p50 {statistics.median(busy) * 1e3:.0f} ms, "
+          f"p95 {pct(busy, 0.95) * 1e3:.0f} ms ({len(busy)} interactions; target p95 <= 1000 ms)")
 
 
 if __name__ == "__main__":

@@ -10,9 +10,11 @@ grid of validation predictions and an optional ResNet-18 baseline.
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import os
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,6 +39,7 @@ __all__ = [
     "checkpoint_bytes",
     "resume_request",
     "run_finetune",
+    "warm_shapes",
     "confusion_matrix",
 ]
 
@@ -48,13 +51,13 @@ class FinetuneRequest:
     loaded: LoadedModel  # the starting model (shared: the worker deep-copies it)
     source: str = "shapes"  # shapes | zip | folder | collected
     shapes_classes: tuple[str, ...] = ("circle", "square", "triangle", "cross", "star")
-    shapes_per_class: int = 300
+    shapes_per_class: int = 1000
     zip_bytes: bytes | None = None
     folder: str = ""
     collected: dict[str, list[bytes]] = field(default_factory=dict)
     strategy: str = "full"
     last_k: int = 2
-    epochs: int = 20
+    epochs: int = 15
     max_seconds: float = 60.0
     lr: float | None = None
     batch_size: int = 64
@@ -97,14 +100,38 @@ def collected_bundle(collected: dict[str, list[bytes]], image_size: tuple[int, i
     return from_image_folder(workdir, image_size, batch_size, normalization=normalization, augment=augment)
 
 
+@functools.lru_cache(maxsize=4)
+def _shapes(image_size: tuple[int, int], per_class: int, classes: tuple[str, ...], batch_size: int, seed: int,
+            augment: bool) -> DataBundle:
+    """Shapes are deterministic: render each set once per server and share it between jobs."""
+    per_val = max(10, per_class // 5)
+    return shapes_bundle(image_size, per_class, per_val, classes, batch_size, seed, augment=augment)
+
+
+def warm_shapes(image_size: tuple[int, int] = (32, 32)) -> None:
+    """Render the default Shapes set in the background so the first fine-tune starts at once."""
+    global _WARMING
+    with _WARM_LOCK:
+        if _WARMING:
+            return
+        _WARMING = True
+    defaults = FinetuneRequest.__dataclass_fields__
+    args = (tuple(image_size), defaults["shapes_per_class"].default, defaults["shapes_classes"].default,
+            defaults["batch_size"].default, 0, False)
+    threading.Thread(target=_shapes, args=args, name="warm-shapes", daemon=True).start()
+
+
+_WARMING = False
+_WARM_LOCK = threading.Lock()
+
+
 def build_bundle(request: FinetuneRequest, workdir: Path) -> DataBundle:
     """The request's data source as a DataBundle at the model's image size and normalisation."""
     size = request.loaded.image_size
     norm = (tuple(request.loaded.mean), tuple(request.loaded.std))
     if request.source == "shapes":
-        per_val = max(10, request.shapes_per_class // 5)
-        return shapes_bundle(size, request.shapes_per_class, per_val, request.shapes_classes,
-                             request.batch_size, request.seed, augment=request.augment)
+        return _shapes(tuple(size), request.shapes_per_class, tuple(request.shapes_classes), request.batch_size,
+                       request.seed, request.augment)
     if request.source == "zip":
         if not request.zip_bytes:
             raise ValueError("upload a .zip of class folders first")

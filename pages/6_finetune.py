@@ -12,7 +12,7 @@ from explorer import figures as F
 from explorer import state as S
 from explorer.images import fit_to_size
 from explorer.jobs import FINISHED, default_manager
-from explorer.training import FinetuneRequest, resume_request, run_finetune
+from explorer.training import FinetuneRequest, resume_request, run_finetune, warm_shapes
 from pages._ui import current_image, current_model, enter_page
 from vitcore.data import SHAPE_CLASSES
 from vitcore.train import STRATEGIES
@@ -26,6 +26,7 @@ if picked is None:
     st.stop()
 spec, loaded = picked
 cfg = loaded.config
+warm_shapes(cfg.image_size)  # render the default Shapes set while the teacher sets up
 job = manager.get(st.session_state.get(S.TRAIN_JOB))
 busy = job is not None and job.status not in FINISHED
 
@@ -37,7 +38,7 @@ with st.container(border=True):
                                    "folder": "Folder on the server", "collected": "Collect per class"}.get)
     c1, c2 = st.columns(2)
     classes = c1.multiselect("Shapes classes", list(SHAPE_CLASSES), default=list(SHAPE_CLASSES), key="ft_classes")
-    per_class = c2.slider("Shapes images per class", 20, 1000, 300, step=20, key="ft_per_class")
+    per_class = c2.slider("Shapes images per class", 20, 2000, 1000, step=20, key="ft_per_class")
     zip_file = st.file_uploader("Zip of class folders (class_a/…, class_b/…)", type=["zip"], key="ft_zip")
     folder = st.text_input("Folder under EXPLORER_DATA_ROOT (e.g. hymenoptera_data)", key="ft_folder")
     st.caption("Collect per class: name up to three classes and upload or photograph at least two images each.")
@@ -56,7 +57,8 @@ with st.container(border=True):
     budget = s3.slider("Time budget (s)", 10, 300, 60, step=10, key="ft_budget")
     epochs = s4.slider("Epochs", 1, 100, 15, key="ft_epochs")
     s5, s6, s7 = st.columns(3)
-    lr = s5.number_input("Learning rate (0 = strategy default)", 0.0, 1.0, 0.0, format="%.4f", key="ft_lr")
+    lr = s5.number_input("Learning rate (0 = strategy default)", 0.0, 1.0, 0.003, step=0.0005, format="%.4f",
+                         key="ft_lr")
     augment = s6.checkbox("Augment training images", key="ft_augment")
     baseline = s7.checkbox("Also train a ResNet-18 baseline", key="ft_baseline")
     start = st.button("Start fine-tuning", type="primary", disabled=busy, key="ft_start")
