@@ -33,8 +33,8 @@ test: $(DEV_STAMP)
 checkpoint: $(STAMP)
 	$(BIN)/python -m vitcore.bundle
 
-bench: $(STAMP)
-	$(BIN)/python benchmarks/forward.py
+bench: $(DEV_STAMP)
+	for b in forward capture train app finetune; do $(BIN)/python benchmarks/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info
