@@ -100,13 +100,17 @@ def _norm(meta: dict[str, Any], default: tuple) -> tuple[tuple[float, ...], tupl
     return default
 
 
+def _class_names(meta: dict[str, Any], model: VisionTransformer) -> list[str]:
+    names = meta.get("class_names")
+    return list(names) if names else [f"class {i}" for i in range(model.config.num_classes)]
+
+
 def _from_checkpoint(source: Any, label: str) -> LoadedModel:
     from vitcore.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(source)
     mean, std = _norm(meta, HALF_NORM)
-    names = list(meta.get("class_names") or [f"class {i}" for i in range(model.config.num_classes)])
-    return LoadedModel(model.eval(), names, mean, std, label, meta)
+    return LoadedModel(model.eval(), _class_names(meta, model), mean, std, label, meta)
 
 
 def build_model(spec: ModelSpec, data: bytes | None = None) -> LoadedModel:
@@ -157,8 +161,7 @@ def _pretrained(spec: ModelSpec) -> LoadedModel:
     meta["reproduction_max_diff"] = pretrained.verify(model, reference, images)
     del reference
     mean, std = _norm(meta, default_norm)
-    names = list(meta.get("class_names") or [f"class {i}" for i in range(model.config.num_classes)])
-    return LoadedModel(model.eval(), names, mean, std, spec.label(), meta)
+    return LoadedModel(model.eval(), _class_names(meta, model), mean, std, spec.label(), meta)
 
 
 def session_copy(loaded: LoadedModel) -> LoadedModel:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import io
 import os
 import tempfile
 import threading
@@ -307,10 +306,3 @@ def _baseline(job: Job, data: DataBundle, request: FinetuneRequest) -> dict[str,
                  stop=lambda: job.stop_requested, seed=request.seed)
     return {"best_val_accuracy": result.best_val_accuracy, "seconds": result.seconds,
             "params": sum(p.numel() for p in cnn.parameters())}
-
-
-def image_bytes(image: Image.Image) -> bytes:
-    """PNG bytes of an image (for collected camera shots)."""
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()

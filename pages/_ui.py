@@ -8,7 +8,6 @@ anything that hooks or trains works on a copy.
 from __future__ import annotations
 
 import hashlib
-import io
 from typing import Any
 
 import streamlit as st
@@ -242,13 +241,6 @@ def trace_for(spec: ModelSpec, loaded: LoadedModel, image_key: str, image: Any):
     """Cached full trace of the current image through the current model."""
     x = model_input(loaded, image)
     return cached_trace(spec, image_key, tuple(loaded.image_size), loaded, x)
-
-
-def png_bytes(image: Any) -> bytes:
-    """PIL image -> PNG bytes for a download button."""
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def clickable(fig: Any, chart_key: str, target_key: str, container: Any = st) -> None:
