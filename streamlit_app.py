@@ -7,14 +7,20 @@ sidebar (image and model) and hands over to the selected page.
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a classroom server has no hub access
 
 import streamlit as st
 
-from pages._ui import sidebar
-
 st.set_page_config(page_title="ViT Explorer", page_icon="🔬", layout="wide")
+
+if "pages._ui" not in sys.modules:
+    # The first visit after the server starts imports PyTorch (a few seconds): say so at once.
+    with st.spinner("Starting up: loading PyTorch and the bundled model…"):
+        import pages._ui  # noqa: F401
+
+from pages._ui import sidebar  # noqa: E402
 
 PAGES = [
     st.Page("pages/0_home.py", title="Home: the guided tour", icon="🏠", default=True, url_path="home"),
