@@ -223,13 +223,24 @@ def current_image() -> tuple[str, Any, Any] | None:
     if widget is None:
         st.info("Upload an image (or take a photo) in the sidebar; the gallery works too.")
         return None
-    data = widget.getvalue()
+    key = f"upload:{getattr(widget, 'file_id', '') or hashlib.sha256(widget.getvalue()).hexdigest()}"
     try:
-        image = load_image(data)
+        image = cached_upload(key, widget.getvalue())
     except ImageError as exc:
         show_error(exc, "Image")
         return None
-    return f"upload:{hashlib.sha256(data).hexdigest()}", image, None
+    return key, image, None
+
+
+WORKING_SIDE = 1024  # uploads are decoded once and kept at most this large: models read 32-518 px
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def cached_upload(key: str, _data: bytes) -> Any:
+    """Decode an upload once per file (errors are not cached, so a bad file is re-checked)."""
+    image = load_image(_data)
+    image.thumbnail((WORKING_SIDE, WORKING_SIDE))
+    return image
 
 
 def model_input(loaded: LoadedModel, image: Any, size: tuple[int, int] | None = None) -> torch.Tensor:

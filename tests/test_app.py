@@ -149,6 +149,26 @@ def test_predict_page_topk_and_masking():
 def test_bad_upload_shows_a_message_and_the_page_keeps_working():
     at = app(**{S.IMAGE_SOURCE: "upload"})
     assert any("Upload an image" in i.value for i in at.info)
+    at.file_uploader(key=S.UPLOAD).set_value(("photo.png", b"definitely not a png", "image/png"))
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("not an image we can read" in e.value for e in at.error)
+    assert [t.value for t in at.title] == ["ViT Explorer"]  # the page still renders
+
+
+def test_a_real_upload_flows_through_the_model():
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (640, 480), (20, 200, 40)).save(buf, format="JPEG")
+    at = app(**{S.IMAGE_SOURCE: "upload"})
+    at.file_uploader(key=S.UPLOAD).set_value(("green.jpg", buf.getvalue(), "image/jpeg"))
+    at.run()
+    assert not at.exception and not at.error
+    shapes = dict(zip(at.dataframe[0].value["stage"], at.dataframe[0].value["this run"]))
+    assert shapes["image"] == "[1, 3, 32, 32]" and shapes["logits"] == "[1, 5]"
 
 
 def test_shared_link_opens_exactly_that_view():
