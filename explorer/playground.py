@@ -28,12 +28,7 @@ def cls_attention_map(model: VisionTransformer, image: np.ndarray) -> np.ndarray
 
 
 def playground_model(config: ViTConfig, reps: int = 3) -> dict[str, Any]:
-    """A seeded random model for ``config``, its measured batch-1 latency, and a CLS-attention function."""
+    """A seeded random model for ``config`` and its measured batch-1 latency."""
     torch.manual_seed(0)
     model = VisionTransformer(config).eval()
-    latency = measure_latency_ms(model, reps=reps)
-    return {
-        "model": model,
-        "latency_ms": latency,
-        "attention_for": lambda image: cls_attention_map(model, image),
-    }
+    return {"model": model, "latency_ms": measure_latency_ms(model, reps=reps)}

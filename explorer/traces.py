@@ -27,7 +27,6 @@ __all__ = [
     "valid_patch_sizes",
     "measure_latency_ms",
     "occlusion_effect",
-    "predict_probs",
 ]
 
 
@@ -132,12 +131,6 @@ def measure_latency_ms(model: VisionTransformer, reps: int = 3) -> float:
         model(x)
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e3
-
-
-@torch.no_grad()
-def predict_probs(model: VisionTransformer, x: torch.Tensor) -> np.ndarray:
-    """Softmax probabilities of one image, (C,)."""
-    return model(x).softmax(-1)[0].double().numpy()
 
 
 def occlusion_effect(model: VisionTransformer, x: torch.Tensor, patches: list[int], fill: str = "mean") -> np.ndarray:

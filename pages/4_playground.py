@@ -8,7 +8,7 @@ import streamlit as st
 from explorer import figures as F
 from explorer.images import fit_to_size
 from explorer.pipeline import cost_summary
-from pages._ui import cached_playground, current_image, enter_page
+from pages._ui import cached_playground, cached_playground_attention, current_image, enter_page
 from vitcore import ViTConfig
 
 enter_page()
@@ -60,6 +60,6 @@ for (side, config), col in zip(configs.items(), cols):
     m6.metric("latency here", f"{result['latency_ms']:.1f} ms")
     if img is not None:
         resized = np.asarray(fit_to_size(img[1], config.image_size))
-        cls_attn = result["attention_for"](resized)
+        cls_attn = cached_playground_attention(config, img[0], img[1])
         col.plotly_chart(F.heatmap_over_image(resized, cls_attn, title="CLS attention, last layer, mean of heads",
                                               name="attention"), key=f"pg_{side}_map")

@@ -8,14 +8,14 @@ import streamlit as st
 from explorer import figures as F
 from explorer import state as S
 from explorer.images import fit_to_size
-from explorer.traces import occlusion_effect, predict_probs
-from pages._ui import cached_occlusion_map, model_input, page_inputs
+from explorer.traces import occlusion_effect
+from pages._ui import cached_occlusion_map, model_input, page_inputs, trace_for
 
 spec, loaded, key, image, _ = page_inputs("5 · Predict")
 cfg = loaded.config
 x = model_input(loaded, image)
 names = loaded.class_names
-probs = predict_probs(loaded.model, x)
+probs = trace_for(spec, loaded, key, image).logits[0].softmax(-1).double().numpy()  # cached with the trace
 resized = np.asarray(fit_to_size(image, cfg.image_size))
 gh, gw = cfg.grid_size
 top = int(np.argmax(probs))

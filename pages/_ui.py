@@ -302,6 +302,18 @@ def cached_playground(config: ViTConfig) -> dict[str, Any]:
     return playground_model(config)
 
 
+@st.cache_resource(max_entries=64, show_spinner=False)
+def cached_playground_attention(config: ViTConfig, image_key: str, _image: Any):
+    """Last-layer CLS attention (gh, gw) of a playground model on one image, computed once."""
+    import numpy as np
+
+    from explorer.images import fit_to_size
+    from explorer.playground import cls_attention_map
+
+    resized = np.asarray(fit_to_size(_image, config.image_size))
+    return cls_attention_map(cached_playground(config)["model"], resized)
+
+
 def model_caption(loaded: LoadedModel) -> None:
     """One line under the sidebar model picker: what is loaded and its reproduction check."""
     meta = loaded.metadata
