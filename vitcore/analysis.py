@@ -2,7 +2,7 @@
 
 Most functions are pure functions of tensors (usually fields of a :class:`vitcore.Trace`); those
 that take a model (``gradient_rollout``, ``embedding_filters``, the occlusion probes) leave it as
-they found it: same train/eval mode, same fused flag, no hooks, no ``.grad`` written.
+they found it: they only read it (no mode, flag or hook is changed, no ``.grad`` written).
 
 Conventions: attention is ``(L, B, H, T, T)`` (``(L, H, T, T)`` for one image) with rows = queries
 summing to 1, T = prefix + N tokens with the CLS token first, and patch tokens row-major over a
@@ -96,28 +96,6 @@ def _model_device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-class _EvalMode:
-    """Context: eval mode (and, if asked, the explicit attention path); everything restored on exit."""
-
-    def __init__(self, model: nn.Module, explicit: bool = False) -> None:
-        self.model, self.explicit = model, explicit
-
-    def __enter__(self) -> nn.Module:
-        self.training = [m for m in self.model.modules() if m.training]
-        self.fused = [b.attn.fused for b in self.model.blocks] if self.explicit else []
-        if self.training:
-            self.model.eval()
-        for block in self.model.blocks if self.explicit else ():
-            block.attn.fused = False
-        return self.model
-
-    def __exit__(self, *exc: object) -> None:
-        for module in self.training:
-            module.training = True
-        for block, flag in zip(self.model.blocks, self.fused):
-            block.attn.fused = flag
-
-
 def _one_image(image: torch.Tensor) -> torch.Tensor:
     """(C, H, W) or (1, C, H, W) -> (1, C, H, W)."""
     if isinstance(image, torch.Tensor) and image.ndim == 3:
@@ -203,30 +181,20 @@ def gradient_rollout(
     post-softmax attention of block l and ∇A_l the gradient of the target logit with respect to it,
     ``Ā_l = E_h[(∇A_l ⊙ A_l)^+]`` and ``R ← R + Ā_l R`` from R = I over the blocks in order. The map
     is row 0 (CLS) of R over the patch columns. Runs one explicit-path forward and one backward
-    through the attention probes in eval mode; the model's mode, fused flag, hooks and ``.grad``
-    are left untouched. ``target`` is one class, one per image, or None for the predicted class.
+    with :meth:`VisionTransformer.forward_intermediates` and gradients from ``torch.autograd.grad``
+    with respect to the attention maps only: the model's mode, flags, hooks and ``.grad`` are never
+    touched, so a shared model serves many threads. ``target`` is one class, one per image, or None
+    for the predicted class.
     """
     unbatched = isinstance(images, torch.Tensor) and images.ndim == 3
     x = images[None] if unbatched else images  # (B, C, H, W)
     x = x.detach().to(_model_device(model)).clone().requires_grad_(True)  # leaf, so frozen models work too
-    maps: list[torch.Tensor | None] = [None] * len(model.blocks)
-
-    def keep(index: int):
-        def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            maps[index] = out  # (B, H, T, T), still in the graph
-
-        return hook
-
-    handles = [block.attn.probe.register_forward_hook(keep(i)) for i, block in enumerate(model.blocks)]
-    try:
-        with _EvalMode(model, explicit=True), torch.enable_grad():
-            logits = model(x)  # (B, C)
-            t = _targets(target, logits)
-            score = logits.gather(1, t[:, None]).sum()
-            grads = torch.autograd.grad(score, maps)  # per block (B, H, T, T)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with torch.enable_grad():
+        inter = model.forward_intermediates(x, attention=True)  # explicit attention, no flag or hook touched
+        maps = inter.attention  # per block (B, H, T, T), still in the graph
+        t = _targets(target, inter.logits)
+        score = inter.logits.gather(1, t[:, None]).sum()
+        grads = torch.autograd.grad(score, maps)  # per block (B, H, T, T); no parameter .grad is written
     B, _, T, _ = maps[0].shape
     prefix = model.num_prefix_tokens
     gh, gw = model.grid_for(x.shape[-2], x.shape[-1])
@@ -418,8 +386,8 @@ def _pixel_masks(patch_masks: torch.Tensor, grid: tuple[int, int], patch_size: i
 
 
 def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with _EvalMode(model), torch.no_grad():
-        return model(x)  # (B, C)
+    with torch.no_grad():
+        return model(x)  # (B, C), the model read as it is (shared models are in eval mode)
 
 
 def occlusion_probe(model: nn.Module, image: torch.Tensor, patches: Any, fill: str = "mean") -> torch.Tensor:

@@ -1,9 +1,13 @@
 """Export every stage of one ViT forward pass as plain tensors.
 
-    trace = capture(model, images)                 # one call, eval mode, no grad
-    with capturing(model, layers=[0, 11]) as rec:  # or around your own forward pass
+    trace = capture(model, images)                 # one call, no grad, the model untouched
+    with capturing(model, layers=[0, 11]) as rec:  # hooks, for teaching: around your own forward pass
         logits = model(x)
     trace = rec.result
+
+:func:`capture` is built on :meth:`VisionTransformer.forward_intermediates`: it switches no flag,
+adds no hook and changes no mode, so many sessions may capture one shared model at the same time
+(dropout is skipped, as in eval mode). :func:`capturing` shows how the same is done with hooks.
 
 Hooks go on the modules that already exist in :mod:`vitcore.model`: the patch embedding
 (pixels each token saw and ``x_p E``, eq. 1), every block's input (``z_0 ... z_{L-1}``) and the
@@ -55,6 +59,7 @@ from einops import rearrange
 from torch import nn
 
 from .model import AttentionProbe, patchify
+from .model import _select as model_select
 
 __all__ = ["Recorder", "Trace", "capture", "capturing"]
 
@@ -72,7 +77,7 @@ class Trace:
     num_prefix_tokens: int  # CLS (+ distillation) tokens before the patch tokens
     patches: torch.Tensor  # (B, N, C*P*P) the pixels each patch token saw, vitcore.patchify(images)
     patch_embeddings: torch.Tensor  # (B, N, D) x_p E, before prefix tokens and position embedding
-    pos_embedding: torch.Tensor  # (prefix+N, D) as added, i.e. after interpolation to this grid
+    pos_embedding: torch.Tensor  # (T, D) as added, after interpolation to this grid (zeros for registers)
     tokens: list[torch.Tensor]  # depth+1 items of (B, T, D): input of every block, then the last block's output
     attention: torch.Tensor | None  # (L, B, H, T, T) post-softmax, selected layers and heads; rows sum to 1
     layers: tuple[int, ...]  # model block index of each entry along L
@@ -109,23 +114,11 @@ class Trace:
 
 
 # --------------------------------------------------------------------------- selections
-def _select(value: int | Iterable[int] | None, n: int, what: str) -> tuple[int, ...]:
-    """Normalise a layer / head selection to sorted unique indices in [0, n)."""
-    if value is None:
-        return tuple(range(n))
-    items = [value] if isinstance(value, int) else list(value)
-    out = set()
-    for item in items:
-        if isinstance(item, bool) or not isinstance(item, int):
-            raise ValueError(f"{what} must be integers, got {item!r}")
-        if not -n <= item < n:
-            raise ValueError(f"{what} {item} is out of range; valid {what} are 0..{n - 1} (or -{n}..-1 from the end)")
-        out.add(item % n)
-    return tuple(sorted(out))
+_select = model_select
 
 
 def _check_model(model: nn.Module) -> None:
-    for name in ("patch_embed", "blocks", "pos_embedding_for", "num_prefix_tokens"):
+    for name in ("patch_embed", "blocks", "forward_intermediates", "token_pos_embedding", "num_prefix_tokens"):
         if not hasattr(model, name):
             raise ValueError(
                 f"{type(model).__name__} has no '{name}'; capture works on vitcore.VisionTransformer "
@@ -234,7 +227,7 @@ class Recorder:
             "logits": None,
         }
         with torch.no_grad():
-            self._state["pos_embedding"] = self.model.pos_embedding_for(grid)[0].detach().clone()  # (prefix+N, D)
+            self._state["pos_embedding"] = self.model.token_pos_embedding(grid)[0].detach().clone()  # (T, D)
 
     def _on_patch_embed_out(self, module: nn.Module, args: tuple, out: torch.Tensor) -> None:
         if self._state is not None:
@@ -363,6 +356,19 @@ def capturing(
                 block.attn.fused = flag
 
 
+def _stack(items: list[torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor | None:
+    """Per-layer tensors -> one detached (L, ...) CPU tensor; each layer is released once copied."""
+    if not items:
+        return None
+    first = items[0]
+    slab = torch.empty((len(items), *first.shape), dtype=dtype or first.dtype, device=first.device)  # (L, ...)
+    _advise_huge_pages(slab)
+    for i in range(len(items)):
+        slab[i].copy_(items[i].detach())
+        items[i] = None  # the full per-layer tensor can be freed now
+    return _cpu(slab)
+
+
 def capture(
     model: nn.Module,
     images: torch.Tensor,
@@ -373,26 +379,46 @@ def capture(
     mlp: bool = False,
     attention_dtype: torch.dtype = torch.float32,
 ) -> Trace:
-    """One forward pass of ``images`` (B, C, H, W) or (C, H, W) in eval mode without grad -> :class:`Trace`."""
+    """One forward pass of ``images`` (B, C, H, W) or (C, H, W) without grad -> :class:`Trace`.
+
+    The model is only read (see :meth:`VisionTransformer.forward_intermediates`): no flag, hook,
+    mode or ``.grad`` changes, and dropout is not applied, so the logits equal eval-mode logits.
+    """
     if isinstance(images, torch.Tensor) and images.ndim == 3:
         images = images[None]  # (1, C, H, W)
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"expected images (B, C, H, W) or one image (C, H, W), got {shape}")
     _check_model(model)
+    if attention_dtype not in _ATTENTION_DTYPES:
+        raise ValueError(f"attention_dtype={attention_dtype} is not supported; use one of {_ATTENTION_DTYPES}")
+    layer_ids = _select(layers, len(model.blocks), "layers")
+    head_ids = _select(heads, model.config.heads, "heads")
+    if not head_ids:
+        raise ValueError("select at least one head (heads=None keeps all), or pass layers=[] to skip attention")
     param = next(model.parameters(), None)
     if param is not None:
         images = images.to(param.device)
-    training = [m for m in model.modules() if m.training]  # usually none: then nothing is switched
-    try:
-        if training:
-            model.eval()
-        with (
-            torch.no_grad(),
-            capturing(model, layers=layers, heads=heads, qkv=qkv, mlp=mlp, attention_dtype=attention_dtype) as rec,
-        ):
-            model(images)
-        return rec.result
-    finally:
-        for module in training:
-            module.training = True
+    with torch.no_grad():
+        out = model.forward_intermediates(
+            images, layers=list(layer_ids), heads=list(head_ids), attention=bool(layer_ids), qkv=qkv, mlp=mlp
+        )
+        pos = model.token_pos_embedding(out.grid)[0]  # (T, D)
+    P = model.config.patch_size
+    return Trace(
+        logits=_cpu(out.logits),
+        grid=out.grid,
+        patch_size=P,
+        num_prefix_tokens=model.num_prefix_tokens,
+        patches=patchify(images, P).cpu(),  # (B, N, C*P*P)
+        patch_embeddings=_cpu(out.patch_embeddings),
+        pos_embedding=_cpu(pos).clone(),
+        tokens=[_cpu(t) for t in out.tokens],
+        attention=_stack(out.attention, attention_dtype),
+        layers=layer_ids,
+        heads=head_ids,
+        q=_stack(out.q),
+        k=_stack(out.k),
+        v=_stack(out.v),
+        mlp=_stack(out.mlp),
+    )

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-__all__ = ["PRESETS", "ViTConfig", "divisors"]
+__all__ = ["PATCH_SIZES", "POS_INTERPOLATIONS", "PRESETS", "TOKEN_MIXERS", "ViTConfig", "divisors", "valid_patch_sizes"]
 
 
 def divisors(n: int) -> list[int]:
@@ -23,6 +23,24 @@ PRESETS: dict[str, dict[str, Any]] = {
     "base": dict(image_size=224, patch_size=16, dim=768, depth=12, heads=12),
     "large": dict(image_size=224, patch_size=16, dim=1024, depth=24, heads=16),
 }
+
+
+# Patch sizes the app offers (any divisor of the image works in the library).
+PATCH_SIZES: tuple[int, ...] = (2, 4, 7, 8, 14, 16, 28, 32, 56)
+
+# "bicubic": F.interpolate to the new grid size (Hugging Face ViT / DeiT, timm);
+# "bicubic_antialias": the same with antialias=True (Hugging Face DINOv2 when shrinking the grid).
+POS_INTERPOLATIONS = ("bicubic", "bicubic_antialias")
+
+# Token mixers a block can use (vitcore.mixers): softmax attention as in the paper, and the
+# alternatives the tutorial asks about.
+TOKEN_MIXERS = ("attention", "linear", "retention", "pooling", "mlp")
+
+
+def valid_patch_sizes(image_size: tuple[int, int], candidates: tuple[int, ...] = PATCH_SIZES) -> list[int]:
+    """Patch sizes among ``candidates`` that tile an (H, W) image exactly and are smaller than it."""
+    h, w = image_size
+    return [p for p in candidates if h % p == 0 and w % p == 0 and p < min(h, w)]
 
 
 def _check(ok: bool, message: str) -> None:
@@ -50,6 +68,9 @@ class ViTConfig:
     fused_attention: bool = True  # default attention path (switchable per model at run time)
     distilled: bool = False  # DeiT: an extra distillation token (attends like any token)
     distilled_head: bool = True  # with distilled: a second head on that token, logits averaged (DeiT)
+    num_registers: int = 0  # register tokens after CLS (Darcet et al. 2023); they get no position embedding
+    pos_interpolation: str = "bicubic"  # how E_pos is resized to another grid; see POS_INTERPOLATIONS
+    token_mixer: str = "attention"  # what mixes tokens in each block; see TOKEN_MIXERS
 
     def __post_init__(self) -> None:
         size = self.image_size
@@ -76,6 +97,7 @@ class ViTConfig:
         for name in ("patch_size", "in_channels", "dim", "depth", "heads"):
             positive_int(name)
         positive_int("num_classes", allow_zero=True)
+        positive_int("num_registers", allow_zero=True)
 
         h, w = size
         p = self.patch_size
@@ -104,6 +126,14 @@ class ViTConfig:
             isinstance(self.layer_norm_eps, (int, float)) and 0 < self.layer_norm_eps < 1,
             f"layer_norm_eps={self.layer_norm_eps!r} must be a small positive number such as 1e-6",
         )
+        _check(
+            self.pos_interpolation in POS_INTERPOLATIONS,
+            f"pos_interpolation={self.pos_interpolation!r} must be one of {list(POS_INTERPOLATIONS)}",
+        )
+        _check(
+            self.token_mixer in TOKEN_MIXERS,
+            f"token_mixer={self.token_mixer!r} is unknown; choose one of {list(TOKEN_MIXERS)}",
+        )
         for name in ("qkv_bias", "fused_attention", "distilled", "distilled_head"):
             _check(isinstance(getattr(self, name), bool), f"{name}={getattr(self, name)!r} must be True or False")
 
@@ -120,9 +150,14 @@ class ViTConfig:
         return gh * gw
 
     @property
-    def num_prefix_tokens(self) -> int:
-        """Tokens before the patches: CLS, plus DeiT's distillation token when distilled."""
+    def num_pos_prefix_tokens(self) -> int:
+        """Prefix tokens that carry a position embedding: CLS and DeiT's distillation token."""
         return 1 + int(self.distilled)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patches: CLS, the distillation token (DeiT) and the registers."""
+        return self.num_pos_prefix_tokens + self.num_registers
 
     @property
     def head_dim(self) -> int:

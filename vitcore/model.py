@@ -12,6 +12,7 @@ T = 1 + N tokens (CLS first), D the width and H the number of heads:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ __all__ = [
     "Attention",
     "AttentionProbe",
     "Block",
+    "Intermediates",
     "PatchEmbedding",
     "VisionTransformer",
     "conv_as_linear",
@@ -107,19 +109,23 @@ class PatchEmbedding(nn.Module):
 
 
 def interpolate_pos_embedding(
-    pos_embedding: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int], num_prefix: int = 1
+    pos_embedding: torch.Tensor,
+    old_grid: tuple[int, int],
+    new_grid: tuple[int, int],
+    num_prefix: int = 1,
+    antialias: bool = False,
 ) -> torch.Tensor:
     """Resample a (1, prefix+N, D) position embedding to a new patch grid.
 
     Prefix tokens (CLS, distillation) are kept; the patch part is resampled bicubically over the
-    2-D grid (``align_corners=False``, as Hugging Face's ``interpolate_pos_encoding``). Returns
-    the input itself when the grid does not change.
+    2-D grid (``align_corners=False``, as Hugging Face's ``interpolate_pos_encoding``; with
+    ``antialias=True`` as its DINOv2). Returns the input itself when the grid does not change.
     """
     if tuple(old_grid) == tuple(new_grid):
         return pos_embedding
     prefix, patch_pos = pos_embedding[:, :num_prefix], pos_embedding[:, num_prefix:]  # (1, p, D), (1, N, D)
     grid = rearrange(patch_pos, "one (gh gw) d -> one d gh gw", gh=old_grid[0], gw=old_grid[1])  # (1, D, gh, gw)
-    grid = F.interpolate(grid.float(), size=tuple(new_grid), mode="bicubic", align_corners=False)
+    grid = F.interpolate(grid.float(), size=tuple(new_grid), mode="bicubic", align_corners=False, antialias=antialias)
     patch_pos = rearrange(grid.to(pos_embedding.dtype), "one d gh gw -> one (gh gw) d")  # (1, N', D)
     return torch.cat([prefix, patch_pos], dim=1)  # (1, p+N', D)
 
@@ -134,6 +140,8 @@ class Attention(nn.Module):
 
     ``fused=True`` computes the same thing with ``F.scaled_dot_product_attention`` (fast, but
     the matrix is never materialised, so the probe sees nothing on that path).
+    :meth:`forward_explicit` always takes the explicit path and returns the matrix; it reads no
+    flag, so many threads may call it on one shared module.
     """
 
     def __init__(self, config: ViTConfig) -> None:
@@ -148,18 +156,47 @@ class Attention(nn.Module):
         self.proj = nn.Linear(config.dim, config.dim)
         self.proj_drop = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v of the tokens x (B, T, D), each (B, H, T, d)."""
         qkv = self.qkv(x)  # (B, T, 3D)
-        q, k, v = rearrange(qkv, "b t (three h d) -> three b h t d", three=3, h=self.heads)  # 3 x (B, H, T, d)
+        return rearrange(qkv, "b t (three h d) -> three b h t d", three=3, h=self.heads)  # 3 x (B, H, T, d)
+
+    def attention_matrix(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T / sqrt(d)) through the probe, (B, H, T, T); rows sum to 1."""
+        scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, T, T)
+        return self.probe(scores.softmax(dim=-1))  # (B, H, T, T)
+
+    def merge_heads(self, out: torch.Tensor, dropout: bool = True) -> torch.Tensor:
+        """Concatenate the heads (B, H, T, d) and project: (B, T, D)."""
+        out = self.proj(rearrange(out, "b h t d -> b t (h d)"))  # (B, T, D)
+        return self.proj_drop(out) if dropout else out
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        q, k, v = self.split_heads(x)  # 3 x (B, H, T, d)
         if self.fused:
             p = self.attn_drop.p if self.training else 0.0
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, H, T, d)
         else:
-            scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, T, T)
-            attn = self.probe(scores.softmax(dim=-1))  # (B, H, T, T), rows sum to 1
-            out = self.attn_drop(attn) @ v  # (B, H, T, d)
-        out = rearrange(out, "b h t d -> b t (h d)")  # (B, T, D)
-        return self.proj_drop(self.proj(out))  # (B, T, D)
+            out = self.attn_drop(self.attention_matrix(q, k)) @ v  # (B, H, T, d)
+        return self.merge_heads(out)  # (B, T, D)
+
+    def forward_explicit(
+        self, x: torch.Tensor, grid: tuple[int, int] | None = None, dropout: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Output (B, T, D), attention (B, H, T, T) and (q, k, v), each (B, H, T, d), on the explicit path."""
+        q, k, v = self.split_heads(x)  # 3 x (B, H, T, d)
+        attn = self.attention_matrix(q, k)  # (B, H, T, T)
+        out = (self.attn_drop(attn) if dropout else attn) @ v  # (B, H, T, d)
+        return self.merge_heads(out, dropout), attn, (q, k, v)
+
+
+def build_token_mixer(config: ViTConfig) -> nn.Module:
+    """The module that mixes tokens inside a block: attention, or an alternative from vitcore.mixers."""
+    if config.token_mixer == "attention":
+        return Attention(config)
+    from .mixers import build_mixer  # the alternatives live in their own module
+
+    return build_mixer(config)
 
 
 class MLP(nn.Module):
@@ -177,6 +214,12 @@ class MLP(nn.Module):
         x = self.drop1(self.act(self.fc1(x)))  # (B, T, mlp_dim)
         return self.drop2(self.fc2(x))  # (B, T, D)
 
+    def forward_explicit(self, x: torch.Tensor, dropout: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Output (B, T, D) and the hidden activations after GELU (B, T, mlp_dim)."""
+        hidden = self.act(self.fc1(x))  # (B, T, mlp_dim)
+        out = self.fc2(self.drop1(hidden) if dropout else hidden)  # (B, T, D)
+        return (self.drop2(out) if dropout else out), hidden
+
 
 class Block(nn.Module):
     """One pre-norm encoder block, eq. (2) and (3)."""
@@ -184,16 +227,63 @@ class Block(nn.Module):
     def __init__(self, config: ViTConfig) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(config.dim, eps=config.layer_norm_eps)
-        self.attn = Attention(config)
+        self.attn = build_token_mixer(config)  # MSA in the paper
         self.norm2 = nn.LayerNorm(config.dim, eps=config.layer_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))  # (B, T, D)   z' = MSA(LN(z)) + z
+    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), grid)  # (B, T, D)   z' = MSA(LN(z)) + z
         return x + self.mlp(self.norm2(x))  # (B, T, D)   z  = MLP(LN(z')) + z'
+
+    def forward_explicit(
+        self, x: torch.Tensor, grid: tuple[int, int] | None = None, dropout: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple | None, torch.Tensor]:
+        """Output (B, T, D), the mixing matrix (B, H, T, T) or None, (q, k, v) or None, MLP hidden (B, T, M)."""
+        mixed, matrix, qkv = self.attn.forward_explicit(self.norm1(x), grid, dropout)  # (B, T, D), ...
+        x = x + mixed  # (B, T, D)   z' = MSA(LN(z)) + z
+        out, hidden = self.mlp.forward_explicit(self.norm2(x), dropout)  # (B, T, D), (B, T, M)
+        return x + out, matrix, qkv, hidden  # z = MLP(LN(z')) + z'
 
 
 # --------------------------------------------------------------------------- the model
+def _select(value: int | list[int] | tuple[int, ...] | None, n: int, what: str) -> tuple[int, ...]:
+    """Normalise a layer / head selection to sorted unique indices in [0, n)."""
+    if value is None:
+        return tuple(range(n))
+    items = [value] if isinstance(value, int) else list(value)
+    out = set()
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise ValueError(f"{what} must be integers, got {item!r}")
+        if not -n <= item < n:
+            raise ValueError(f"{what} {item} is out of range; valid {what} are 0..{n - 1} (or -{n}..-1 from the end)")
+        out.add(item % n)
+    return tuple(sorted(out))
+
+
+@dataclass
+class Intermediates:
+    """What :meth:`VisionTransformer.forward_intermediates` returns (tensors still on the model's device).
+
+    Per-layer lists follow ``layers`` (model block indices, sorted); their tensors are the ones the
+    forward pass computed (no copy when all heads are kept), still in the autograd graph when
+    grad mode was on.
+    """
+
+    grid: tuple[int, int]  # (gh, gw)
+    patch_embeddings: torch.Tensor  # (B, N, D) x_p E
+    layers: tuple[int, ...]  # blocks whose internals were asked for
+    heads: tuple[int, ...]  # heads kept
+    tokens: list[torch.Tensor] = field(default_factory=list)  # depth+1 items (B, T, D): z_0 .. z_L
+    attention: list[torch.Tensor] = field(default_factory=list)  # per layer (B, H', T, T)
+    q: list[torch.Tensor] = field(default_factory=list)  # per layer (B, H', T, d)
+    k: list[torch.Tensor] = field(default_factory=list)
+    v: list[torch.Tensor] = field(default_factory=list)
+    mlp: list[torch.Tensor] = field(default_factory=list)  # per layer (B, T, M)
+    features: torch.Tensor | None = None  # (B, T, D) after the final LayerNorm
+    logits: torch.Tensor | None = None  # (B, C)
+
+
 def _trunc_normal(tensor: torch.Tensor, std: float) -> None:
     """Normal(0, std) truncated at two standard deviations (``nn.init`` truncates at +-2 absolute)."""
     nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
@@ -211,7 +301,9 @@ class VisionTransformer(nn.Module):
         self.patch_embed = PatchEmbedding(config)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))  # x_class
         self.dist_token = nn.Parameter(torch.zeros(1, 1, D)) if config.distilled else None
-        self.pos_embedding = nn.Parameter(torch.zeros(1, config.num_prefix_tokens + config.num_patches, D))  # E_pos
+        R = config.num_registers
+        self.register_tokens = nn.Parameter(torch.zeros(1, R, D)) if R else None  # no position embedding
+        self.pos_embedding = nn.Parameter(torch.zeros(1, config.num_pos_prefix_tokens + config.num_patches, D))  # E_pos
         self.pos_drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
         self.norm = nn.LayerNorm(D, eps=config.layer_norm_eps)
@@ -227,6 +319,8 @@ class VisionTransformer(nn.Module):
         _trunc_normal(self.cls_token, 0.02)
         if self.dist_token is not None:
             _trunc_normal(self.dist_token, 0.02)
+        if self.register_tokens is not None:
+            _trunc_normal(self.register_tokens, 0.02)
         conv = self.patch_embed.proj
         fan_in = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
         _trunc_normal(conv.weight, math.sqrt(1.0 / fan_in))
@@ -253,7 +347,7 @@ class VisionTransformer(nn.Module):
 
     @property
     def num_prefix_tokens(self) -> int:
-        """CLS (and distillation) tokens in front of the patch tokens."""
+        """CLS, distillation and register tokens in front of the patch tokens."""
         return self.config.num_prefix_tokens
 
     def grid_for(self, height: int, width: int) -> tuple[int, int]:
@@ -262,28 +356,120 @@ class VisionTransformer(nn.Module):
         return height // p, width // p
 
     def pos_embedding_for(self, grid: tuple[int, int]) -> torch.Tensor:
-        """Position embedding (1, prefix+N, D) for a patch grid, interpolated if it differs."""
-        return interpolate_pos_embedding(self.pos_embedding, self.config.grid_size, grid, self.num_prefix_tokens)
+        """Position embedding (1, CLS/dist + N, D) for a patch grid, interpolated if it differs.
+
+        Registers have no position embedding, so they are not part of it (see
+        :meth:`token_pos_embedding` for one row per token).
+        """
+        cfg = self.config
+        antialias = cfg.pos_interpolation == "bicubic_antialias"
+        return interpolate_pos_embedding(self.pos_embedding, cfg.grid_size, grid, cfg.num_pos_prefix_tokens, antialias)
+
+    def token_pos_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
+        """What is added to each of the T tokens, (1, T, D): zeros in the register rows."""
+        pos = self.pos_embedding_for(grid)  # (1, p+N, D)
+        if self.register_tokens is None:
+            return pos
+        p = self.config.num_pos_prefix_tokens
+        zeros = pos.new_zeros(1, self.config.num_registers, pos.shape[-1])  # (1, R, D)
+        return torch.cat([pos[:, :p], zeros, pos[:, p:]], dim=1)  # (1, T, D)
 
     # ---- forward --------------------------------------------------------------------
+    def embed_patches(
+        self, patch_embeddings: torch.Tensor, grid: tuple[int, int], dropout: bool = True
+    ) -> torch.Tensor:
+        """Eq. (1) from x_p E (B, N, D): prefix tokens and position embedding, then registers, (B, T, D)."""
+        B = patch_embeddings.shape[0]
+        prefix = [self.cls_token.expand(B, -1, -1)]  # (B, 1, D)
+        if self.dist_token is not None:
+            prefix.append(self.dist_token.expand(B, -1, -1))  # (B, 1, D)
+        x = torch.cat([*prefix, patch_embeddings], dim=1)  # (B, p+N, D)
+        x = x + self.pos_embedding_for(grid)  # (B, p+N, D)
+        if self.register_tokens is not None:  # registers go after CLS/dist, without a position (Darcet et al.)
+            p = self.config.num_pos_prefix_tokens
+            registers = self.register_tokens.expand(B, -1, -1)  # (B, R, D)
+            x = torch.cat([x[:, :p], registers, x[:, p:]], dim=1)  # (B, T, D)
+        return self.pos_drop(x) if dropout else x
+
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Eq. (1): patch embeddings with prefix tokens and position embedding, (B, T, D)."""
         _check_images(images, self.config.patch_size, self.config.in_channels)
-        B, _, H, W = images.shape
         x = self.patch_embed(images)  # (B, N, D)
-        prefix = [self.cls_token.expand(B, -1, -1)]  # (B, 1, D)
-        if self.dist_token is not None:
-            prefix.append(self.dist_token.expand(B, -1, -1))
-        x = torch.cat([*prefix, x], dim=1)  # (B, prefix+N, D)
-        x = x + self.pos_embedding_for(self.grid_for(H, W))  # (B, prefix+N, D)
-        return self.pos_drop(x)
+        return self.embed_patches(x, self.grid_for(*images.shape[-2:]))  # (B, T, D)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Tokens after the last block and the final LayerNorm, (B, T, D)."""
+        grid = self.grid_for(*images.shape[-2:])
         x = self.embed(images)  # (B, T, D)
         for block in self.blocks:
-            x = block(x)  # (B, T, D)
+            x = block(x, grid)  # (B, T, D)
         return self.norm(x)  # (B, T, D)
+
+    def forward_embedded(self, patch_embeddings: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Logits (B, C) from patch embeddings x_p E (B, N, D), e.g. for gradients w.r.t. the embeddings."""
+        x = self.embed_patches(patch_embeddings, grid)  # (B, T, D)
+        for block in self.blocks:
+            x = block(x, grid)  # (B, T, D)
+        return self.forward_head(self.norm(x))  # (B, C)
+
+    def forward_intermediates(
+        self,
+        images: torch.Tensor,
+        *,
+        layers: int | list[int] | tuple[int, ...] | None = None,
+        heads: int | list[int] | tuple[int, ...] | None = None,
+        attention: bool = False,
+        qkv: bool = False,
+        mlp: bool = False,
+        head: bool = True,
+        dropout: bool = False,
+    ) -> Intermediates:
+        """One forward pass that returns every block's tokens and, when asked, its internals.
+
+        Tokens of every block are always returned (they exist anyway). For the blocks in
+        ``layers`` (default all; negative counts from the end) the mixing matrix (``attention``),
+        q/k/v (``qkv``) and the MLP hidden activations (``mlp``) are computed explicitly and
+        returned; the other blocks run their normal (fused) path. Only the ``heads`` asked for are
+        kept. Nothing on the model is read but its parameters and buffers: no flag is switched,
+        no hook is added, so any number of threads may call this on one shared model. Dropout runs
+        only with ``dropout=True`` (and the modules in training mode); grad mode is the caller's,
+        so ``torch.autograd.grad(score, out.attention)`` gives gradients of the attention maps.
+        """
+        _check_images(images, self.config.patch_size, self.config.in_channels)
+        depth = len(self.blocks)
+        selected = set(_select(layers, depth, "layers"))
+        head_ids = _select(heads, self.config.heads, "heads")
+        if not head_ids:
+            raise ValueError("select at least one head (heads=None keeps all)")
+        subset = None if len(head_ids) == self.config.heads else list(head_ids)
+        grid = self.grid_for(*images.shape[-2:])
+        explicit = attention or qkv or mlp
+
+        def keep(t: torch.Tensor) -> torch.Tensor:
+            return t if subset is None else t[:, subset]  # (B, H', ...)
+
+        patch_embeddings = self.patch_embed(images)  # (B, N, D)
+        x = self.embed_patches(patch_embeddings, grid, dropout)  # (B, T, D)
+        out = Intermediates(grid=grid, patch_embeddings=patch_embeddings, layers=tuple(sorted(selected)),
+                            heads=head_ids)
+        for i, block in enumerate(self.blocks):
+            out.tokens.append(x)  # (B, T, D) z_i, input of block i
+            if explicit and i in selected:
+                x, matrix, qkv_i, hidden = block.forward_explicit(x, grid, dropout)  # (B, T, D), ...
+                if attention and matrix is not None:
+                    out.attention.append(keep(matrix))  # (B, H', T, T)
+                if qkv and qkv_i is not None:
+                    out.q.append(keep(qkv_i[0]))  # (B, H', T, d)
+                    out.k.append(keep(qkv_i[1]))
+                    out.v.append(keep(qkv_i[2]))
+                if mlp:
+                    out.mlp.append(hidden)  # (B, T, M)
+            else:
+                x = block(x, grid)  # (B, T, D)
+        out.tokens.append(x)  # (B, T, D) z_L
+        out.features = self.norm(x)  # (B, T, D)
+        out.logits = self.forward_head(out.features) if head else None  # (B, C)
+        return out
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """The representation the head reads: CLS token or mean of patch tokens, (B, D)."""
