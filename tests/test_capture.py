@@ -318,4 +318,5 @@ print(peak - one, model_bytes)
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
     growth, model_bytes = (int(v) for v in out.stdout.split())
-    assert growth < model_bytes, f"20 traces grew peak RSS by {growth / 2**20:.0f} MiB (model {model_bytes / 2**20:.0f})"
+    mib = 2**20
+    assert growth < model_bytes, f"20 traces grew peak RSS by {growth / mib:.0f} MiB (model {model_bytes / mib:.0f})"
