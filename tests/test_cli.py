@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from vitcore.cli import build_parser, main
-from vitcore.data import SHAPE_CLASSES, ShapesDataset
+from vitcore.shapes import SHAPE_CLASSES, ShapesDataset
 
 TINY = ["--data", "shapes", "--per-class-train", "6", "--per-class-val", "2", "--batch-size", "10", "--quiet"]
 

@@ -2,12 +2,24 @@
 
 Nothing here unpickles code. ``.pt``/``.pth`` files are read only with
 ``torch.load(weights_only=True)``; everything else must be a valid safetensors file.
+
+A checkpoint is hostile input (students upload them). :func:`load_checkpoint` checks the file
+in this order and stops at the first problem with a ``ValueError`` that says what to do:
+
+1. the bytes: size limit, safetensors header (JSON, read without touching tensor data);
+2. the config: valid ``ViTConfig`` fields, and a memory budget (weights, one input image and
+   one attention map) that it must fit *before* anything is allocated;
+3. the metadata: class names, normalisation and image size agree with the config;
+4. the tensors: every parameter the config implies exists in the file with the right shape
+   (compared against a model built on the ``meta`` device, which allocates nothing);
+5. only then the tensors are read and the model is built.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -19,28 +31,371 @@ from torch import nn
 from .config import ViTConfig
 from .model import VisionTransformer
 
-__all__ = ["FORMAT", "load", "load_checkpoint", "load_state_dict_checked", "save", "save_checkpoint"]
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "FORMAT",
+    "load",
+    "load_checkpoint",
+    "load_state_dict_checked",
+    "model_memory_bytes",
+    "save",
+    "save_checkpoint",
+]
 
 FORMAT = "vitcore/1"
+DEFAULT_MAX_BYTES = 2_000_000_000  # a checkpoint whose model needs more than this (float32) is refused
 _MAX_HEADER = 100 * 2**20  # a safetensors header larger than this is not a checkpoint of ours
+_MAX_TENSORS = 20_000  # ViT-22B has about 600 tensors; far more means a hostile or foreign file
+_FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}  # safetensors names of the dtypes a weight may be stored in
+_BYTES_PER_VALUE = 4  # float32
 
 
-def _normalization_dict(normalization: Any) -> dict[str, list[float]]:
-    try:
-        if isinstance(normalization, dict):
-            mean, std = normalization["mean"], normalization["std"]
-        else:
-            mean, std = normalization
-        mean, std = [float(m) for m in mean], [float(s) for s in std]
-    except (TypeError, ValueError, KeyError):
-        raise ValueError(
-            f"normalization={normalization!r} must be (mean, std) or {{'mean': [...], 'std': [...]}}"
-        ) from None
-    if len(mean) != len(std) or any(s <= 0 for s in std):
-        raise ValueError(f"normalization mean {mean} and std {std} need one value per channel and std > 0")
+# --------------------------------------------------------------------------- metadata checks
+def _check_class_names(class_names: Any, num_classes: int, where: str) -> list[str]:
+    """A list of ``num_classes`` strings (none for a head-less backbone), or a ValueError."""
+    if not isinstance(class_names, (list, tuple)):
+        raise ValueError(f"{where}: class_names must be a list of strings, got {type(class_names).__name__}; "
+                         "re-save it with save_checkpoint(class_names=[...])")
+    bad = [(i, c) for i, c in enumerate(class_names) if not isinstance(c, str)]
+    if bad:
+        i, c = bad[0]
+        raise ValueError(f"{where}: class name #{i} is {c!r} ({type(c).__name__}), not a string; "
+                         "class names must be text such as 'cat'")
+    if len(class_names) != num_classes:
+        if num_classes == 0:
+            raise ValueError(f"{where}: the model has no classification head (num_classes=0, a feature backbone) "
+                             f"but {len(class_names)} class names are listed; a backbone has none")
+        raise ValueError(f"{where}: lists {len(class_names)} class names for a {num_classes}-class head; "
+                         f"give exactly one name per output")
+    return list(class_names)
+
+
+def _number_list(value: Any, what: str, where: str) -> list[float]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise ValueError(f"{where}: normalization {what} must be a list of numbers, got {value!r}")
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"{where}: normalization {what} {value!r} must hold finite numbers")
+        out.append(float(v))
+    return out
+
+
+def _check_normalization(normalization: Any, channels: int, where: str) -> dict[str, list[float]]:
+    """``{"mean": [...], "std": [...]}`` with one finite value per input channel and std > 0."""
+    if isinstance(normalization, dict):
+        if set(normalization) != {"mean", "std"}:
+            raise ValueError(f"{where}: normalization must have exactly the keys 'mean' and 'std', "
+                             f"got {sorted(map(str, normalization))}")
+        mean, std = normalization["mean"], normalization["std"]
+    elif isinstance(normalization, (list, tuple)) and len(normalization) == 2:
+        mean, std = normalization
+    else:
+        raise ValueError(f"{where}: normalization={normalization!r} must be (mean, std) or "
+                         "{'mean': [...], 'std': [...]}")
+    mean, std = _number_list(mean, "mean", where), _number_list(std, "std", where)
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"{where}: normalization mean {mean} and std {std} need one value per input channel; "
+                         f"the model reads {channels} channel(s)")
+    if any(s <= 0 for s in std):
+        raise ValueError(f"{where}: normalization std {std} must be > 0 for every channel "
+                         "(dividing by 0 would turn every image into NaN)")
     return {"mean": mean, "std": std}
 
 
+def _check_image_size(image_size: Any, config: ViTConfig, where: str) -> list[int]:
+    expected = list(config.image_size)
+    if not isinstance(image_size, (list, tuple)) or list(image_size) != expected:
+        raise ValueError(f"{where}: metadata image_size {image_size!r} disagrees with the config's {expected}; "
+                         "the weights follow the config, so re-save the checkpoint with save_checkpoint()")
+    return expected
+
+
+def _checked_metadata(metadata: Any, config: ViTConfig, where: str) -> dict[str, Any]:
+    """The metadata dict with class names, normalisation and image size checked (defaults filled in)."""
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{where}: the metadata must be a JSON object (a dict), got {type(metadata).__name__}; "
+                         "re-save it with save_checkpoint()")
+    metadata = dict(metadata)
+    n, c = config.num_classes, config.in_channels
+    metadata["class_names"] = _check_class_names(
+        metadata.get("class_names", [f"class_{i}" for i in range(n)]), n, where)
+    metadata["normalization"] = _check_normalization(
+        metadata.get("normalization", {"mean": [0.5] * c, "std": [0.5] * c}), c, where)
+    metadata["image_size"] = _check_image_size(metadata.get("image_size", list(config.image_size)), config, where)
+    metadata["config"] = config.to_dict()
+    return metadata
+
+
+# --------------------------------------------------------------------------- config checks
+_MAX_CONFIG_INT = 2**20  # no honest ViT has a side, width, depth or class count above this
+
+
+def _check_config_ints(data: Any, where: str) -> None:
+    """Refuse absurd integers before ViTConfig sees them (its error messages list divisors, O(n))."""
+    if not isinstance(data, dict):
+        return  # ViTConfig.from_dict explains
+    size = data.get("image_size")
+    values = {f"image_size[{i}]": v for i, v in enumerate(size)} if isinstance(size, (list, tuple)) else {}
+    values["image_size"] = size
+    values.update({k: data.get(k) for k in ("patch_size", "in_channels", "num_classes", "dim", "depth", "heads")})
+    for key, value in values.items():
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _MAX_CONFIG_INT:
+            raise ValueError(f"{where} has an invalid config in its metadata: {key}={value} is far beyond any "
+                             f"Vision Transformer (limit {_MAX_CONFIG_INT:,}); the file is not a usable checkpoint")
+
+
+def _config_from_dict(data: Any, where: str) -> ViTConfig:
+    """A ViTConfig from untrusted JSON data; every failure becomes a ValueError naming the file."""
+    _check_config_ints(data, where)
+    try:
+        return ViTConfig.from_dict(data)
+    except (ValueError, TypeError, OverflowError, KeyError, AttributeError) as exc:
+        raise ValueError(f"{where} has an invalid config in its metadata: {exc}") from None
+
+
+def _config_from_json(text: Any, where: str) -> ViTConfig:
+    if text is None:
+        raise ValueError(f"{where} has no vitcore config in its metadata; pass config= (a ViTConfig)")
+    if not isinstance(text, str):
+        raise ValueError(f"{where} has a config that is not a JSON string; re-save it with save_checkpoint()")
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        raise ValueError(f"{where} has a config that is not valid JSON; re-save it with save_checkpoint()") from None
+    return _config_from_dict(data, where)
+
+
+def _parameter_count(config: ViTConfig) -> int:
+    """Number of weights of ``VisionTransformer(config)``, computed from the config alone."""
+    D, C, P, M, K = config.dim, config.in_channels, config.patch_size, config.mlp_dim, config.num_classes
+    prefix = config.num_prefix_tokens
+    tokens = prefix + config.num_patches
+    embed = D * C * P * P + D + prefix * D + tokens * D  # patch conv, CLS (+ dist) token, E_pos
+    attention = 3 * D * D + (3 * D if config.qkv_bias else 0) + D * D + D  # qkv and output projection
+    block = 4 * D + attention + D * M + M + M * D + D  # two LayerNorms, attention, MLP
+    heads = (1 + int(config.distilled and config.distilled_head)) * (D * K + K) if K else 0
+    return embed + config.depth * block + 2 * D + heads
+
+
+def model_memory_bytes(config: ViTConfig) -> int:
+    """Float32 bytes of the weights plus one input image plus one attention map (all heads)."""
+    h, w = config.image_size
+    tokens = config.num_prefix_tokens + config.num_patches
+    values = _parameter_count(config) + config.in_channels * h * w + config.heads * tokens * tokens
+    return _BYTES_PER_VALUE * values
+
+
+def _check_budget(config: ViTConfig, max_bytes: int, where: str) -> None:
+    """Refuse configs whose model would not fit ``max_bytes``, before anything is allocated."""
+    need = model_memory_bytes(config)
+    if need > max_bytes:
+        h, w = config.image_size
+        raise ValueError(
+            f"{where}: its config needs about {need / 1e9:.1f} GB ({_parameter_count(config):,} parameters, "
+            f"{h}x{w} input, {config.num_prefix_tokens + config.num_patches:,} tokens, depth {config.depth}); "
+            f"the limit is {max_bytes / 1e9:.1f} GB. If you trust this file, pass a larger max_bytes"
+        )
+
+
+# --------------------------------------------------------------------------- tensor checks
+def _expected_tensors(config: ViTConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Name -> (shape, dtype) of every state-dict entry of ``VisionTransformer(config)``, allocating nothing."""
+    with torch.device("meta"):
+        model = VisionTransformer(config)
+    return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+
+
+def _describe_mismatch(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> str | None:
+    """What differs between two name -> shape maps (model order first), or None when they agree."""
+    missing = [k for k in expected if k not in found]
+    unexpected = sorted(k for k in found if k not in expected)
+    shapes = [f"{k}: checkpoint {found[k]} vs model {expected[k]}"
+              for k in expected if k in found and found[k] != expected[k]]
+    if not (missing or unexpected or shapes):
+        return None
+
+    def show(items: list[str]) -> str:
+        return ", ".join(items[:8]) + (f" … (+{len(items) - 8} more)" if len(items) > 8 else "")
+
+    parts = []
+    if shapes:
+        parts.append(f"shapes that differ ({len(shapes)}): {show(shapes)}")
+    if missing:
+        parts.append(f"missing keys ({len(missing)}): {show(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys ({len(unexpected)}): {show(unexpected)}")
+    return ("the weights do not fit the model config; " + "; ".join(parts)
+            + ". Check that the checkpoint was saved with this config (preset, image size, classes)")
+
+
+def _check_tensors(config: ViTConfig, found: dict[str, tuple[tuple[int, ...], str]], where: str) -> None:
+    """Every tensor the config implies is in the file with the right shape and a floating-point dtype."""
+    if len(found) < config.depth:  # each block has weights; also keeps the meta build below cheap
+        raise ValueError(f"{where}: the config has depth {config.depth} but the file holds only {len(found)} "
+                         "tensors; the config does not belong to these weights")
+    expected = _expected_tensors(config)
+    problem = _describe_mismatch({k: s for k, (s, _) in expected.items()}, {k: s for k, (s, _) in found.items()})
+    if problem:
+        raise ValueError(f"{where}: {problem}")
+    for key, (_, dtype) in found.items():
+        if expected[key][1].is_floating_point and dtype not in _FLOAT_DTYPES:
+            raise ValueError(f"{where}: tensor {key!r} is stored as {dtype}; weights must be floating point "
+                             f"({', '.join(sorted(_FLOAT_DTYPES))})")
+
+
+def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """``load_state_dict(strict=True)`` with a ValueError listing missing/unexpected keys and shape mismatches."""
+    problem = _describe_mismatch({k: tuple(v.shape) for k, v in model.state_dict().items()},
+                                 {k: tuple(v.shape) for k, v in state.items()})
+    if problem:
+        raise ValueError(problem)
+    model.load_state_dict(state, strict=True)
+
+
+# --------------------------------------------------------------------------- reading the file
+def _read_bytes(source: Any, max_bytes: int) -> tuple[bytes, str]:
+    """The checkpoint's bytes and a name for messages; refuses files larger than ``max_bytes``."""
+    too_big = (f"is larger than the {max_bytes / 1e9:.1f} GB limit; if you trust it, pass a larger max_bytes")
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source), "<bytes>"
+    if isinstance(source, io.IOBase):
+        try:
+            blob = source.read(max_bytes + 1)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"the uploaded checkpoint could not be read ({exc}); upload it again") from None
+        if not isinstance(blob, (bytes, bytearray)):
+            raise ValueError("the checkpoint must be opened in binary mode ('rb'), not as text")
+        if len(blob) > max_bytes:
+            raise ValueError(f"the uploaded checkpoint {too_big}")
+        return bytes(blob), "<upload>"
+    if not isinstance(source, (str, os.PathLike)):
+        raise ValueError(f"a checkpoint is a path, bytes or a binary file object, got {type(source).__name__}")
+    path = Path(source)
+    try:
+        if not path.is_file():
+            raise ValueError(f"{str(path)!r} does not exist or is not a file; pass a .safetensors checkpoint")
+        if path.stat().st_size > max_bytes:
+            raise ValueError(f"{str(path)!r} {too_big}")
+        return path.read_bytes(), str(path)
+    except OSError as exc:
+        raise ValueError(f"{str(path)!r} could not be read ({exc.strerror or exc}); check the path") from None
+
+
+def _looks_like_safetensors(blob: bytes) -> bool:
+    """An 8-byte little-endian header length of a plausible size followed by '{'."""
+    if len(blob) < 10:
+        return False
+    (n,) = struct.unpack("<Q", blob[:8])
+    return 0 < n <= _MAX_HEADER and blob[8:9] == b"{"
+
+
+def _safetensors_header(blob: bytes, where: str) -> dict[str, Any]:
+    """The JSON header of a blob that looks like safetensors; ValueError when it is damaged."""
+    (n,) = struct.unpack("<Q", blob[:8])
+    if 8 + n > len(blob):
+        raise ValueError(f"{where} is truncated: its safetensors header promises {n} bytes but the file ends "
+                         "before that; download or save it again")
+    try:
+        header = json.loads(blob[8 : 8 + n])
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise ValueError(f"{where} has a safetensors header that is not valid JSON; the file is damaged, "
+                         "save it again") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{where} has a safetensors header that is not a JSON object; the file is damaged")
+    return header
+
+
+def _header_tensors(header: dict[str, Any], data_bytes: int, where: str) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Name -> (shape, dtype) of the tensors listed in a safetensors header, checked for form only."""
+    tensors: dict[str, tuple[tuple[int, ...], str]] = {}
+    end = 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        if len(tensors) >= _MAX_TENSORS:
+            raise ValueError(f"{where} lists more than {_MAX_TENSORS} tensors; this is not a vitcore checkpoint")
+        ok = (isinstance(entry, dict) and isinstance(entry.get("dtype"), str)
+              and isinstance(entry.get("shape"), list)
+              and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in entry["shape"])
+              and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2
+              and all(isinstance(o, int) and not isinstance(o, bool) for o in entry["data_offsets"]))
+        if not ok:
+            raise ValueError(f"{where}: the header entry of tensor {key!r} is malformed (it needs dtype, shape and "
+                             "data_offsets); the file is damaged, save it again")
+        tensors[key] = (tuple(entry["shape"]), entry["dtype"])
+        end = max(end, entry["data_offsets"][1])
+    if end > data_bytes:
+        raise ValueError(f"{where} is truncated: its tensors need {end} bytes of data but only {data_bytes} follow "
+                         "the header; download or save it again")
+    return tensors
+
+
+def _header_metadata(header: dict[str, Any], where: str) -> dict[str, str]:
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise ValueError(f"{where}: the safetensors __metadata__ must map names to strings; the file is damaged")
+    return meta
+
+
+def _metadata_from_json(text: str | None, where: str) -> Any:
+    if text is None:
+        return {}
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        raise ValueError(f"{where} has metadata that is not JSON; re-save it with save_checkpoint()") from None
+
+
+def _read_safetensors(blob: bytes, config: ViTConfig | None, max_bytes: int, where: str):
+    header = _safetensors_header(blob, where)
+    (n,) = struct.unpack("<Q", blob[:8])
+    found = _header_tensors(header, len(blob) - 8 - n, where)
+    meta = _header_metadata(header, where)
+    if config is None:
+        config = _config_from_json(meta.get("config"), where)
+    _check_budget(config, max_bytes, where)
+    metadata = _checked_metadata(_metadata_from_json(meta.get("metadata"), where), config, where)
+    _check_tensors(config, found, where)
+
+    from safetensors.torch import load as load_safetensors
+
+    try:
+        state = load_safetensors(blob)
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise ValueError(f"{where} looks like safetensors but cannot be read ({exc}); the file may be truncated "
+                         "or damaged, save it again") from None
+    return config, metadata, state
+
+
+def _read_torch(blob: bytes, config: ViTConfig | None, max_bytes: int, where: str):
+    try:
+        obj = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(
+            f"{where} could not be read as a weights-only PyTorch file ({type(exc).__name__}); only plain "
+            "state dicts are accepted, never pickled code"
+        ) from None
+    metadata: Any = {}
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        if config is None and "config" in obj:
+            config = _config_from_dict(obj["config"], where)
+        metadata = {k: v for k, v in obj.items() if k not in ("state_dict", "config")}
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                       for k, v in obj.items()):
+        raise ValueError(f"{where} is not a state dict of tensors; save model.state_dict() or use save_checkpoint()")
+    if config is None:
+        raise ValueError(f"{where} is a bare state dict without a config; pass config=ViTConfig.preset(...)")
+    _check_budget(config, max_bytes, where)
+    metadata = _checked_metadata(metadata, config, where)
+    dtype_names = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64"}
+    _check_tensors(config, {k: (tuple(v.shape), dtype_names.get(v.dtype, str(v.dtype))) for k, v in obj.items()},
+                   where)
+    return config, metadata, obj
+
+
+# --------------------------------------------------------------------------- public API
 def save_checkpoint(
     model: nn.Module,
     path: str | os.PathLike,
@@ -57,21 +412,26 @@ def save_checkpoint(
     if not isinstance(model, VisionTransformer):
         raise ValueError(f"save_checkpoint() writes a vitcore VisionTransformer, got {type(model).__name__}")
     config = model.config
+    if not isinstance(class_names, (list, tuple)):
+        raise ValueError(f"class_names must be a list of strings, got {type(class_names).__name__}")
     class_names = [str(c) for c in class_names]
     if config.num_classes and len(class_names) != config.num_classes:
         raise ValueError(
             f"{len(class_names)} class names were given but the model has {config.num_classes} outputs"
         )
+    if not config.num_classes:
+        class_names = _check_class_names(class_names, 0, "save_checkpoint()")
     metadata = {
         "class_names": class_names,
-        "normalization": _normalization_dict(normalization),
+        "normalization": _check_normalization(normalization, config.in_channels, "save_checkpoint()"),
         "image_size": list(config.image_size),
         **(extra or {}),
     }
     try:
-        metadata_json = json.dumps(metadata)
-    except TypeError as exc:
-        raise ValueError(f"extra metadata must be JSON-serialisable: {exc}") from None
+        metadata_json = json.dumps(metadata, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"extra metadata must be JSON-serialisable (finite numbers, strings, lists, dicts): {exc}"
+                         ) from None
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"{str(path)!r}: checkpoints are written as .safetensors; change the file name")
@@ -81,127 +441,39 @@ def save_checkpoint(
     return path
 
 
-def _read_bytes(source: str | os.PathLike | bytes | io.IOBase) -> tuple[bytes, str]:
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source), "<bytes>"
-    if isinstance(source, io.IOBase):
-        return source.read(), "<upload>"
-    path = Path(source)
-    if not path.is_file():
-        raise ValueError(f"{str(path)!r} does not exist or is not a file; pass a .safetensors checkpoint")
-    return path.read_bytes(), str(path)
-
-
-def _safetensors_header(blob: bytes) -> dict[str, Any] | None:
-    """The JSON header of a safetensors blob, or None when the bytes are not one."""
-    if len(blob) < 10:
-        return None
-    (n,) = struct.unpack("<Q", blob[:8])
-    if n <= 0 or n > _MAX_HEADER or 8 + n > len(blob) or blob[8:9] != b"{":
-        return None
-    try:
-        header = json.loads(blob[8 : 8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return header if isinstance(header, dict) else None
-
-
-def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """``load_state_dict(strict=True)`` with a ValueError listing missing/unexpected keys and shape mismatches."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in sorted(set(expected) & set(state))
-        if tuple(state[k].shape) != tuple(expected[k].shape)
-    ]
-    if missing or unexpected or shapes:
-
-        def show(items: list[str]) -> str:
-            return ", ".join(items[:8]) + (f" … (+{len(items) - 8} more)" if len(items) > 8 else "")
-
-        parts = []
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {show(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {show(unexpected)}")
-        if shapes:
-            parts.append(f"shapes that differ ({len(shapes)}): {show(shapes)}")
-        raise ValueError(
-            "the weights do not fit the model config; " + "; ".join(parts)
-            + ". Check that the checkpoint was saved with this config (preset, image size, classes)"
-        )
-    model.load_state_dict(state, strict=True)
-
-
 def load_checkpoint(
-    source: str | os.PathLike | bytes | io.IOBase, *, config: ViTConfig | None = None
+    source: str | os.PathLike | bytes | io.IOBase,
+    *,
+    config: ViTConfig | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> tuple[VisionTransformer, dict[str, Any]]:
     """Read a checkpoint (path, bytes or file object) into ``(VisionTransformer in eval mode, metadata)``.
 
     ``.safetensors`` files carry their own config; a ``.pt``/``.pth`` state dict (read with
     ``weights_only=True``) needs ``config=`` unless it is a dict holding ``state_dict`` and ``config``.
-    The metadata dict has ``class_names``, ``normalization`` {mean, std}, ``image_size``, ``config``
-    and whatever ``extra`` held when it was saved.
-    """
-    blob, name = _read_bytes(source)
-    header = _safetensors_header(blob)
-    metadata: dict[str, Any] = {}
-    if header is not None:
-        from safetensors.torch import load as load_safetensors
+    The metadata dict has ``class_names`` (one string per output; none for a ``num_classes=0``
+    backbone), ``normalization`` {mean, std} (one value per input channel), ``image_size``,
+    ``config`` and whatever ``extra`` held when it was saved.
 
-        try:
-            state = load_safetensors(blob)
-        except Exception as exc:  # safetensors raises its own error types for corrupt files
-            raise ValueError(
-                f"{name} looks like safetensors but cannot be read ({exc}); the file may be truncated"
-            ) from None
-        meta = header.get("__metadata__") or {}
-        if config is None:
-            if "config" not in meta:
-                raise ValueError(f"{name} has no vitcore config in its metadata; pass config= (a ViTConfig)")
-            try:
-                config = ViTConfig.from_json(meta["config"])
-            except (ValueError, TypeError) as exc:
-                raise ValueError(f"{name} has an invalid config in its metadata: {exc}") from None
-        if "metadata" in meta:
-            try:
-                metadata = json.loads(meta["metadata"])
-            except json.JSONDecodeError:
-                raise ValueError(f"{name} has metadata that is not JSON; re-save it with save_checkpoint()") from None
+    Any bad file (truncated, not a checkpoint, broken JSON, wrong types, a config that does not
+    match the weights or needs more than ``max_bytes`` of memory) raises ``ValueError`` with a
+    message saying what to do; nothing is allocated before the config and shapes are checked.
+    """
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise ValueError(f"max_bytes={max_bytes!r} must be a positive number of bytes, e.g. 2_000_000_000")
+    if config is not None and not isinstance(config, ViTConfig):
+        raise ValueError(f"config must be a ViTConfig, got {type(config).__name__}; try ViTConfig.preset('tiny')")
+    blob, name = _read_bytes(source, max_bytes)
+    if _looks_like_safetensors(blob):
+        config, metadata, state = _read_safetensors(blob, config, max_bytes, name)
     elif blob[:4] == b"PK\x03\x04" or blob[:1] == b"\x80":  # torch.save zip archive or legacy pickle
-        try:
-            obj = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(
-                f"{name} could not be read as a weights-only PyTorch file ({type(exc).__name__}); only plain "
-                "state dicts are accepted, never pickled code"
-            ) from None
-        if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-            if config is None and isinstance(obj.get("config"), dict):
-                config = ViTConfig.from_dict(obj["config"])
-            metadata = {k: v for k, v in obj.items() if k not in ("state_dict", "config")}
-            obj = obj["state_dict"]
-        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-            raise ValueError(f"{name} is not a state dict of tensors")
-        if config is None:
-            raise ValueError(f"{name} is a bare state dict without a config; pass config=ViTConfig.preset(...)")
-        state = obj
+        config, metadata, state = _read_torch(blob, config, max_bytes, name)
     else:
         raise ValueError(f"{name} is neither a .safetensors checkpoint nor a PyTorch state dict; upload a checkpoint "
                          "written by vitcore (save_checkpoint) or a .pt/.pth state dict")
     model = VisionTransformer(config)
     load_state_dict_checked(model, state)
-    model.eval()
-    n = config.num_classes
-    metadata.setdefault("class_names", [f"class_{i}" for i in range(n)])
-    metadata.setdefault("normalization", {"mean": [0.5] * config.in_channels, "std": [0.5] * config.in_channels})
-    metadata.setdefault("image_size", list(config.image_size))
-    metadata["config"] = config.to_dict()
-    if n and len(metadata["class_names"]) != n:
-        raise ValueError(f"{name} lists {len(metadata['class_names'])} class names for a {n}-class head")
-    return model, metadata
+    return model.eval(), metadata
 
 
 save = save_checkpoint

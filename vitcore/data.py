@@ -1,9 +1,13 @@
-"""Data for training and exploring: image folders, safe zip uploads and a synthetic Shapes set.
+"""Data for training and exploring: image folders and safe zip uploads (Shapes: :mod:`vitcore.shapes`).
 
 Every loader returns a :class:`DataBundle`, the seed tutorial's contract (``dataloaders``,
 ``class_names``, ``dataset_sizes``) plus what a model needs at inference time: the
 normalisation statistics and the image size. ``DataBundle.datasets`` keeps the underlying
 datasets so :func:`vitcore.train.fit` can rebuild seeded or distributed loaders.
+
+The synthetic Shapes set lives in :mod:`vitcore.shapes`; ``from vitcore.data import
+shapes_bundle`` (and ``ShapesDataset``, ``SHAPE_CLASSES``, ``SHAPES_NORMALIZATION``) keeps
+working through a lazy re-export.
 """
 
 from __future__ import annotations
@@ -20,20 +24,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 __all__ = [
     "IMAGENET_NORMALIZATION",
     "IMAGE_EXTENSIONS",
-    "SHAPE_CLASSES",
-    "SHAPES_NORMALIZATION",
     "DataBundle",
-    "ShapesDataset",
     "from_image_folder",
     "from_zip",
     "sample_images",
-    "shapes_bundle",
     "train_transform",
     "val_transform",
 ]
@@ -41,8 +41,6 @@ __all__ = [
 Normalization = tuple[tuple[float, ...], tuple[float, ...]]  # (mean, std), one value per channel
 
 IMAGENET_NORMALIZATION: Normalization = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-SHAPES_NORMALIZATION: Normalization = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # [0, 1] -> [-1, 1]
-SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "star")
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 
@@ -413,173 +411,6 @@ def _check_image(target: Path, path: PurePosixPath, max_pixels: int) -> None:
         raise ValueError(f"{path} is not a readable image ({type(exc).__name__}); remove it from the zip") from None
 
 
-# --------------------------------------------------------------------------- synthetic shapes
-def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
-    """Vertices of a shape of circumradius ``r`` centred at (cx, cy), rotated by ``angle``."""
-    if kind == "square":
-        pts = [(math.cos(angle + k * math.pi / 2 + math.pi / 4), math.sin(angle + k * math.pi / 2 + math.pi / 4))
-               for k in range(4)]
-    elif kind == "triangle":
-        pts = [(math.cos(angle + k * 2 * math.pi / 3), math.sin(angle + k * 2 * math.pi / 3)) for k in range(3)]
-    elif kind == "star":
-        pts = []
-        for k in range(10):
-            radius = 1.0 if k % 2 == 0 else 0.42
-            a = angle + k * math.pi / 5
-            pts.append((radius * math.cos(a), radius * math.sin(a)))
-    elif kind == "cross":
-        t = 0.3  # half the arm width, relative to the arm length
-        base = [(-t, -1), (t, -1), (t, -t), (1, -t), (1, t), (t, t), (t, 1), (-t, 1), (-t, t), (-1, t), (-1, -t),
-                (-t, -t)]
-        c, s = math.cos(angle), math.sin(angle)
-        pts = [(x * c - y * s, x * s + y * c) for x, y in base]
-    else:
-        raise ValueError(f"unknown shape {kind!r}; choose from {SHAPE_CLASSES}")
-    return [(cx + r * x, cy + r * y) for x, y in pts]
-
-
-def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, cx: float, cy: float, r: float, angle: float, fill: Any) -> None:
-    if kind == "circle":
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-    else:
-        draw.polygon(_polygon(kind, cx, cy, r, angle), fill=fill)
-
-
-def _contrasting_colours(rng: np.random.Generator) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    """A dark background colour and a bright object colour (consistent polarity keeps the task about shape)."""
-    bg = rng.integers(0, 100, size=3)
-    fg = rng.integers(0, 256, size=3)
-    fg[int(rng.integers(0, 3))] = int(rng.integers(200, 256))  # at least one bright channel
-    while int(fg.sum()) - int(bg.sum()) < 250:
-        fg = np.minimum(fg + 40, 255)
-    return tuple(int(v) for v in bg), tuple(int(v) for v in fg)  # type: ignore[return-value]
-
-
-class ShapesDataset(Dataset):
-    """Synthetic coloured shapes on cluttered backgrounds, one object per image, with its mask.
-
-    Sample ``i`` depends only on ``(seed, i)``, so datasets are reproducible and a larger ``n``
-    extends a smaller one. Label of sample ``i`` is ``i % len(classes)`` (balanced). All images
-    are rendered once at construction into a uint8 tensor, so loading costs an index.
-    ``__getitem__`` returns ``(normalised image (3, H, W), label)``; :meth:`sample` returns
-    ``(PIL image, label, bool mask (H, W))``.
-    """
-
-    def __init__(
-        self,
-        n: int,
-        image_size: int | tuple[int, int] = 32,
-        classes: tuple[str, ...] | list[str] = SHAPE_CLASSES,
-        seed: int = 0,
-        *,
-        clutter: int = 3,
-        normalization: Normalization = SHAPES_NORMALIZATION,
-        augment: bool = False,
-        max_rotation: float = 15.0,
-        supersample: int = 4,
-    ) -> None:
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n={n!r} must be a positive number of images")
-        classes = tuple(classes)
-        unknown = [c for c in classes if c not in SHAPE_CLASSES]
-        if unknown or len(classes) < 2 or len(set(classes)) != len(classes):
-            raise ValueError(f"classes={classes} must be at least 2 distinct names from {SHAPE_CLASSES}")
-        self.n, self.image_size, self.classes, self.seed = n, _pair(image_size), classes, seed
-        self.clutter, self.supersample, self.augment = clutter, supersample, augment
-        self.max_rotation = float(max_rotation)  # degrees either way from the upright shape
-        self.normalization = _check_normalization(normalization)
-        rendered = [self._render(i) for i in range(n)]
-        self.images = torch.from_numpy(np.stack([r[0] for r in rendered]))  # (n, H, W, 3) uint8
-        self.images = self.images.permute(0, 3, 1, 2).contiguous()  # (n, 3, H, W) uint8
-        self.masks = torch.from_numpy(np.stack([r[1] for r in rendered]))  # (n, H, W) bool
-        self.targets = torch.tensor([i % len(classes) for i in range(n)], dtype=torch.long)  # (n,)
-        mean, std = self.normalization
-        mean_t = torch.tensor(mean).view(1, 3, 1, 1)
-        std_t = torch.tensor(std).view(1, 3, 1, 1)
-        self.tensors = (self.images.float() / 255 - mean_t) / std_t  # (n, 3, H, W) normalised, computed once
-
-    @property
-    def class_names(self) -> list[str]:
-        """Class names in label order."""
-        return list(self.classes)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = self.tensors[index]  # (3, H, W)
-        if self.augment and torch.rand(()) < 0.5:
-            image = image.flip(-1)  # every class is mirror-symmetric as a class
-        return image, int(self.targets[index])
-
-    def sample(self, index: int) -> tuple[Image.Image, int, np.ndarray]:
-        """Image ``index`` as a PIL image, its label and its object mask (H, W) bool."""
-        if not 0 <= index < self.n:
-            raise ValueError(f"index {index} is out of range for {self.n} images")
-        image = Image.fromarray(self.images[index].permute(1, 2, 0).numpy())
-        return image, int(self.targets[index]), self.masks[index].numpy().copy()
-
-    def _render(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        rng = np.random.default_rng([self.seed, index])
-        kind = self.classes[index % len(self.classes)]
-        h, w = self.image_size
-        s = self.supersample
-        H, W = h * s, w * s
-        bg, fg = _contrasting_colours(rng)
-        image = Image.new("RGB", (W, H), bg)
-        draw = ImageDraw.Draw(image)
-        side = min(H, W)
-        # Clutter: thin lines and small dots in random colours, drawn before the object.
-        for _ in range(int(rng.integers(0, self.clutter + 1))):
-            colour = tuple(int(v) for v in rng.integers(40, 180, size=3))
-            x0, y0, x1, y1 = rng.uniform(0, 1, size=4) * [W, H, W, H]
-            if rng.uniform() < 0.5:
-                draw.line([x0, y0, x1, y1], fill=colour, width=max(1, s // 2))
-            else:
-                rad = side * rng.uniform(0.02, 0.05)
-                draw.ellipse([x0 - rad, y0 - rad, x0 + rad, y0 + rad], fill=colour)
-        r = side * rng.uniform(0.22, 0.42)  # circumradius
-        cx = rng.uniform(r, W - r)
-        cy = rng.uniform(r, H - r)
-        angle = math.radians(rng.uniform(-self.max_rotation, self.max_rotation))
-        if kind in ("triangle", "star"):
-            angle -= math.pi / 2  # upright: a vertex at the top
-        _draw_shape(draw, kind, cx, cy, r, angle, fg)
-        mask = Image.new("L", (W, H), 0)
-        _draw_shape(ImageDraw.Draw(mask), kind, cx, cy, r, angle, 255)
-        image = image.resize((w, h), Image.Resampling.BOX)
-        mask = mask.resize((w, h), Image.Resampling.BOX)
-        return np.asarray(image, dtype=np.uint8), np.asarray(mask) >= 128
-
-
-def shapes_bundle(
-    image_size: int | tuple[int, int] = 32,
-    per_class_train: int = 1000,
-    per_class_val: int = 200,
-    classes: tuple[str, ...] | list[str] = SHAPE_CLASSES,
-    batch_size: int = 64,
-    seed: int = 0,
-    *,
-    augment: bool = False,
-    clutter: int = 3,
-) -> DataBundle:
-    """Shapes train/val splits as a :class:`DataBundle` (val uses a different seed, so no overlap)."""
-    for name, value in (("per_class_train", per_class_train), ("per_class_val", per_class_val)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r} must be a positive integer")
-    k = len(tuple(classes))
-    train = ShapesDataset(k * per_class_train, image_size, classes, seed, clutter=clutter, augment=augment)
-    val = ShapesDataset(k * per_class_val, image_size, classes, seed + 10_007, clutter=clutter)
-    plain = train
-    if augment:
-        plain = ShapesDataset.__new__(ShapesDataset)
-        plain.__dict__.update(train.__dict__)
-        plain.augment = False
-    return _make_bundle(
-        train, val, plain, train.class_names, train.normalization, train.image_size, batch_size, augment
-    )
-
-
 # --------------------------------------------------------------------------- sample photos
 _SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "hubble_deep_field", "immunohistochemistry")
 
@@ -603,3 +434,15 @@ def sample_images(names: tuple[str, ...] = _SKIMAGE_PHOTOS) -> dict[str, Image.I
             photos[name] = Image.fromarray(np.ascontiguousarray(array[..., :3]))
     return photos
 
+
+# --------------------------------------------------------------------------- backwards compatibility
+_MOVED_TO_SHAPES = frozenset({"SHAPE_CLASSES", "SHAPES_NORMALIZATION", "ShapesDataset", "shapes_bundle"})
+
+
+def __getattr__(name: str) -> Any:
+    """``from vitcore.data import shapes_bundle`` still works: the Shapes set moved to :mod:`vitcore.shapes`."""
+    if name in _MOVED_TO_SHAPES:
+        from . import shapes
+
+        return getattr(shapes, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
