@@ -1,0 +1,74 @@
+"""Shared pieces of the converters: constants, the strict builder and small tensor-mapping helpers."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ViTConfig
+from ..model import VisionTransformer
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageClassification preset
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HF_DEFAULT_MEAN = (0.5, 0.5, 0.5)  # Hugging Face's IMAGENET_STANDARD_MEAN / STD, ViTImageProcessor's default
+HF_DEFAULT_STD = (0.5, 0.5, 0.5)
+
+
+def _strip_prefix(name: str, prefix: str) -> str:
+    return name[len(prefix) :] if name.startswith(prefix) else name
+
+
+def _mlp_ratio(dim: int, mlp_dim: int) -> float:
+    """mlp_ratio such that ViTConfig.mlp_dim == mlp_dim, or a ValueError if no float gives it."""
+    ratio = mlp_dim / dim
+    if int(dim * ratio) != mlp_dim:
+        raise ValueError(
+            f"MLP width {mlp_dim} cannot be written as int({dim} * mlp_ratio); vitcore's ViTConfig needs an "
+            f"explicit mlp_dim field to reproduce this model"
+        )
+    return ratio
+
+
+def _build(config: ViTConfig, state: dict[str, torch.Tensor], like: torch.Tensor) -> VisionTransformer:
+    """A VisionTransformer holding exactly ``state``, on ``like``'s device and dtype.
+
+    The model is built on the meta device (no random initialisation of possibly 600M
+    parameters), then materialised and filled by a strict ``load_state_dict``, which copies:
+    the converted model never shares storage with the reference.
+    """
+    with torch.device("meta"):
+        model = VisionTransformer(config)
+    model = model.to_empty(device=like.device).to(like.dtype)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _linear(prefix: str, linear: nn.Linear) -> dict[str, torch.Tensor]:
+    out = {f"{prefix}.weight": linear.weight.detach()}
+    if linear.bias is not None:
+        out[f"{prefix}.bias"] = linear.bias.detach()
+    return out
+
+
+def _layer_norm(module: nn.Module, what: str) -> nn.LayerNorm:
+    if not isinstance(module, nn.LayerNorm) or module.weight is None or module.bias is None:
+        raise ValueError(f"{what} is {type(module).__name__}, not an affine nn.LayerNorm; vitcore cannot reproduce it")
+    return module
+
+
+def _check_patch_conv(conv: nn.Module, what: str) -> nn.Conv2d:
+    ok = (
+        isinstance(conv, nn.Conv2d)
+        and conv.kernel_size == conv.stride
+        and conv.kernel_size[0] == conv.kernel_size[1]
+        and conv.padding in ((0, 0), "valid")
+        and conv.groups == 1
+        and conv.dilation == (1, 1)
+        and conv.bias is not None
+    )
+    if not ok:
+        raise ValueError(
+            f"{what} is {conv!r}; vitcore reproduces only a square non-overlapping patch convolution "
+            f"(kernel = stride = P, with bias), not a convolutional stem"
+        )
+    return conv
