@@ -1,0 +1,198 @@
+"""The Trust view: every method's map, its deletion / insertion curves, areas, and the randomisation strip.
+
+Streamlit-free: numbers in, rows and plotly figures out. The heavy parts (maps, curves, the
+randomisation check) run one method at a time so the page can cache each per (model, image,
+class, method) and move a progress bar between them. The model is only read (see
+:mod:`vitcore.faithfulness`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+from explorer.figures import head_maps
+from explorer.models import LoadedModel
+from vitcore import faithfulness as FA
+
+__all__ = [
+    "METHODS",
+    "FILLS",
+    "RUN_KEY",
+    "RANDOMIZE_KEY",
+    "INTRO",
+    "CURVES_TEXT",
+    "RANDOMIZATION_TEXT",
+    "check_explainable",
+    "method_map",
+    "method_curves",
+    "method_randomization",
+    "area_rows",
+    "localisation_rows",
+    "randomization_rows",
+    "maps_figure",
+    "curves_figure",
+    "randomization_figure",
+]
+
+METHODS: tuple[str, ...] = FA.ALL_METHODS  # the methods, then the random and centre-bias baselines
+FILLS: tuple[str, ...] = FA.FILLS
+
+# session-state keys of the Trust page (to join the others in explorer/state.py)
+RUN_KEY = "trust_run"  # (spec, image key, class, fill, steps) of the last "compute" click
+RANDOMIZE_KEY = "trust_randomize"  # (spec, image key, class) of the last randomisation click
+
+INTRO = """
+**Can you trust this map?** A relevance map claims that some patches matter more than others for
+one class. Here every claim is tested the same way, next to two maps that know nothing: a
+**random** map and a **centre-bias** map (everything is in the middle).
+
+- **Good:** removing the patches the map ranks first makes the class probability *collapse*
+  (small deletion area), revealing them first on an empty canvas makes it *climb* (large
+  insertion area), clearly better than random; and the map *changes* when the model's weights
+  are replaced by random ones.
+- **Bad:** curves no better than the random map, or a map that looks the same for a random
+  model: then it shows the image (edges, the object) rather than what the model uses.
+"""
+
+CURVES_TEXT = """
+Deletion (left): patches are removed from most to least relevant, lower is better. Insertion
+(right): patches are revealed in that order on a canvas filled with the chosen fill, higher is
+better. The fill matters (removing pixels makes images the model never saw, Rong et al. 2022):
+compare methods only under the same fill, and always with the **random** line (dashed).
+"""
+
+RANDOMIZATION_TEXT = """
+**Sanity check** (Adebayo et al. 2018): the model's weights are re-initialised from the head
+down, block by block, and each method's map is recomputed. ρ is the Spearman rank correlation
+with the trained model's map (1 = same ranking). A trustworthy method's ρ drops towards 0 as more
+of the model becomes random; a map whose ρ stays high does not depend on what the model learned.
+Rollout and raw attention never read the classifier head, so they stay at ρ = 1 when only the head
+is random; the random and centre-bias maps ignore the model entirely, which is what failing looks like.
+"""
+
+
+def check_explainable(loaded: LoadedModel) -> None:
+    """Raise ValueError with what to do when the model cannot be explained per class."""
+    if loaded.config.num_classes == 0:
+        raise ValueError(
+            "this model is a feature backbone without a classification head, so there is no class to explain; "
+            "train a few-shot head first (Fine-tune page, strategy 'head') and pick that model"
+        )
+
+
+def method_map(loaded: LoadedModel, x: torch.Tensor, target: int, method: str) -> np.ndarray:
+    """One method's relevance map (gh, gw) of class ``target``."""
+    return FA.relevance_map(loaded.model, x, target, method).double().numpy()
+
+
+def method_curves(
+    loaded: LoadedModel, x: torch.Tensor, target: int, method: str, relevance: np.ndarray, steps: int, fill: str
+) -> dict[str, FA.Curve]:
+    """Deletion and insertion curves of one map, all steps in one batch: {"deletion": Curve, "insertion": Curve}."""
+    curves = FA.faithfulness_curves(loaded.model, x, {method: relevance}, target, steps=steps, fill=fill,
+                                    normalization=(loaded.mean, loaded.std))
+    return {kind: by_method[method] for kind, by_method in curves.items()}
+
+
+def method_randomization(
+    loaded: LoadedModel, x: torch.Tensor, target: int, method: str,
+    progress: Callable[[float, str], None] | None = None,
+) -> FA.RandomizationCheck:
+    """The cascading randomisation check of one method (all stages)."""
+    return FA.randomization_check(loaded.model, x, target, [method], progress=progress)
+
+
+def area_rows(curves: Mapping[str, Mapping[str, FA.Curve]], fill: str) -> list[dict]:
+    """One table row per method: both areas, their difference, and whether both beat the random map."""
+    random = curves.get("random")
+    rows = []
+    for method, pair in curves.items():
+        deletion, insertion = pair["deletion"].auc, pair["insertion"].auc
+        row = {
+            "method": method,
+            "deletion AUC ↓": round(deletion, 4),
+            "insertion AUC ↑": round(insertion, 4),
+            "insertion − deletion ↑": round(insertion - deletion, 4),
+        }
+        if random is not None and method != "random":
+            better = deletion < random["deletion"].auc and insertion > random["insertion"].auc
+            row["beats random on both"] = "yes" if better else "no"
+        else:
+            row["beats random on both"] = "(baseline)" if method == "random" else ""
+        row["fill"] = fill
+        rows.append(row)
+    return rows
+
+
+def localisation_rows(maps: Mapping[str, np.ndarray], mask: np.ndarray) -> list[dict]:
+    """Pointing game and mask share of every map against the object's mask (Shapes images)."""
+    return [
+        {
+            "method": method,
+            "pointing game (max on the object)": "hit" if FA.pointing_game(m, mask) else "miss",
+            "share of the map inside the object": round(FA.mask_share(m, mask), 3),
+        }
+        for method, m in maps.items()
+    ]
+
+
+def randomization_rows(checks: Mapping[str, FA.RandomizationCheck]) -> list[dict]:
+    """One row per method: rho at every stage and the verdict."""
+    rows = []
+    for method, check in checks.items():
+        row = {"method": method}
+        row.update({f"ρ {stage}": round(rho, 2) for stage, rho in zip(check.stages, check.spearman[method])})
+        row["verdict"] = check.verdict(method)
+        rows.append(row)
+    return rows
+
+
+def _unit(m: np.ndarray) -> np.ndarray:
+    m = np.asarray(m, dtype=np.float64)
+    span = m.max() - m.min()
+    return (m - m.min()) / span if span > 0 else np.zeros_like(m)
+
+
+def maps_figure(maps: Mapping[str, np.ndarray]) -> go.Figure:
+    """Every map in one row, each scaled to [0, 1] (only the ranking matters to the curves)."""
+    names = list(maps)
+    fig = head_maps(np.stack([_unit(maps[n]) for n in names]), names, cols=len(names), zmax=1.0)
+    fig.update_layout(height=220)
+    return fig
+
+
+_BASELINE_STYLE = {"random": dict(color="black", dash="dash"), "centre-bias": dict(color="grey", dash="dot")}
+
+
+def curves_figure(curves: Mapping[str, Mapping[str, FA.Curve]]) -> go.Figure:
+    """Deletion (left) and insertion (right) curves of every method, baselines dashed."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("deletion: lower is better", "insertion: higher is better"))
+    for method, pair in curves.items():
+        line = _BASELINE_STYLE.get(method, {})
+        for col, kind in ((1, "deletion"), (2, "insertion")):
+            c = pair[kind]
+            fig.add_trace(go.Scatter(
+                x=c.fractions.numpy(), y=c.probabilities.numpy(), mode="lines+markers", name=method,
+                legendgroup=method, showlegend=col == 1, line=line or None, marker=dict(size=4),
+                hovertemplate=f"{method}<br>{kind} %{{x:.0%}}<br>p = %{{y:.3f}}<extra></extra>",
+            ), row=1, col=col)
+    first = next(iter(curves.values()))["deletion"]
+    fig.update_xaxes(title_text="share of patches removed", tickformat=".0%", row=1, col=1)
+    fig.update_xaxes(title_text="share of patches revealed", tickformat=".0%", row=1, col=2)
+    fig.update_yaxes(title_text=f"p(class {first.target})", rangemode="tozero", row=1, col=1)
+    fig.update_layout(height=340, margin=dict(l=0, r=0, t=40, b=0), legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def randomization_figure(check: FA.RandomizationCheck, method: str) -> go.Figure:
+    """The strip: the method's map at every stage of the cascade, titled with rho."""
+    maps = np.stack([_unit(m.numpy()) for m in check.maps[method]])
+    titles = [f"{stage}: ρ={rho:.2f}" for stage, rho in zip(check.stages, check.spearman[method])]
+    fig = head_maps(maps, titles, cols=len(titles), zmax=1.0)
+    fig.update_layout(height=220)
+    return fig

@@ -1,0 +1,106 @@
+"""Trust: is the map faithful? Every method's map, deletion/insertion curves, areas, randomisation check."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import streamlit as st
+import torch
+
+from explorer import trust as T
+from explorer.images import to_tensor
+from explorer.models import LoadedModel, ModelSpec
+from pages._ui import page_inputs, show_error, trace_for
+
+
+# ----------------------------------------------------------------------------- caches (one entry per method)
+@st.cache_resource(max_entries=512, show_spinner=False)
+def cached_map(spec: ModelSpec, image_key: str, target: int, method: str, _loaded: LoadedModel, _x: torch.Tensor):
+    return T.method_map(_loaded, _x, target, method)
+
+
+@st.cache_resource(max_entries=512, show_spinner=False)
+def cached_curves(spec: ModelSpec, image_key: str, target: int, method: str, fill: str, steps: int,
+                  _loaded: LoadedModel, _x: torch.Tensor, _relevance: np.ndarray):
+    return T.method_curves(_loaded, _x, target, method, _relevance, steps, fill)
+
+
+@st.cache_resource(max_entries=256, show_spinner=False)
+def cached_randomization(spec: ModelSpec, image_key: str, target: int, method: str,
+                         _loaded: LoadedModel, _x: torch.Tensor, _progress: Any = None):
+    return T.method_randomization(_loaded, _x, target, method, _progress)
+
+
+# ----------------------------------------------------------------------------- layout
+spec, loaded, key, image, mask = page_inputs("7 · Trust")
+try:
+    T.check_explainable(loaded)
+except ValueError as exc:
+    show_error(exc, "Model")
+    st.stop()
+
+x = to_tensor(image, loaded.image_size, loaded.mean, loaded.std)
+names = loaded.class_names
+probs = trace_for(spec, loaded, key, image).logits[0].softmax(-1).double().numpy()  # cached with the trace
+st.markdown(T.INTRO)
+
+left, mid, right = st.columns([2, 1, 1])
+target = int(left.selectbox("Class to explain", range(len(names)), index=int(np.argmax(probs)), key="trust_class",
+                            format_func=lambda i: f"{names[i]} ({probs[i]:.1%})"))
+fill = mid.radio("Removed patches show", T.FILLS, horizontal=True, key="trust_fill",
+                 format_func={"mean": "dataset mean", "blur": "blur", "zero": "black"}.get)
+steps = int(right.slider("Steps per curve", 2, 32, 10, key="trust_steps"))
+
+run = (spec, key, target, fill, steps)
+if st.button("Compute every map and its curves", type="primary", key="trust_compute"):
+    st.session_state[T.RUN_KEY] = run
+
+if st.session_state.get(T.RUN_KEY) == run:
+    bar = st.progress(0.0, text="Computing the maps…")
+    maps, curves = {}, {}
+    try:
+        for i, method in enumerate(T.METHODS):
+            maps[method] = cached_map(spec, key, target, method, loaded, x)
+            curves[method] = cached_curves(spec, key, target, method, fill, steps, loaded, x, maps[method])
+            bar.progress((i + 1) / len(T.METHODS), text=f"{method}: map and curves done")
+    except ValueError as exc:
+        show_error(exc, "Trust")
+        st.stop()
+    bar.empty()
+    st.subheader(f"Every method's map for '{names[target]}'")
+    st.plotly_chart(T.maps_figure(maps), key="trust_maps")
+    st.subheader("Deletion and insertion")
+    st.markdown(T.CURVES_TEXT)
+    st.plotly_chart(T.curves_figure(curves), key="trust_curves")
+    st.dataframe(T.area_rows(curves, fill), hide_index=True, key="trust_areas")
+    if mask is not None:
+        st.subheader("Is the map on the object?")
+        st.dataframe(T.localisation_rows(maps, mask), hide_index=True, key="trust_localisation")
+        st.caption(f"The object covers {float(np.mean(mask)):.0%} of the image: a map spread evenly would put "
+                   "that share inside it.")
+else:
+    st.info("Maps, curves and areas are computed on demand (a few seconds on large models): press the button.")
+
+st.subheader("Sanity check: randomise the model")
+st.markdown(T.RANDOMIZATION_TEXT)
+check_run = (spec, key, target)
+if st.button("Run the randomisation check", key="trust_randomize_button"):
+    st.session_state[T.RANDOMIZE_KEY] = check_run
+if st.session_state.get(T.RANDOMIZE_KEY) == check_run:
+    bar = st.progress(0.0, text="Randomising the model block by block…")
+    checks = {}
+    try:
+        for i, method in enumerate(T.METHODS):
+            def report(share: float, stage: str, i: int = i, method: str = method) -> None:
+                bar.progress((i + share) / len(T.METHODS), text=f"{method}: {stage}")
+
+            checks[method] = cached_randomization(spec, key, target, method, loaded, x, report)
+    except ValueError as exc:
+        show_error(exc, "Randomisation check")
+        st.stop()
+    bar.empty()
+    shown = st.selectbox("Strip of maps for", list(checks), index=list(checks).index("gradient-rollout"),
+                         key="trust_strip_method")
+    st.plotly_chart(T.randomization_figure(checks[shown], shown), key="trust_strip")
+    st.dataframe(T.randomization_rows(checks), hide_index=True, key="trust_randomization")
