@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import stat
 import zipfile
 
 import numpy as np
@@ -10,14 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vitcore.data import (
-    SHAPE_CLASSES,
-    DataBundle,
-    ShapesDataset,
-    from_image_folder,
-    from_zip,
-    shapes_bundle,
-)
+from vitcore.data import DataBundle, from_image_folder, from_zip
+from vitcore.shapes import SHAPE_CLASSES, ShapesDataset, shapes_bundle
 
 
 # --------------------------------------------------------------------------- shapes
@@ -68,6 +63,21 @@ def test_shapes_any_image_size_and_class_subset():
     assert ds.class_names == ["circle", "star"]
     with pytest.raises(ValueError, match="at least 2 distinct"):
         ShapesDataset(4, 32, classes=("circle", "hexagon"))
+
+
+def test_shapes_moved_but_old_imports_still_work():
+    import vitcore
+    import vitcore.shapes
+    from vitcore import data
+
+    for name in ("shapes_bundle", "ShapesDataset", "SHAPE_CLASSES", "SHAPES_NORMALIZATION"):
+        assert getattr(data, name) is getattr(vitcore.shapes, name)
+    assert vitcore.shapes_bundle is shapes_bundle and vitcore.ShapesDataset is ShapesDataset
+    from vitcore.data import shapes_bundle as old_path
+
+    assert old_path is shapes_bundle
+    with pytest.raises(AttributeError):
+        data.no_such_thing  # noqa: B018
 
 
 def test_shapes_bundle_contract():
@@ -219,3 +229,163 @@ def test_zip_refuses_junk_only_one_class_empty_and_not_zip():
         entries = _good_entries()
         entries["loose.png"] = _png_bytes()
         from_zip(_zip(entries), image_size=8)
+
+
+# --------------------------------------------------------------------------- hostile zips and folders
+def _zip_with(extra: list[tuple[zipfile.ZipInfo | str, bytes]], method=zipfile.ZIP_STORED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=method) as z:
+        for name, data in _good_entries().items():
+            z.writestr(name, data)
+        for info, data in extra:
+            z.writestr(info, data)
+    return buf.getvalue()
+
+
+def _symlink_entry(name: str, target: str) -> tuple[zipfile.ZipInfo, bytes]:
+    info = zipfile.ZipInfo(name)
+    info.create_system = 3  # unix
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return info, target.encode()
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ([("a/" + "x" * 300 + ".png", b"")], r"name part of 304 characters; the limit is 255 bytes"),
+        ([("a/" + "d" * 300 + "/1.png", b"")], r"name part of 300 characters"),
+        ([("a/" + "d/" * 1000 + "1.png", b"")], r"2007-character name; the limit is 1024"),
+        ([("a/" + "d/" * 100 + "1.png", b"")], r"nested 101 folders deep; the limit is 34"),
+        ([_symlink_entry("a/link.png", "/etc/passwd")], r"'a/link.png' is a symbolic link"),
+        ([_symlink_entry("a/sub", "/etc")], r"'a/sub' is a symbolic link"),
+        ([("a/x.png", b""), ("a/x.png/1.png", b"")], r"'a/x.png/1.png' cannot be extracted"),
+    ],
+)
+def test_hostile_zip_members_are_value_errors(extra, match):
+    extra = [(name, data or _png_bytes()) for name, data in extra]
+    with pytest.raises(ValueError, match=match):
+        from_zip(_zip_with(extra), image_size=8)
+
+
+def _patched(blob: bytes, patch) -> bytes:
+    raw = bytearray(blob)
+    patch(raw)
+    return bytes(raw)
+
+
+def test_damaged_zips_are_value_errors():
+    good = _zip_with([])
+
+    def flip_png_data(raw):  # a stored PNG whose bytes no longer match the CRC in the header
+        raw[raw.find(b"IDAT") + 6] ^= 0xFF
+
+    def unknown_method(raw):  # compression method 99 (AES) in the first local and central header
+        raw[raw.find(b"PK\x03\x04") + 8] = 99
+        raw[raw.find(b"PK\x01\x02") + 10] = 99
+
+    def encrypted(raw):
+        raw[raw.find(b"PK\x01\x02") + 8] |= 1
+
+    with pytest.raises(ValueError, match=r"'a/0.png' cannot be extracted \(BadZipFile: Bad CRC-32"):
+        from_zip(_patched(good, flip_png_data), image_size=8)
+    with pytest.raises(ValueError, match=r"cannot be extracted \(NotImplementedError"):
+        from_zip(_patched(good, unknown_method), image_size=8)
+    with pytest.raises(ValueError, match="is encrypted; upload a zip without a password"):
+        from_zip(_patched(good, encrypted), image_size=8)
+    deflated = _zip_with([], zipfile.ZIP_DEFLATED)
+    for cut in (len(deflated) // 3, len(deflated) - 10):
+        with pytest.raises(ValueError, match="not a readable zip"):
+            from_zip(deflated[:cut], image_size=8)
+
+
+def test_zip_arguments_of_the_wrong_type_are_value_errors(tmp_path):
+    with pytest.raises(ValueError, match="a zip is a path, bytes or a binary file object, got int"):
+        from_zip(5, image_size=8)
+    with pytest.raises(ValueError, match="cannot be opened"):
+        from_zip("x" * 5000, image_size=8)
+    (tmp_path / "t.zip").write_text("text")
+    with open(tmp_path / "t.zip") as text_mode, pytest.raises(ValueError, match="not a readable zip"):
+        from_zip(text_mode, image_size=8)
+    with pytest.raises(ValueError, match=r"unknown options \['bogus'\]"):
+        from_zip(_zip_with([]), image_size=8, bogus=1)
+    with pytest.raises(ValueError, match="seed='x' must be a non-negative integer"):
+        from_zip(_zip_with([]), image_size=8, seed="x")
+
+
+def test_image_folder_refuses_bad_arguments_and_deep_or_broken_trees(tmp_path):
+    with pytest.raises(ValueError, match="root must be a folder path, got NoneType"):
+        from_image_folder(None, 8)
+    with pytest.raises(ValueError, match="could not be read"):
+        from_image_folder("x" * 5000, 8)
+    with pytest.raises(ValueError, match="val_fraction='half'"):
+        from_image_folder(tmp_path, 8, val_fraction="half")
+    for cls in ("a", "b"):
+        for i in range(2):
+            _png(tmp_path / "data" / cls / f"{i}.png", (10, 200, 10))
+    chain = [tmp_path / "data" / "a" / "d"]
+    for _ in range(999):  # a RecursionError for a recursive walk (and for mkdir(parents=True) or rmtree)
+        chain.append(chain[-1] / "d")
+    try:
+        for folder in chain:
+            folder.mkdir()
+        Image.new("RGB", (4, 4)).save(chain[-1] / "x.png")
+        with pytest.raises(ValueError, match="nested more than 32 deep"):
+            from_image_folder(tmp_path / "data", 8)
+    finally:
+        (chain[-1] / "x.png").unlink(missing_ok=True)
+        for folder in reversed(chain):
+            if folder.exists():
+                folder.rmdir()
+    (tmp_path / "data" / "b" / "broken.png").write_bytes(b"\x89PNG not really")
+    data = from_image_folder(tmp_path / "data", 8, augment=False, val_fraction=0.5)
+    split = next(s for s in ("train", "val") if any(p.name == "broken.png" for p, _ in data.datasets[s].samples))
+    broken = next(i for i, (p, _) in enumerate(data.datasets[split].samples) if p.name == "broken.png")
+    with pytest.raises(ValueError, match=r"broken\.png is not a readable image"):
+        data.datasets[split][broken]
+
+
+def test_links_out_of_a_confined_folder_are_refused(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    for cls in ("a", "b"):
+        for i in range(2):
+            _png(root / "data" / cls / f"{i}.png", (200, 0, 0))
+    _png(outside / "secret" / "0.png", (0, 0, 0))
+    _png(outside / "secret" / "1.png", (0, 0, 0))
+    (root / "data" / "linked").symlink_to(outside / "secret", target_is_directory=True)
+    # a plain library call may follow links (the caller owns the folder)...
+    assert from_image_folder(root / "data", 8).class_names == ["a", "b", "linked"]
+    # ...but not when confined to a root
+    with pytest.raises(ValueError, match=r"class folder .*linked.* is a link to a place outside"):
+        from_image_folder(root / "data", 8, confine_to=root)
+    (root / "data" / "linked").unlink()
+    (root / "data" / "a" / "stolen.png").symlink_to(outside / "secret" / "0.png")
+    with pytest.raises(ValueError, match=r"image .*stolen\.png.* is a link to a file outside"):
+        from_image_folder(root / "data", 8, confine_to=root)
+    (root / "data" / "a" / "inside.png").symlink_to(root / "data" / "b" / "0.png")  # links inside are fine
+    (root / "data" / "a" / "stolen.png").unlink()
+    data = from_image_folder(root / "data", 8, confine_to=root)
+    assert data.dataset_sizes["train"] + data.dataset_sizes["val"] == 5
+
+
+def test_hidden_folders_above_the_root_do_not_hide_the_images(tmp_path):
+    for cls in ("a", "b"):
+        for i in range(2):
+            _png(tmp_path / ".cache" / "data" / cls / f"{i}.png", (0, 0, 200))
+    data = from_image_folder(tmp_path / ".cache" / "data", 8)
+    assert data.dataset_sizes["train"] + data.dataset_sizes["val"] == 4
+
+
+def test_grey_normalization_reads_grey_images(tmp_path):
+    for cls, colour in (("r", (255, 0, 0)), ("g", (0, 255, 0))):
+        for i in range(2):
+            _png(tmp_path / cls / f"{i}.png", colour)
+    data = from_image_folder(tmp_path, 8, normalization=((0.5,), (0.25,)), augment=True)
+    x, y = data.datasets["val"][0]
+    assert x.shape == (1, 8, 8)
+    luma = {0: 150 / 255, 1: 76 / 255}[y]  # PIL's L = 0.299 R + 0.587 G + 0.114 B ("g" is label 0)
+    torch.testing.assert_close(x, torch.full((1, 8, 8), (luma - 0.5) / 0.25), atol=0.02, rtol=0)
+    assert data.datasets["train"][0][0].shape == (1, 8, 8)  # the augmenting transform too
+    with pytest.raises(ValueError, match="RGB \\(3 values\\) or grey \\(1 value\\)"):
+        from_image_folder(tmp_path, 8, normalization=((0.5, 0.5), (0.5, 0.5)))
+    with pytest.raises(ValueError, match="finite value per channel and std > 0"):
+        from_image_folder(tmp_path, 8, normalization=((0.5,), (float("nan"),)))

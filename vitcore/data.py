@@ -12,12 +12,14 @@ working through a lazy re-export.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
 import re
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -60,9 +62,17 @@ def _check_normalization(normalization: Any) -> Normalization:
         raise ValueError(
             f"normalization={normalization!r} must be (mean, std), e.g. ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))"
         ) from None
-    if len(mean) != len(std) or not mean or any(s <= 0 for s in std):
-        raise ValueError(f"normalization mean {mean} and std {std} need one value per channel and std > 0")
+    if len(mean) != len(std) or not mean or any(not math.isfinite(v) for v in mean + std) or any(s <= 0 for s in std):
+        raise ValueError(f"normalization mean {mean} and std {std} need one finite value per channel and std > 0")
     return mean, std
+
+
+def _image_mode(normalization: Normalization) -> str:
+    """The PIL mode images are read in: "RGB" for 3-channel statistics, "L" (grey) for 1-channel ones."""
+    channels = len(normalization[0])
+    if channels not in (1, 3):
+        raise ValueError(f"normalization has {channels} channels; images are read as RGB (3 values) or grey (1 value)")
+    return "RGB" if channels == 3 else "L"
 
 
 # --------------------------------------------------------------------------- the bundle
@@ -139,6 +149,7 @@ def train_transform(image_size: int | tuple[int, int], normalization: Normalizat
     size = _pair(image_size)
     mean, std = _check_normalization(normalization)
     return T.Compose([
+        T.Lambda(functools.partial(_convert, mode=_image_mode((mean, std)))),
         T.RandomResizedCrop(size, scale=(0.6, 1.0)),
         T.RandomHorizontalFlip(),
         T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
@@ -148,14 +159,17 @@ def train_transform(image_size: int | tuple[int, int], normalization: Normalizat
 
 
 def val_transform(image_size: int | tuple[int, int], normalization: Normalization = IMAGENET_NORMALIZATION) -> Any:
-    """Resize (to size / 0.875, the usual 224 <- 256 ratio), CenterCrop, ToTensor, Normalize."""
+    """Resize (to size / 0.875, the usual 224 <- 256 ratio), CenterCrop, ToTensor, Normalize.
+
+    Images become RGB, or grey ("L") when ``normalization`` has one value per channel.
+    """
     from torchvision import transforms as T
 
     h, w = _pair(image_size)
     mean, std = _check_normalization(normalization)
     resize = (math.ceil(h / 0.875), math.ceil(w / 0.875))
     return T.Compose([
-        T.Lambda(_to_rgb),
+        T.Lambda(functools.partial(_convert, mode=_image_mode((mean, std)))),
         T.Resize(resize),
         T.CenterCrop((h, w)),
         T.ToTensor(),
@@ -163,44 +177,88 @@ def val_transform(image_size: int | tuple[int, int], normalization: Normalizatio
     ])
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    return image if image.mode == "RGB" else image.convert("RGB")
+def _convert(image: Image.Image, mode: str = "RGB") -> Image.Image:
+    return image if image.mode == mode else image.convert(mode)
 
 
 # --------------------------------------------------------------------------- image folders
-def _class_dirs(folder: Path) -> list[str]:
-    return sorted(
-        d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name != "__MACOSX"
-    )
+MAX_DEPTH = 32  # folders below a class folder (or inside a zip) deeper than this are refused
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not any(part.startswith(".") for part in p.parts)
-    )
+def _hidden(name: str) -> bool:
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def _inside(path: Path, confine_to: Path | None) -> bool:
+    if confine_to is None:
+        return True
+    resolved = path.resolve()
+    return resolved == confine_to or confine_to in resolved.parents
+
+
+def _class_dirs(folder: Path, confine_to: Path | None = None) -> list[str]:
+    names = []
+    for entry in sorted(folder.iterdir()):
+        if _hidden(entry.name) or not entry.is_dir():
+            continue
+        if not _inside(entry, confine_to):
+            raise ValueError(f"the class folder {str(entry)!r} is a link to a place outside {confine_to}; "
+                             "copy the images into the data folder instead of linking them")
+        names.append(entry.name)
+    return names
+
+
+def _image_files(folder: Path, confine_to: Path | None = None) -> list[Path]:
+    """Image files under ``folder`` (any depth up to MAX_DEPTH), skipping hidden ones; no recursion."""
+    found: list[Path] = []
+    stack = [(folder, 0)]
+    while stack:
+        current, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValueError(f"{str(folder)!r} has folders nested more than {MAX_DEPTH} deep; "
+                             "keep each class's images in its folder or a few sub-folders")
+        with os.scandir(current) as entries:
+            for entry in entries:
+                if _hidden(entry.name):
+                    continue
+                path = Path(entry.path)
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((path, depth + 1))
+                elif path.suffix.lower() in IMAGE_EXTENSIONS and entry.is_file():
+                    if not _inside(path, confine_to):
+                        raise ValueError(f"the image {str(path)!r} is a link to a file outside {confine_to}; "
+                                         "copy the image into the data folder instead of linking it")
+                    found.append(path)
+    return sorted(found)
 
 
 class _FolderDataset(Dataset):
-    """(path, label) samples read with PIL and passed through a transform."""
+    """(path, label) samples read with PIL (as RGB or grey) and passed through a transform."""
 
-    def __init__(self, samples: list[tuple[Path, int]], transform: Any) -> None:
+    def __init__(self, samples: list[tuple[Path, int]], transform: Any, mode: str = "RGB") -> None:
         self.samples = samples
         self.targets = [label for _, label in samples]
         self.transform = transform
+        self.mode = mode
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
-        with Image.open(path) as image:
-            image = _to_rgb(image)
-            return self.transform(image), label
+        try:
+            with Image.open(path) as image:
+                image.load()  # decode now: the file closes when the block ends
+                image = _convert(image, self.mode)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise ValueError(f"{path} is not a readable image ({type(exc).__name__}); remove it from the data set"
+                             ) from None
+        return self.transform(image), label
 
 
-def _scan(folder: Path, class_names: list[str]) -> list[tuple[Path, int]]:
-    return [(path, label) for label, name in enumerate(class_names) for path in _image_files(folder / name)]
+def _scan(folder: Path, class_names: list[str], confine_to: Path | None) -> list[tuple[Path, int]]:
+    return [(path, label) for label, name in enumerate(class_names)
+            for path in _image_files(folder / name, confine_to)]
 
 
 def from_image_folder(
@@ -213,35 +271,58 @@ def from_image_folder(
     val_fraction: float = 0.2,
     seed: int = 0,
     num_workers: int = 0,
+    confine_to: str | os.PathLike | None = None,
 ) -> DataBundle:
     """Labelled images from ``root/train/<class>/…`` + ``root/val/<class>/…`` or ``root/<class>/…``.
 
     With a single folder of class folders, each class is split into train/val deterministically
-    (``val_fraction`` of its images, at least one, chosen by ``seed``).
+    (``val_fraction`` of its images, at least one, chosen by ``seed``). Images are read as RGB,
+    or as grey when ``normalization`` has one value per channel. With ``confine_to``, class
+    folders and images that are links to places outside that folder are refused.
+    Bad input of any kind raises ``ValueError`` with a message.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise ValueError(f"{str(root)!r} is not a folder; pass a folder of class folders (or train/ and val/)")
+    if not isinstance(root, (str, os.PathLike)):
+        raise ValueError(f"root must be a folder path, got {type(root).__name__}")
     size = _pair(image_size)
     normalization = _check_normalization(normalization)
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction={val_fraction} must be between 0 and 1, e.g. 0.2")
+    mode = _image_mode(normalization)
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction={val_fraction!r} must be between 0 and 1, e.g. 0.2")
+    for name, value in (("seed", seed), ("num_workers", num_workers)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name}={value!r} must be a non-negative integer")
+    try:
+        return _folder_bundle(Path(root), size, batch_size, normalization, mode, augment, val_fraction, seed,
+                              num_workers, None if confine_to is None else Path(confine_to).resolve())
+    except OSError as exc:  # unreadable folders, names too long for the file system, vanished files
+        raise ValueError(f"the folder {str(root)!r} could not be read ({exc.strerror or exc}); "
+                         "check that it exists and is readable") from None
+
+
+def _folder_bundle(root: Path, size: tuple[int, int], batch_size: int, normalization: Normalization, mode: str,
+                   augment: bool, val_fraction: float, seed: int, num_workers: int,
+                   confine_to: Path | None) -> DataBundle:
+    if not root.is_dir():
+        raise ValueError(f"{str(root)!r} is not a folder; pass a folder of class folders (or train/ and val/)")
+    if not _inside(root, confine_to):
+        raise ValueError(f"{str(root)!r} is outside {confine_to}; pick a folder inside it")
     t_train = train_transform(size, normalization, augment)
     t_val = val_transform(size, normalization)
 
     if (root / "train").is_dir() and (root / "val").is_dir():
-        class_names = _class_dirs(root / "train")
-        val_classes = _class_dirs(root / "val")
+        class_names = _class_dirs(root / "train", confine_to)
+        val_classes = _class_dirs(root / "val", confine_to)
         if class_names != val_classes:
             raise ValueError(
                 f"train/ has classes {class_names} but val/ has {val_classes}; both need the same class folders"
             )
-        train_samples, val_samples = _scan(root / "train", class_names), _scan(root / "val", class_names)
+        train_samples = _scan(root / "train", class_names, confine_to)
+        val_samples = _scan(root / "val", class_names, confine_to)
         _check_counts(class_names, train_samples, where=str(root / "train"), minimum=1)
         _check_counts(class_names, val_samples, where=str(root / "val"), minimum=1)
     else:
-        class_names = _class_dirs(root)
-        samples = _scan(root, class_names)
+        class_names = _class_dirs(root, confine_to)
+        samples = _scan(root, class_names, confine_to)
         _check_counts(class_names, samples, where=str(root), minimum=2)
         rng = np.random.default_rng(seed)
         train_samples, val_samples = [], []
@@ -253,9 +334,9 @@ def from_image_folder(
             train_samples += [mine[i] for i in sorted(order[n_val:])]
 
     return _make_bundle(
-        _FolderDataset(train_samples, t_train),
-        _FolderDataset(val_samples, t_val),
-        _FolderDataset(train_samples, t_val),
+        _FolderDataset(train_samples, t_train, mode),
+        _FolderDataset(val_samples, t_val, mode),
+        _FolderDataset(train_samples, t_val, mode),
         class_names,
         normalization,
         size,
@@ -281,8 +362,15 @@ def _check_counts(class_names: list[str], samples: list[tuple[Path, int]], where
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
+MAX_NAME_BYTES = 255  # one file or folder name (the common file-system limit)
+MAX_PATH_CHARS = 1024  # a whole member name
+
+
 def _zip_member_path(name: str) -> PurePosixPath:
     """Validate a member name and return it as a relative POSIX path; refuse anything unsafe."""
+    if len(name) > MAX_PATH_CHARS:
+        raise ValueError(f"the zip member {name[:60]!r}… has a {len(name)}-character name; the limit is "
+                         f"{MAX_PATH_CHARS}. Shorten the folder and file names")
     posix = name.replace("\\", "/")
     if posix.startswith("/") or _DRIVE.match(posix):
         raise ValueError(f"the zip member {name!r} has an absolute path; archives must use relative paths")
@@ -291,7 +379,22 @@ def _zip_member_path(name: str) -> PurePosixPath:
         raise ValueError(f"the zip member {name!r} points outside the archive ('..'); refusing to extract it")
     if any(_DRIVE.match(p) for p in parts) or "\x00" in posix:
         raise ValueError(f"the zip member {name!r} has an invalid name")
+    long = [p for p in parts if len(p.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES]
+    if long:
+        raise ValueError(f"the zip member {name[:60]!r}… has a name part of {len(long[0])} characters; the limit is "
+                         f"{MAX_NAME_BYTES} bytes. Shorten the folder and file names")
+    if len(parts) > MAX_DEPTH + 3:  # wrapper/train/class + MAX_DEPTH sub-folders
+        raise ValueError(f"the zip member {name[:60]!r}… is nested {len(parts) - 1} folders deep; the limit is "
+                         f"{MAX_DEPTH + 2}. Keep each class's images in one folder")
     return PurePosixPath(*parts) if parts else PurePosixPath(".")
+
+
+_FOLDER_OPTIONS = frozenset({"normalization", "augment", "val_fraction", "seed", "num_workers"})
+
+
+def _is_symlink(info: zipfile.ZipInfo) -> bool:
+    """Unix zips store the file type in the top bits of external_attr; 0o120000 is a symbolic link."""
+    return info.create_system == 3 and (info.external_attr >> 16) & 0o170000 == 0o120000
 
 
 def _skipped(path: PurePosixPath) -> bool:
@@ -318,82 +421,114 @@ def from_zip(
     only into a private temporary directory that lives as long as the bundle.
     Other keyword arguments go to :func:`from_image_folder`.
     """
+    unknown = sorted(set(kwargs) - _FOLDER_OPTIONS)
+    if unknown:
+        raise ValueError(f"from_zip() got unknown options {unknown}; it accepts {sorted(_FOLDER_OPTIONS)} "
+                         "besides its own limits")
     if isinstance(source, (bytes, bytearray, memoryview)):
         handle: Any = io.BytesIO(bytes(source))
     elif isinstance(source, io.IOBase):
         handle = source
-    else:
+    elif isinstance(source, (str, os.PathLike)):
         handle = Path(source)
-        if not handle.is_file():
+        try:
+            is_file = handle.is_file()
+        except OSError as exc:  # e.g. a name too long for the file system
+            raise ValueError(f"{str(handle)[:80]!r} cannot be opened ({exc.strerror or exc}); check the path") from None
+        if not is_file:
             raise ValueError(f"{str(handle)!r} is not a file; pass the path or the bytes of a .zip")
+    else:
+        raise ValueError(f"a zip is a path, bytes or a binary file object, got {type(source).__name__}")
     try:
         archive = zipfile.ZipFile(handle)
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except Exception as exc:  # zipfile raises many types (BadZipFile, OSError, EOFError, ValueError, ...)
         raise ValueError(f"this is not a readable zip file ({exc}); upload a .zip of class folders") from None
+    try:
+        return _from_archive(archive, image_size, batch_size, max_total_bytes, max_members, max_ratio, max_pixels,
+                             kwargs)
+    finally:
+        archive.close()
 
-    with archive:
-        infos = archive.infolist()
-        if not infos:
-            raise ValueError("the zip is empty; it needs one folder per class with at least 2 images each")
-        if len(infos) > max_members:
-            raise ValueError(f"the zip has {len(infos)} entries; the limit is {max_members}. Upload fewer images")
-        total = sum(i.file_size for i in infos)
-        if total > max_total_bytes:
-            raise ValueError(
-                f"the zip unpacks to {total / 2**20:.1f} MiB; the limit is {max_total_bytes / 2**20:.0f} MiB. "
-                "Upload fewer or smaller images"
-            )
-        members: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
-        for info in infos:
-            path = _zip_member_path(info.filename)
-            if info.is_dir() or _skipped(path):
-                continue
-            if info.file_size > 1024 and info.file_size > max_ratio * max(info.compress_size, 1):
-                raise ValueError(
-                    f"the zip member {info.filename!r} is compressed {info.file_size / max(info.compress_size, 1):.0f} "
-                    f"times (limit {max_ratio:.0f}); this looks like a zip bomb"
-                )
-            members.append((info, path))
-        if not members:
-            raise ValueError(
-                f"the zip holds no images (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}); "
-                "put the images in one folder per class"
-            )
 
-        # Strip one wrapper folder ("data/cats/1.png" -> "cats/1.png") when everything sits in it.
-        tops = {p.parts[0] for _, p in members}
-        if len(tops) == 1 and all(len(p.parts) >= 3 for _, p in members):
-            members = [(i, PurePosixPath(*p.parts[1:])) for i, p in members]
-        loose = [str(p) for _, p in members if len(p.parts) < 2]
-        if loose:
+def _from_archive(archive: zipfile.ZipFile, image_size: Any, batch_size: int, max_total_bytes: int, max_members: int,
+                  max_ratio: float, max_pixels: int, kwargs: dict[str, Any]) -> DataBundle:
+    infos = archive.infolist()
+    if not infos:
+        raise ValueError("the zip is empty; it needs one folder per class with at least 2 images each")
+    if len(infos) > max_members:
+        raise ValueError(f"the zip has {len(infos)} entries; the limit is {max_members}. Upload fewer images")
+    total = sum(i.file_size for i in infos)
+    if total > max_total_bytes:
+        raise ValueError(
+            f"the zip unpacks to {total / 2**20:.1f} MiB; the limit is {max_total_bytes / 2**20:.0f} MiB. "
+            "Upload fewer or smaller images"
+        )
+    members: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
+    for info in infos:
+        path = _zip_member_path(info.filename)
+        if _is_symlink(info):
+            raise ValueError(f"the zip member {info.filename!r} is a symbolic link; archives must hold plain "
+                             "files (zip without following links, e.g. `zip -r` without -y)")
+        if info.is_dir() or _skipped(path):
+            continue
+        if info.flag_bits & 0x1:
+            raise ValueError(f"the zip member {info.filename!r} is encrypted; upload a zip without a password")
+        if info.file_size > 1024 and info.file_size > max_ratio * max(info.compress_size, 1):
             raise ValueError(
-                f"images must sit inside class folders; {loose[:3]} are at the top level of the zip"
+                f"the zip member {info.filename!r} is compressed {info.file_size / max(info.compress_size, 1):.0f} "
+                f"times (limit {max_ratio:.0f}); this looks like a zip bomb"
             )
+        members.append((info, path))
+    if not members:
+        raise ValueError(
+            f"the zip holds no images (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}); "
+            "put the images in one folder per class"
+        )
 
-        tmp = tempfile.TemporaryDirectory(prefix="vitcore-zip-")
-        root = Path(tmp.name).resolve()
-        written = 0
-        try:
-            for info, path in members:
-                target = (root / path).resolve()
-                if root not in target.parents:  # belt and braces after the name checks above
-                    raise ValueError(f"the zip member {info.filename!r} would be written outside the extraction folder")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(info) as src, open(target, "wb") as dst:
-                    while chunk := src.read(1 << 16):
-                        written += len(chunk)
-                        if written > max_total_bytes:  # headers can lie; count what actually comes out
-                            raise ValueError(
-                                f"the zip unpacks to more than {max_total_bytes / 2**20:.0f} MiB; upload fewer images"
-                            )
-                        dst.write(chunk)
-                _check_image(target, path, max_pixels)
-            bundle = from_image_folder(root, image_size, batch_size, **kwargs)  # either layout
-        except BaseException:
-            tmp.cleanup()
-            raise
+    # Strip one wrapper folder ("data/cats/1.png" -> "cats/1.png") when everything sits in it.
+    tops = {p.parts[0] for _, p in members}
+    if len(tops) == 1 and all(len(p.parts) >= 3 for _, p in members):
+        members = [(i, PurePosixPath(*p.parts[1:])) for i, p in members]
+    loose = [str(p) for _, p in members if len(p.parts) < 2]
+    if loose:
+        raise ValueError(
+            f"images must sit inside class folders; {loose[:3]} are at the top level of the zip"
+        )
+
+    tmp = tempfile.TemporaryDirectory(prefix="vitcore-zip-")
+    root = Path(tmp.name).resolve()
+    written = 0
+    try:
+        for info, path in members:
+            target = (root / path).resolve()
+            if root not in target.parents:  # belt and braces after the name checks above
+                raise ValueError(f"the zip member {info.filename!r} would be written outside the extraction folder")
+            written = _extract(archive, info, target, written, max_total_bytes)
+            _check_image(target, path, max_pixels)
+        bundle = from_image_folder(root, image_size, batch_size, **kwargs)  # either layout
+    except BaseException:
+        tmp.cleanup()
+        raise
     bundle._keepalive = tmp  # the folder is removed when the bundle is garbage collected
     return bundle
+
+
+def _extract(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, written: int, limit: int) -> int:
+    """Copy one member to ``target``, counting the bytes that really come out; returns the new total."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with archive.open(info) as src, open(target, "wb") as dst:
+            while chunk := src.read(1 << 16):
+                written += len(chunk)
+                if written > limit:  # headers can lie; count what actually comes out
+                    raise ValueError(f"the zip unpacks to more than {limit / 2**20:.0f} MiB; upload fewer images")
+                dst.write(chunk)
+    except ValueError:
+        raise
+    except (OSError, EOFError, RuntimeError, NotImplementedError, zipfile.BadZipFile, zlib.error) as exc:
+        raise ValueError(f"the zip member {info.filename!r} cannot be extracted ({type(exc).__name__}: {exc}); "
+                         "the zip may be damaged or use an unsupported feature. Re-create it") from None
+    return written
 
 
 def _check_image(target: Path, path: PurePosixPath, max_pixels: int) -> None:
