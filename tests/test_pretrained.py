@@ -368,10 +368,10 @@ def test_hf_unsupported_models_are_refused(tmp_path):
         from_hf(hf_reference("ViTModel", tmp_path, hidden_act="gelu_new")[0])
     with pytest.raises(ValueError, match="expected one of the Hugging Face classes"):
         from_hf(transformers.ViTForMaskedImageModeling(transformers.ViTConfig(**SMALL, encoder_stride=8)))
-    dinov2 = transformers.Dinov2Model(transformers.Dinov2Config(**SMALL))
-    dinov2.save_pretrained(tmp_path / "dinov2")
-    with pytest.raises(ValueError, match=r"is a 'dinov2' model; vitcore reproduces the Hugging Face model types"):
-        from_hf(str(tmp_path / "dinov2"))
+    beit = transformers.BeitModel(transformers.BeitConfig(**SMALL, intermediate_size=64))
+    beit.save_pretrained(tmp_path / "beit")
+    with pytest.raises(ValueError, match=r"is a 'beit' model; vitcore reproduces the Hugging Face model types"):
+        from_hf(str(tmp_path / "beit"))
 
 
 def test_hf_tampered_safetensors_is_refused(tmp_path):
@@ -415,3 +415,167 @@ def test_verify_rejects_unknown_references():
     with pytest.raises(ValueError, match="cannot verify against Linear"):
         verify(model, nn.Linear(2, 2), torch.randn(1, 3, 32, 32))
     assert TORCHVISION_NAMES[0] == "vit_b_16"
+
+
+# ---------------------------------------------------------------- DINOv2 (Hugging Face)
+DINO_SMALL = dict(image_size=28, patch_size=7, hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+
+
+def dinov2_reference(tmp_path: Path, registers: int = 0, **overrides) -> tuple[nn.Module, Path]:
+    """A jittered Dinov2Model (or Dinov2WithRegistersModel), saved; LayerScale far from 1 so folding shows."""
+    if registers:
+        config = transformers.Dinov2WithRegistersConfig(**DINO_SMALL, num_register_tokens=registers, **overrides)
+        model = transformers.Dinov2WithRegistersModel(config)
+    else:
+        model = transformers.Dinov2Model(transformers.Dinov2Config(**DINO_SMALL, **overrides))
+    with torch.no_grad():
+        for layer in model.encoder.layer:  # LayerScale values of a trained DINOv2 are far from 1
+            layer.layer_scale1.lambda1.uniform_(0.2, 2.0)
+            layer.layer_scale2.lambda1.uniform_(0.2, 2.0)
+    jitter(model)
+    folder = tmp_path / f"dinov2-r{registers}"
+    model.save_pretrained(folder)
+    return model, folder
+
+
+@pytest.mark.parametrize("registers", [0, 4])
+@pytest.mark.parametrize("size", [(28, 28), (42, 21), (14, 14)])  # native, larger and non-square, smaller
+def test_dinov2_matches_hidden_states_and_eager_attentions(registers, size, tmp_path):
+    hf, folder = dinov2_reference(tmp_path, registers)
+    model, meta = from_hf(str(folder))
+    c = model.config
+    assert c.num_registers == registers and c.num_classes == 0 and c.num_prefix_tokens == 1 + registers
+    assert c.pos_interpolation == ("bicubic_antialias" if registers else "bicubic")  # as transformers 5.x does
+    reference = load_hf(str(folder))
+    assert reference.config._attn_implementation == "eager"
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        out = reference(x, output_hidden_states=True, output_attentions=True)
+        ours = model.forward_intermediates(x, attention=True)
+    T = 1 + registers + (size[0] // 7) * (size[1] // 7)
+    assert ours.features.shape == out.last_hidden_state.shape == (2, T, 32)
+    torch.testing.assert_close(ours.features, out.last_hidden_state, atol=1e-4, rtol=0)
+    assert len(ours.tokens) == len(out.hidden_states) == 3  # embeddings, then each block
+    for mine, ref in zip(ours.tokens, out.hidden_states, strict=True):
+        torch.testing.assert_close(mine, ref, atol=1e-4, rtol=0)
+    for mine, ref in zip(ours.attention, out.attentions, strict=True):
+        assert mine.shape == ref.shape == (2, 2, T, T)
+        torch.testing.assert_close(mine, ref, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), out.last_hidden_state[:, 0], atol=1e-4, rtol=0)  # CLS features
+    assert verify(model, hf, x) < 1e-4
+    assert meta["family"] == ("hf-dinov2_with_registers" if registers else "hf-dinov2")
+    assert any("LayerScale is folded" in n for n in meta["notes"])
+
+
+def test_dinov2_layerscale_is_folded_into_the_linears(tmp_path):
+    hf, _ = dinov2_reference(tmp_path)
+    model, _ = from_hf(hf)
+    layer, block = hf.encoder.layer[0], model.blocks[0]
+    lam1, lam2 = layer.layer_scale1.lambda1, layer.layer_scale2.lambda1
+    torch.testing.assert_close(block.attn.proj.weight, lam1[:, None] * layer.attention.o_proj.weight)
+    torch.testing.assert_close(block.attn.proj.bias, lam1 * layer.attention.o_proj.bias)
+    torch.testing.assert_close(block.mlp.fc2.weight, lam2[:, None] * layer.mlp.fc2.weight)
+    torch.testing.assert_close(block.mlp.fc2.bias, lam2 * layer.mlp.fc2.bias)
+    assert (lam1 - 1).abs().max() > 0.1  # the scales are not trivially 1
+
+
+def test_dinov2_registers_need_the_antialiased_interpolation(tmp_path):
+    hf, _ = dinov2_reference(tmp_path, registers=2)
+    model, _ = from_hf(hf)
+    x = torch.randn(1, 3, 14, 14)  # 4x4 grid -> 2x2: antialias changes the result when shrinking
+    plain = VisionTransformer(model.config.replace(pos_interpolation="bicubic"))
+    plain.load_state_dict(model.state_dict())
+    assert verify(model, hf, x) < 1e-4 and verify(plain.eval(), hf, x) > 1e-3
+
+
+def test_dinov2_refusals_name_the_feature(tmp_path):
+    swiglu = transformers.Dinov2Model(transformers.Dinov2Config(**DINO_SMALL, use_swiglu_ffn=True))
+    with pytest.raises(ValueError, match=r"SwiGLU MLP \(use_swiglu_ffn=True"):
+        from_hf(swiglu)
+    classifier = transformers.Dinov2ForImageClassification(transformers.Dinov2Config(**DINO_SMALL, num_labels=3))
+    with pytest.raises(ValueError, match=r"\[CLS, mean of the patch tokens\] concatenated"):
+        from_hf(classifier)
+    classifier.save_pretrained(tmp_path / "cls")
+    with pytest.raises(ValueError, match=r"is a Dinov2ForImageClassification: .*reproduces \['Dinov2Model'\]"):
+        from_hf(str(tmp_path / "cls"))
+    with pytest.raises(ValueError, match="exact GELU"):
+        from_hf(transformers.Dinov2Model(transformers.Dinov2Config(**DINO_SMALL, hidden_act="silu")))
+
+
+# ---------------------------------------------------------------- weights that fit no tensor
+def test_hf_folder_whose_weights_fit_no_tensor_is_refused(tmp_path):
+    _, vit_folder = hf_reference("ViTModel", tmp_path, **DINO_SMALL, intermediate_size=128)  # same shapes
+    _, dino_folder = dinov2_reference(tmp_path)
+    (dino_folder / "model.safetensors").write_bytes((vit_folder / "model.safetensors").read_bytes())
+    with pytest.raises(ValueError) as err:
+        from_hf(str(dino_folder))  # a DINOv2 config with ViT weights: once loaded silently as a random net
+    message = str(err.value)
+    assert "do not fit its config (Dinov2Model)" in message and "tensors are missing" in message
+    assert "would start from random values" in message and "does not use" in message
+
+
+def test_hf_checkpoint_without_pooler_or_mask_token_still_loads(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    hf, folder = hf_reference("ViTModel", tmp_path)  # ViTModel has a pooler that vitcore does not reproduce
+    state = load_file(folder / "model.safetensors")
+    save_file({k: v for k, v in state.items() if not k.startswith("pooler.")}, folder / "model.safetensors")
+    model, _ = from_hf(str(folder))
+    assert verify(model, hf, torch.randn(1, 3, 32, 32)) < 1e-4
+    dino, dino_folder = dinov2_reference(tmp_path)
+    state = load_file(dino_folder / "model.safetensors")
+    save_file({k: v for k, v in state.items() if "mask_token" not in k}, dino_folder / "model.safetensors")
+    model, _ = from_hf(str(dino_folder))
+    assert verify(model, dino, torch.randn(1, 3, 28, 28)) < 1e-4
+
+
+def test_hf_checkpoint_missing_one_block_tensor_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _, folder = hf_reference("ViTForImageClassification", tmp_path)
+    state = load_file(folder / "model.safetensors")
+    dropped = next(k for k in state if k.endswith("layers.1.mlp.fc2.bias") or k.endswith("layer.1.output.dense.bias"))
+    save_file({k: v for k, v in state.items() if k != dropped}, folder / "model.safetensors")
+    with pytest.raises(ValueError, match=r"1 of the model's tensors are missing"):
+        from_hf(str(folder))
+
+
+# ---------------------------------------------------------------- sources an app accepts
+def test_resolve_hf_source_accepts_hub_ids_and_folders_under_the_root_only(tmp_path):
+    from vitcore.pretrained import resolve_hf_source
+
+    root = tmp_path / "models"
+    (root / "dino" / "small").mkdir(parents=True)
+    (tmp_path / "secret").mkdir()
+    (root / "escape").symlink_to(tmp_path / "secret")
+    assert resolve_hf_source("facebook/dinov2-small", root) == "facebook/dinov2-small"
+    assert resolve_hf_source(" hf:google/vit-base-patch16-224 ", None) == "google/vit-base-patch16-224"
+    assert resolve_hf_source("dino/small", root) == str((root / "dino" / "small").resolve())
+    assert resolve_hf_source(str(root / "dino" / "small"), root) == str((root / "dino" / "small").resolve())
+
+    def refusal(text, models_root):
+        with pytest.raises(ValueError) as err:
+            resolve_hf_source(text, models_root)
+        return str(err.value).replace(repr(text), "<text>")
+
+    # forbidden (exists, outside the root) and missing paths get the same answer
+    outside = [str(tmp_path / "secret"), "../secret", "escape", "/etc", str(root)]
+    missing = [str(tmp_path / "nothing-here"), "../nothing-here", "no-such-folder", "/no/such/folder"]
+    answers = {refusal(t, root) for t in outside + missing}
+    assert len(answers) == 1 and "models root (EXPLORER_MODELS_ROOT)" in answers.pop()
+    # without a root, no folder at all, even one that exists
+    answers = {refusal(t, None) for t in [str(root / "dino" / "small"), str(tmp_path / "nothing"), "../x", "/etc"]}
+    assert len(answers) == 1 and "EXPLORER_MODELS_ROOT is not set" in answers.pop()
+    for bad in ["", "   ", "org/../name", "a/b/c", "-org/name", "org/name\x00"]:
+        with pytest.raises(ValueError):
+            resolve_hf_source(bad, root)
+
+
+def test_models_root_from_env(monkeypatch, tmp_path):
+    from vitcore.pretrained import models_root_from_env
+
+    monkeypatch.delenv("EXPLORER_MODELS_ROOT", raising=False)
+    assert models_root_from_env() is None
+    monkeypatch.setenv("EXPLORER_MODELS_ROOT", str(tmp_path))
+    assert models_root_from_env() == tmp_path

@@ -28,7 +28,7 @@ Name mapping (reference -> vitcore), the same for every block ``i``::
 from __future__ import annotations
 
 from .common import HF_DEFAULT_MEAN, HF_DEFAULT_STD, IMAGENET_MEAN, IMAGENET_STD
-from .hf import from_hf, load_hf
+from .hf import MODELS_ROOT_ENV, from_hf, load_hf, models_root_from_env, resolve_hf_source
 from .torchvision import TORCHVISION_NAMES, from_torchvision, load_torchvision, torchvision_weights_cached
 from .verify import verify
 
@@ -37,11 +37,14 @@ __all__ = [
     "HF_DEFAULT_STD",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "MODELS_ROOT_ENV",
     "TORCHVISION_NAMES",
     "from_hf",
     "from_torchvision",
     "load_hf",
     "load_torchvision",
+    "models_root_from_env",
+    "resolve_hf_source",
     "torchvision_weights_cached",
     "verify",
 ]

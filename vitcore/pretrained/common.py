@@ -72,3 +72,20 @@ def _check_patch_conv(conv: nn.Module, what: str) -> nn.Conv2d:
             f"(kernel = stride = P, with bias), not a convolutional stem"
         )
     return conv
+
+
+def _linear_scaled(prefix: str, linear: nn.Linear, scale: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """A linear followed by LayerScale (``y * scale``, Touvron et al. 2021) as one linear.
+
+    LayerScale multiplies each output channel i of the branch by a learned scale: y_i * s_i with
+    y_i = sum_j W_ij x_j + b_i. That is the linear map with rows W_i scaled by s_i and bias b_i * s_i,
+    so folding it into the preceding linear (W <- s[:, None] * W, b <- s * b) is exact; vitcore's
+    blocks then need no LayerScale of their own. A missing bias becomes zeros (vitcore's projections
+    always carry one). ``scale=None`` copies the linear unchanged.
+    """
+    weight = linear.weight.detach()  # (out, in)
+    bias = linear.bias.detach() if linear.bias is not None else torch.zeros_like(weight[:, 0])  # (out,)
+    if scale is not None:
+        scale = scale.detach().to(weight.dtype)  # (out,)
+        weight, bias = scale[:, None] * weight, scale * bias
+    return {f"{prefix}.weight": weight, f"{prefix}.bias": bias}

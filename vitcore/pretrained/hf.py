@@ -1,9 +1,27 @@
-"""Hugging Face ViT / DeiT / DINO as vitcore models."""
+"""Hugging Face ViT / DeiT / DINO / DINOv2 as vitcore models, and where an app may read them from.
+
+DINOv2 (Oquab et al. 2023) differs from the ViT of the paper in three ways, each reproduced:
+
+- LayerScale after the attention and the MLP branch: folded into ``attn.proj`` and ``mlp.fc2``
+  (see :func:`~vitcore.pretrained.common._linear_scaled`);
+- register tokens (Darcet et al. 2023, ``Dinov2WithRegistersModel``): Hugging Face inserts them
+  right after CLS, after the position embedding was added, so they carry none; vitcore's
+  ``num_registers`` does the same;
+- the position embedding is resized with ``F.interpolate(mode="bicubic", size=grid,
+  align_corners=False)``: without antialias in ``Dinov2Model`` and with ``antialias=True`` in
+  ``Dinov2WithRegistersModel`` (transformers 5.x), hence ``pos_interpolation``.
+
+Name mapping for DINOv2 (block ``i``): ``encoder.layer[i].norm1 / norm2`` -> ``blocks[i].norm1 /
+norm2``; ``attention.{q,k,v}_proj`` -> ``attn.qkv``; ``attention.o_proj`` x ``layer_scale1`` ->
+``attn.proj``; ``mlp.fc1`` -> ``mlp.fc1``; ``mlp.fc2`` x ``layer_scale2`` -> ``mlp.fc2``;
+``embeddings.register_tokens`` -> ``register_tokens``.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +37,30 @@ from .common import (
     _check_patch_conv,
     _layer_norm,
     _linear,
+    _linear_scaled,
     _mlp_ratio,
     _strip_prefix,
 )
 
-__all__ = ["from_hf", "load_hf"]
+__all__ = ["MODELS_ROOT_ENV", "from_hf", "load_hf", "models_root_from_env", "resolve_hf_source"]
 
 # Hugging Face classes we reproduce exactly, by model_type.
 _HF_ARCHITECTURES = {
     "vit": ("ViTModel", "ViTForImageClassification"),
     "deit": ("DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher"),
+    "dinov2": ("Dinov2Model",),
+    "dinov2_with_registers": ("Dinov2WithRegistersModel",),
 }
+_DINOV2_TYPES = ("dinov2", "dinov2_with_registers")
+# Classes of a supported model type whose head vitcore cannot reproduce, with the reason.
+_HF_REFUSED = {
+    "Dinov2ForImageClassification": "its head reads [CLS, mean of the patch tokens] concatenated (2D inputs)",
+    "Dinov2WithRegistersForImageClassification": "its head reads [CLS, mean of the patch tokens] concatenated (2D "
+    "inputs)",
+}
+# Parameters a checkpoint may lack without changing what vitcore reproduces: the pooler (not
+# reproduced) and DINOv2's mask token (used only for masked pre-training).
+_HF_OPTIONAL_KEYS = re.compile(r"^(.*\.)?(pooler\..*|embeddings\.mask_token)$")
 _HF_WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -121,36 +152,70 @@ def load_hf(id_or_path: str, download: bool = False) -> nn.Module:
         )
     supported = _HF_ARCHITECTURES[model_type]
     architecture = (getattr(config, "architectures", None) or [supported[0]])[0]
+    if architecture in _HF_REFUSED:
+        raise ValueError(
+            f"{where!r} is a {architecture}: {_HF_REFUSED[architecture]}, which vitcore's single linear head does "
+            f"not reproduce; vitcore reproduces {list(supported)} (the backbone, features only)"
+        )
     if architecture not in supported:
         raise ValueError(f"{where!r} is a {architecture}; vitcore reproduces {list(supported)}")
     try:
-        return (
-            getattr(transformers, architecture)
-            .from_pretrained(
-                where,
-                local_files_only=local_only,
-                attn_implementation="eager",  # attentions come back as matrices, as vitcore's probe sees them
-                weights_only=True,  # a pickled .bin is unpickled only as tensors
-                trust_remote_code=False,
-                dtype=torch.float32,
-            )
-            .eval()
+        model, info = getattr(transformers, architecture).from_pretrained(
+            where,
+            local_files_only=local_only,
+            attn_implementation="eager",  # attentions come back as matrices, as vitcore's probe sees them
+            weights_only=True,  # a pickled .bin is unpickled only as tensors
+            trust_remote_code=False,
+            dtype=torch.float32,
+            output_loading_info=True,
         )
     except Exception as err:
         raise ValueError(
             f"could not load the weights of {where!r}: {err}. A damaged safetensors file or a pickled file with "
             f"code is refused; download it again or re-save it with save_pretrained (safetensors)"
         ) from err
+    _check_loading_info(where, architecture, info)
+    return model.eval()
+
+
+def _check_loading_info(where: str, architecture: str, info: dict[str, Any]) -> None:
+    """Refuse a checkpoint that left some of the model's tensors at their random initialisation.
+
+    transformers only logs missing keys and initialises them randomly, so a folder whose weights
+    belong to another model would otherwise load "successfully" as a random network.
+    """
+    missing = sorted(k for k in info.get("missing_keys", ()) if not _HF_OPTIONAL_KEYS.match(k))
+    mismatched = sorted(str(k) for k in info.get("mismatched_keys", ()))
+    if not missing and not mismatched:
+        return
+    unexpected = sorted(info.get("unexpected_keys", ()))
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} of the model's tensors are missing from the weights file (e.g. {missing[:3]})")
+    if mismatched:
+        problems.append(f"{len(mismatched)} have the wrong shape (e.g. {mismatched[:3]})")
+    extra = ""
+    if unexpected:
+        extra = f"; the file holds {len(unexpected)} tensors the model does not use (e.g. {unexpected[:3]})"
+    raise ValueError(
+        f"the weights in {where!r} do not fit its config ({architecture}): {' and '.join(problems)}{extra}. "
+        f"They would start from random values; save the model again with save_pretrained, or fix config.json"
+    )
 
 
 def _hf_parts(hf: nn.Module) -> tuple[nn.Module, str, nn.Module | None, nn.Module | None]:
     """(base model, architecture, class head, distillation head) of a supported HF model."""
     architecture = type(hf).__name__
     model_type = getattr(getattr(hf, "config", None), "model_type", None)
+    if architecture in _HF_REFUSED:
+        raise ValueError(
+            f"{architecture}: {_HF_REFUSED[architecture]}, which vitcore's single linear head does not reproduce; "
+            f"convert its backbone (model.{getattr(hf, 'base_model_prefix', 'dinov2')}) instead"
+        )
     if model_type not in _HF_ARCHITECTURES or architecture not in _HF_ARCHITECTURES[model_type]:
         known = [a for archs in _HF_ARCHITECTURES.values() for a in archs]
         raise ValueError(f"expected one of the Hugging Face classes {known}, got {architecture}")
-    if architecture in ("ViTModel", "DeiTModel"):
+    if architecture in ("ViTModel", "DeiTModel", "Dinov2Model", "Dinov2WithRegistersModel"):
         return hf, architecture, None, None
     base = hf.vit if model_type == "vit" else hf.deit
     if architecture == "DeiTForImageClassificationWithTeacher":
@@ -158,7 +223,9 @@ def _hf_parts(hf: nn.Module) -> tuple[nn.Module, str, nn.Module | None, nn.Modul
     return base, architecture, hf.classifier, None
 
 
-def _hf_config(hf_config: Any, distilled: bool, num_classes: int, distilled_head: bool = True) -> ViTConfig:
+def _hf_config(
+    hf_config: Any, distilled: bool, num_classes: int, mlp_dim: int, distilled_head: bool = True
+) -> ViTConfig:
     c = hf_config
     patch = c.patch_size if isinstance(c.patch_size, int) else tuple(c.patch_size)
     if not isinstance(patch, int):
@@ -179,13 +246,16 @@ def _hf_config(hf_config: Any, distilled: bool, num_classes: int, distilled_head
         dim=c.hidden_size,
         depth=c.num_hidden_layers,
         heads=c.num_attention_heads,
-        mlp_ratio=_mlp_ratio(c.hidden_size, c.intermediate_size),
+        mlp_ratio=_mlp_ratio(c.hidden_size, mlp_dim),
         dropout=float(c.hidden_dropout_prob),
         attention_dropout=float(c.attention_probs_dropout_prob),
         qkv_bias=bool(c.qkv_bias),
         layer_norm_eps=float(c.layer_norm_eps),
         distilled=distilled,
         distilled_head=distilled_head,
+        num_registers=int(getattr(c, "num_register_tokens", 0) or 0) if c.model_type == "dinov2_with_registers" else 0,
+        # transformers 5.x: Dinov2Embeddings interpolates without antialias, the registers variant with it
+        pos_interpolation="bicubic_antialias" if c.model_type == "dinov2_with_registers" else "bicubic",
     )
 
 
@@ -203,7 +273,12 @@ def _convert_hf(hf: nn.Module) -> tuple[VisionTransformer, str]:
         raise ValueError("a DeiTForImageClassificationWithTeacher without labels averages two tokens; use DeiTModel")
     # DeiTForImageClassification's head reads only the CLS token (the distillation token still
     # attends); the teacher variant averages a CLS head and a distillation head.
-    config = _hf_config(hf.config, distilled, num_classes, distilled_head=architecture != "DeiTForImageClassification")
+    if hf.config.model_type in _DINOV2_TYPES:
+        return _convert_dinov2(hf), architecture
+    mlp_dim = base.layers[0].mlp.fc1.out_features
+    config = _hf_config(
+        hf.config, distilled, num_classes, mlp_dim, distilled_head=architecture != "DeiTForImageClassification"
+    )
 
     conv = _check_patch_conv(emb.patch_embeddings.projection, "embeddings.patch_embeddings.projection")
     state: dict[str, torch.Tensor] = {
@@ -235,6 +310,40 @@ def _convert_hf(hf: nn.Module) -> tuple[VisionTransformer, str]:
     return _build(config, state, like=conv.weight), architecture
 
 
+def _convert_dinov2(hf: nn.Module) -> VisionTransformer:
+    """Dinov2Model / Dinov2WithRegistersModel: LayerScale folded into the linears, registers after CLS."""
+    c, emb, layers = hf.config, hf.embeddings, list(hf.encoder.layer)
+    if getattr(c, "use_swiglu_ffn", False) or not hasattr(layers[0].mlp, "fc1"):
+        raise ValueError(
+            "this DINOv2 uses a SwiGLU MLP (use_swiglu_ffn=True, as DINOv2 giant does); vitcore's MLP is "
+            "Linear-GELU-Linear, so only the small, base and large DINOv2 (plain MLP) can be converted"
+        )
+    config = _hf_config(c, False, 0, layers[0].mlp.fc1.out_features)
+    conv = _check_patch_conv(emb.patch_embeddings.projection, "embeddings.patch_embeddings.projection")
+    state: dict[str, torch.Tensor] = {
+        "patch_embed.proj.weight": conv.weight.detach(),
+        "patch_embed.proj.bias": conv.bias.detach(),
+        "cls_token": emb.cls_token.detach(),  # (1, 1, D)
+        "pos_embedding": emb.position_embeddings.detach(),  # (1, 1+N, D): CLS and patches, none for registers
+        **_linear("norm", _layer_norm(hf.layernorm, "layernorm")),
+    }
+    if config.num_registers:
+        state["register_tokens"] = emb.register_tokens.detach()  # (1, R, D)
+    for i, layer in enumerate(layers):
+        attn, p = layer.attention, f"blocks.{i}"
+        q, k, v = attn.q_proj, attn.k_proj, attn.v_proj
+        state[f"{p}.attn.qkv.weight"] = torch.cat([q.weight, k.weight, v.weight]).detach()  # (3D, D)
+        if q.bias is not None:
+            state[f"{p}.attn.qkv.bias"] = torch.cat([q.bias, k.bias, v.bias]).detach()  # (3D,)
+        # x + LS1(o_proj(a)) with LS1(y) = lambda1 * y  ==  x + o_proj'(a) with o_proj' = lambda1-scaled rows
+        state.update(_linear_scaled(f"{p}.attn.proj", attn.o_proj, layer.layer_scale1.lambda1))
+        state.update(_linear(f"{p}.norm1", _layer_norm(layer.norm1, f"layer {i} norm1")))
+        state.update(_linear(f"{p}.norm2", _layer_norm(layer.norm2, f"layer {i} norm2")))
+        state.update(_linear(f"{p}.mlp.fc1", layer.mlp.fc1))
+        state.update(_linear_scaled(f"{p}.mlp.fc2", layer.mlp.fc2, layer.layer_scale2.lambda1))
+    return _build(config, state, like=conv.weight)
+
+
 def _read_preprocessor(path: str | None) -> dict[str, Any]:
     """mean / std (and sizes) from a preprocessor_config.json, or Hugging Face's defaults."""
     out: dict[str, Any] = {"normalization": {"mean": HF_DEFAULT_MEAN, "std": HF_DEFAULT_STD}, "resize_size": None}
@@ -250,8 +359,13 @@ def _read_preprocessor(path: str | None) -> dict[str, Any]:
     size = pre.get("size")
     if isinstance(size, dict) and "height" in size:
         out["resize_size"] = (int(size["height"]), int(size["width"]))
+    elif isinstance(size, dict) and "shortest_edge" in size:
+        out["resize_size"] = int(size["shortest_edge"])  # resize the shorter side (DINOv2's BitImageProcessor)
     elif isinstance(size, int):
         out["resize_size"] = (size, size)
+    crop = pre.get("crop_size")
+    if pre.get("do_center_crop") and isinstance(crop, dict) and "height" in crop:
+        out["image_size"] = (int(crop["height"]), int(crop["width"]))  # what the model sees after the crop
     return out
 
 
@@ -260,9 +374,12 @@ def from_hf(model_or_id_or_path: nn.Module | str, download: bool = False) -> tup
 
     Supported: ViTModel (DINO; no head, so ``num_classes=0`` and the model returns CLS features;
     the optional pooler is not reproduced), ViTForImageClassification, DeiTModel,
-    DeiTForImageClassification (class head on CLS only) and DeiTForImageClassificationWithTeacher
-    (distillation token, the two heads averaged as at inference). A hub id is read from the local
-    cache only, unless ``download=True`` and HF_HUB_OFFLINE is not set.
+    DeiTForImageClassification (class head on CLS only), DeiTForImageClassificationWithTeacher
+    (distillation token, the two heads averaged as at inference), Dinov2Model and
+    Dinov2WithRegistersModel (features only; plain MLP, SwiGLU is refused). A hub id is read from
+    the local cache only, unless ``download=True`` and HF_HUB_OFFLINE is not set (or use
+    :func:`vitcore.pretrained.download` first). Weights that leave any of the model's tensors
+    uninitialised are refused.
     Metadata: source, family, architecture, class_names (from id2label), normalization {mean, std}
     (preprocessor_config.json, else 0.5), image_size, resize_size, notes.
     """
@@ -280,7 +397,7 @@ def from_hf(model_or_id_or_path: nn.Module | str, download: bool = False) -> tup
             preprocessor = _hf_cached(name, "preprocessor_config.json")
         source = f"hf:{name or type(hf).__name__}"
     else:
-        raise ValueError("expected a Hugging Face ViT/DeiT model, a local folder or a hub id")
+        raise ValueError("expected a Hugging Face ViT/DeiT/DINOv2 model, a local folder or a hub id")
 
     model, architecture = _convert_hf(hf)
     num_classes = model.config.num_classes
@@ -292,13 +409,68 @@ def from_hf(model_or_id_or_path: nn.Module | str, download: bool = False) -> tup
         notes.append("the Hugging Face pooler (dense + tanh on CLS) is not reproduced; compare last_hidden_state")
     if architecture == "DeiTForImageClassification":
         notes.append("DeiT without teacher: the head reads the CLS token only (head_dist is None)")
+    if hf.config.model_type in _DINOV2_TYPES:
+        notes.append("DINOv2: LayerScale is folded into attn.proj and mlp.fc2 (exact); the model returns CLS features")
+    if model.config.num_registers:
+        notes.append(f"{model.config.num_registers} register tokens after CLS, without position embedding")
     meta: dict[str, Any] = {
         "source": source,
         "family": f"hf-{hf.config.model_type}",
         "architecture": architecture,
         "class_names": class_names,
-        "image_size": model.config.image_size,
+        "image_size": model.config.image_size,  # replaced by the processor's crop size when it has one
         **_read_preprocessor(preprocessor),
         "notes": notes,
     }
     return model, meta
+
+
+# --------------------------------------------------------------------------- sources an app may accept
+MODELS_ROOT_ENV = "EXPLORER_MODELS_ROOT"
+# A hub id: "org/name", each part letters, digits, "-", "_", "."; no "..", no leading "." or "-".
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+
+
+def models_root_from_env() -> Path | None:
+    """The folder named by ``EXPLORER_MODELS_ROOT``, or None when it is unset or empty."""
+    value = os.environ.get(MODELS_ROOT_ENV, "").strip()
+    return Path(value) if value else None
+
+
+def resolve_hf_source(text: str, models_root: str | os.PathLike | None) -> str:
+    """What a user typed as a Hugging Face source -> a hub id or a model folder under ``models_root``.
+
+    Accepted: a hub id ``org/name`` (optionally ``hf:org/name``), or a folder inside
+    ``models_root`` given relative to it or as an absolute path (symlinks are resolved first, so a
+    link cannot lead out of the root). With ``models_root=None`` (``EXPLORER_MODELS_ROOT`` unset,
+    see :func:`models_root_from_env`) no server folder is accepted at all. Everything else is one
+    ValueError whose text depends only on what was typed, never on what exists on the server, so
+    the answer reveals nothing about other paths. Returns the hub id, or the resolved folder path
+    as a string, ready for :func:`from_hf`.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("give a Hugging Face model id such as 'facebook/dinov2-small'")
+    text = _strip_prefix(text.strip(), "hf:")
+    example = "org/name, e.g. 'google/vit-base-patch16-224'"
+    if models_root is None:
+        refused = ValueError(
+            f"{text!r} is not a Hugging Face model id ({example}); server folders are off "
+            f"({MODELS_ROOT_ENV} is not set)"
+        )
+    else:
+        refused = ValueError(
+            f"{text!r} is neither a Hugging Face model id ({example}) nor a model folder under "
+            f"the models root ({MODELS_ROOT_ENV})"
+        )
+    if models_root is not None and "\x00" not in text:
+        root = Path(models_root).resolve()
+        candidate = Path(text) if Path(text).is_absolute() else root / text
+        try:
+            folder = candidate.resolve()
+        except (OSError, RuntimeError):  # a symlink loop or an unreadable component: as if absent
+            folder = None
+        if folder is not None and folder != root and folder.is_relative_to(root) and folder.is_dir():
+            return str(folder)
+    if _HUB_ID.match(text) and ".." not in text:
+        return text
+    raise refused

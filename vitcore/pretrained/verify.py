@@ -40,7 +40,9 @@ def _reference_outputs(reference: nn.Module, images: torch.Tensor) -> tuple[torc
         seen = []
         hook = base.layernorm.register_forward_hook(lambda _m, _i, out: seen.append(out))
         try:
-            out = reference(pixel_values=images, interpolate_pos_encoding=True)
+            # ViT / DeiT keep their trained grid unless asked; DINOv2 always interpolates (no such argument)
+            extra = {} if reference.config.model_type.startswith("dinov2") else {"interpolate_pos_encoding": True}
+            out = reference(pixel_values=images, **extra)
         finally:
             hook.remove()
         return getattr(out, "logits", None), seen[0]
@@ -53,7 +55,7 @@ def _reference_outputs(reference: nn.Module, images: torch.Tensor) -> tuple[torc
 def verify(model: VisionTransformer, reference: nn.Module, images: torch.Tensor) -> float:
     """Max |difference| of logits and of final hidden states between ``model`` and the model it came from.
 
-    ``reference`` is a torchvision VisionTransformer, a Hugging Face ViT / DeiT (run with
+    ``reference`` is a torchvision VisionTransformer, a Hugging Face ViT / DeiT / DINOv2 (ViT and DeiT run with
     ``interpolate_pos_encoding=True``, so any size that is a multiple of P works) or another
     vitcore model. Both run in eval mode (restored afterwards) on their own device.
     """
