@@ -1,12 +1,12 @@
 """The model registry: what the sidebar can pick, and how each choice becomes a model.
 
 A :class:`ModelSpec` is small and hashable, so the app caches one shared, read-only model per
-spec. Pages never hook or train the shared object: :func:`session_copy` gives them their own.
+spec. Pages only read the shared object (``forward_intermediates`` touches no flag or hook), so
+no copy is made for reading; only training copies a model.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from vitcore import VisionTransformer, ViTConfig
+from vitcore.images import HALF_NORMALIZATION, IMAGENET_NORMALIZATION, Preprocessing
 
 __all__ = [
     "ASSETS",
@@ -24,13 +25,12 @@ __all__ = [
     "ModelSpec",
     "build_model",
     "digest",
-    "session_copy",
+    "preprocessing_from_metadata",
+    "seeded_model",
 ]
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED_CHECKPOINT = ASSETS / "shapes_micro.safetensors"
-IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-HALF_NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 MODEL_KINDS = {
     "bundled": "Bundled Shapes model (trained)",
@@ -70,10 +70,19 @@ class LoadedModel:
 
     model: VisionTransformer
     class_names: list[str]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    preprocessing: Preprocessing  # how this model wants its pixels (stored with its weights)
     label: str
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        """Per-channel mean of the preprocessing record."""
+        return self.preprocessing.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        """Per-channel std of the preprocessing record."""
+        return self.preprocessing.std
 
     @property
     def config(self) -> ViTConfig:
@@ -91,13 +100,15 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _norm(meta: dict[str, Any], default: tuple) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    norm = meta.get("normalization") or {}
-    if isinstance(norm, dict) and "mean" in norm and "std" in norm:
-        return tuple(norm["mean"]), tuple(norm["std"])
-    if isinstance(norm, (list, tuple)) and len(norm) == 2:
-        return tuple(norm[0]), tuple(norm[1])
-    return default
+def preprocessing_from_metadata(
+    meta: dict[str, Any], config: ViTConfig, default_normalization: Any = HALF_NORMALIZATION
+) -> Preprocessing:
+    """The model's preprocessing record: stored in the metadata, else built from its normalisation and size."""
+    record = meta.get("preprocessing")
+    if record is not None:
+        return Preprocessing.from_dict(record)
+    norm = meta.get("normalization") or default_normalization
+    return Preprocessing.for_model(config.image_size, norm)
 
 
 def _class_names(meta: dict[str, Any], model: VisionTransformer) -> list[str]:
@@ -109,8 +120,8 @@ def _from_checkpoint(source: Any, label: str) -> LoadedModel:
     from vitcore.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(source)
-    mean, std = _norm(meta, HALF_NORM)
-    return LoadedModel(model.eval(), _class_names(meta, model), mean, std, label, meta)
+    pre = preprocessing_from_metadata(meta, model.config)
+    return LoadedModel(model.eval(), _class_names(meta, model), pre, label, meta)
 
 
 def build_model(spec: ModelSpec, data: bytes | None = None) -> LoadedModel:
@@ -121,14 +132,10 @@ def build_model(spec: ModelSpec, data: bytes | None = None) -> LoadedModel:
         return _from_checkpoint(BUNDLED_CHECKPOINT, spec.label())
     if spec.kind == "preset":
         config = ViTConfig.preset(spec.preset, **dict(spec.overrides))
-        generator_state = torch.random.get_rng_state()
-        torch.manual_seed(0)  # the same architecture always gets the same random weights
-        try:
-            model = VisionTransformer(config).eval()
-        finally:
-            torch.random.set_rng_state(generator_state)
+        model = seeded_model(config)
         names = [f"class {i}" for i in range(config.num_classes)]
-        return LoadedModel(model, names, *HALF_NORM, spec.label(), {"source": "random init"})
+        pre = Preprocessing.for_model(config.image_size)
+        return LoadedModel(model, names, pre, spec.label(), {"source": "random init"})
     if spec.kind in ("checkpoint", "session"):
         if data is None:
             raise ValueError("no checkpoint bytes were given; upload a .safetensors file first")
@@ -151,26 +158,26 @@ def _pretrained(spec: ModelSpec) -> LoadedModel:
             reference = pretrained.load_torchvision(spec.name)
             model, meta = pretrained.from_torchvision(reference)
             meta["notes"] = "random weights: the ImageNet weights are not in the local torch hub cache"
-        default_norm = IMAGENET_NORM
+        default_norm = IMAGENET_NORMALIZATION
     else:
         reference = pretrained.load_hf(spec.name)
         model, meta = pretrained.from_hf(reference)
-        default_norm = HALF_NORM
+        default_norm = HALF_NORMALIZATION
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(1, model.config.in_channels, *model.config.image_size, generator=generator)
     meta["reproduction_max_diff"] = pretrained.verify(model, reference, images)
     del reference
-    mean, std = _norm(meta, default_norm)
-    return LoadedModel(model.eval(), _class_names(meta, model), mean, std, spec.label(), meta)
+    pre = preprocessing_from_metadata(meta, model.config, default_norm)
+    return LoadedModel(model.eval(), _class_names(meta, model), pre, spec.label(), meta)
 
 
-def session_copy(loaded: LoadedModel) -> LoadedModel:
-    """A private deep copy of a (shared, cached) model for hooking or training."""
-    return LoadedModel(
-        copy.deepcopy(loaded.model),
-        list(loaded.class_names),
-        loaded.mean,
-        loaded.std,
-        loaded.label,
-        copy.deepcopy(loaded.metadata),
-    )
+def seeded_model(config: ViTConfig, seed: int = 0) -> VisionTransformer:
+    """A random model in eval mode; the same config always gets the same weights.
+
+    The weights are drawn from a private generator; what construction draws from the global RNG
+    is given back (``fork_rng`` restores its state), so callers' random numbers are unaffected.
+    """
+    with torch.random.fork_rng(devices=[]):
+        model = VisionTransformer(config)
+    model.reset_parameters(torch.Generator().manual_seed(seed))
+    return model.eval()

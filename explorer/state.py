@@ -14,8 +14,13 @@ SAMPLE_NAME = "sample_name"  # name in the sample gallery
 UPLOAD = "image_upload"  # st.file_uploader widget
 CAMERA = "image_camera"  # st.camera_input widget
 
+# session bookkeeping
+URL_LOADED = "_url_loaded"  # the URL's settings were applied once for this session
+OWNER = "_owner"  # random id of this browser session (owner of its training jobs)
+
 # sidebar: model choice
 MODEL_KIND = "model_kind"  # see explorer.models.MODEL_KINDS
+SIMPLE_MODEL_KINDS = ("bundled", "dinov2")  # kinds that need no further setting
 PRESET_NAME = "preset_name"
 PRESET_PATCH = "preset_patch"
 PRESET_HEADS = "preset_heads"
@@ -30,15 +35,27 @@ HF_SOURCE = "hf_source"
 
 # page widgets
 PATCH_SIZE = "patches_patch_size"
+EMB_LAYER = "emb_layer"  # Embeddings: tokens after this block
+EMB_PATCH = "emb_patch"  # Embeddings: patch whose position similarity is shown
+EMB_CLICK = "emb_pos_click"  # Embeddings: clickable position-similarity figure
 LAYER = "attention_layer"
 HEAD = "attention_head"
 QUERY = "attention_query"  # patch index of the query token
+ATTN_CLICK = "attn_click"  # Attention: clickable map
+ATTN_TARGET = "attn_target"  # Attention: class of the gradient rollout
 ROLLOUT_FUSION = "rollout_fusion"
 ROLLOUT_DISCARD = "rollout_discard"
 TOPK = "predict_topk"
 MASKED_PATCHES = "predict_masked"
-PLAY_A = "playground_a"
-PLAY_B = "playground_b"
+PRED_CLICK = "pred_click"  # Predict: clickable image that masks patches
+PRED_FILL = "pred_fill"
+PRED_TARGET = "pred_target"
+
+
+def playground_key(side: str, name: str) -> str:
+    """Key of one playground control of side "a" or "b" (e.g. ``playground_key("a", "dim")``)."""
+    return f"pg_{side}_{name}"
+
 
 # training page
 TRAIN_JOB = "train_job_id"
@@ -48,6 +65,7 @@ DEFAULTS: dict[str, Any] = {
     IMAGE_SOURCE: "sample",
     SAMPLE_NAME: "chelsea",
     MODEL_KIND: "bundled",
+    URL_LOADED: False,
     PRESET_NAME: "tiny",
     PRESET_IMAGE: 224,  # the tiny preset's values; choosing a preset resets them (see pages/_ui.py)
     PRESET_PATCH: 16,
@@ -67,6 +85,7 @@ DEFAULTS: dict[str, Any] = {
 
 # settings that live in the URL so a teacher can share a link to exactly this view
 URL_KEYS = (SAMPLE_NAME, MODEL_KIND, PRESET_NAME, LAYER, HEAD, QUERY, PATCH_SIZE)
+INT_URL_KEYS = (LAYER, HEAD, QUERY, PATCH_SIZE)
 
 
 def init(state: Any) -> None:

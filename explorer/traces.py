@@ -1,11 +1,11 @@
 """What the pages compute from a model and an image: traces, per-query maps, attention arithmetic.
 
-All of it works on copies or on detached tensors: the shared (cached) model is never hooked.
+The shared (cached) model is only read: captures use ``forward_intermediates`` (no flag, no hook,
+no copy), everything else works on detached tensors.
 """
 
 from __future__ import annotations
 
-import copy
 import statistics
 import time
 from dataclasses import dataclass
@@ -16,6 +16,7 @@ import torch
 from explorer.models import LoadedModel
 from explorer.pipeline import cost_summary
 from vitcore import VisionTransformer, ViTConfig, conv_as_linear, patchify
+from vitcore.config import valid_patch_sizes
 
 __all__ = [
     "trace_image",
@@ -31,11 +32,10 @@ __all__ = [
 
 
 def trace_image(loaded: LoadedModel, x: torch.Tensor):
-    """Full capture (all layers and heads, with q/k/v) of ``x`` on a private copy of the model."""
+    """Full capture (all layers and heads, with q/k/v) of ``x``; the shared model is only read."""
     from vitcore.capture import capture
 
-    model = copy.deepcopy(loaded.model).eval()
-    return capture(model, x, qkv=True)
+    return capture(loaded.model, x, qkv=True)
 
 
 def query_maps(trace, layer: int, query: int | None) -> np.ndarray:
@@ -85,20 +85,16 @@ def attention_steps(trace, layer: int, head: int, query_token: int, top: int = 5
     )
 
 
-def valid_patch_sizes(image_size: tuple[int, int], candidates=(2, 4, 7, 8, 14, 16, 28, 32, 56)) -> list[int]:
-    """Patch sizes that tile an (H, W) image exactly, smaller than the image."""
-    h, w = image_size
-    return [p for p in candidates if h % p == 0 and w % p == 0 and p < min(h, w)]
-
-
 @torch.no_grad()
 def conv_linear_difference(x: torch.Tensor, patch_size: int, model: VisionTransformer | None = None) -> float:
     """max |conv(x) - linear(patchify(x))| for this image (the model's conv, or a fresh one)."""
     if model is not None and model.config.patch_size == patch_size:
         conv = model.patch_embed.proj
     else:
-        torch.manual_seed(0)
         conv = torch.nn.Conv2d(x.shape[1], 64, kernel_size=patch_size, stride=patch_size)
+        generator = torch.Generator().manual_seed(0)
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * patch_size**-1)
+        conv.bias.zero_()
     via_conv = conv(x).flatten(2).transpose(1, 2)  # (B, N, D)
     via_linear = conv_as_linear(conv)(patchify(x, patch_size))  # (B, N, D)
     return float((via_conv - via_linear).abs().max())

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import numpy as np
 import streamlit as st
 
 from explorer import figures as F
 from explorer import state as S
-from explorer.images import fit_to_size
 from explorer.pipeline import cost_summary
-from explorer.traces import conv_linear_difference, patch_size_rows, valid_patch_sizes
-from pages._ui import model_input, page_inputs, sync_url
+from explorer.traces import conv_linear_difference, patch_size_rows
+from pages._ui import model_input, model_view, page_inputs, sync_url
 from vitcore import patchify
+from vitcore.config import valid_patch_sizes
 
 spec, loaded, _, image, _ = page_inputs("1 · Patches")
 cfg = loaded.config
@@ -24,7 +23,7 @@ sync_url(S.PATCH_SIZE)
 H, W = cfg.image_size
 gh, gw = H // P, W // P
 N = gh * gw
-resized = fit_to_size(image, (H, W))
+resized = model_view(loaded, image)
 x = model_input(loaded, image)
 cost = cost_summary(cfg.replace(patch_size=P))
 
@@ -36,7 +35,7 @@ c4.metric("attention entries per head T²", (N + 1) ** 2)
 
 left, right = st.columns(2)
 with left:
-    st.plotly_chart(F.image_with_grid(np.asarray(resized), P, title=f"{H}×{W} image as a {gh}×{gw} grid"),
+    st.plotly_chart(F.image_with_grid(resized, P, title=f"{H}×{W} image as a {gh}×{gw} grid"),
                     key="patch_grid")
 with right:
     patches = patchify(x, P)[0].numpy()  # (N, 3·P·P)

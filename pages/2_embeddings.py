@@ -6,20 +6,20 @@ import numpy as np
 import streamlit as st
 
 from explorer import figures as F
-from explorer.images import fit_to_size
-from pages._ui import clickable, page_inputs, patch_picker, trace_for
+from explorer import state as S
+from pages._ui import clickable, model_view, page_inputs, patch_picker, trace_for
 from vitcore import analysis
 
 spec, loaded, key, image, _ = page_inputs("2 · Embeddings")
 cfg = loaded.config
 trace = trace_for(spec, loaded, key, image)
 grid = tuple(trace.grid)
-resized = np.asarray(fit_to_size(image, cfg.image_size))
+resized = model_view(loaded, image)
 prefix = trace.num_prefix_tokens
 
 st.subheader("Patch tokens as colours")
 layer = st.slider("After block (0 = embeddings + position, before any block)", 0, cfg.depth, cfg.depth,
-                  key="emb_layer")
+                  key=S.EMB_LAYER)
 rgb = analysis.patch_pca_rgb(trace.tokens[layer][0], grid, num_prefix_tokens=prefix)
 left, right = st.columns(2)
 left.plotly_chart(F.image_with_grid(resized, cfg.patch_size, title="input"), key="emb_input")
@@ -44,10 +44,10 @@ st.subheader("Position embedding similarity (Fig. 7, centre)")
 sim = analysis.position_embedding_similarity(trace.pos_embedding, grid, num_prefix_tokens=prefix).numpy()
 N = grid[0] * grid[1]
 cols = st.columns([1, 1])
-patch = patch_picker("Patch (or click one on the right)", "emb_patch", N, cols[0])
+patch = patch_picker("Patch (or click one on the right)", S.EMB_PATCH, N, cols[0])
 clickable(F.heatmap_over_image(resized, sim[patch], highlight=patch, name="cosine",
                                title=f"cosine of patch {patch}'s position with all others"),
-          "emb_pos_click", "emb_patch", cols[1])
+          S.EMB_CLICK, S.EMB_PATCH, cols[1])
 cols[0].plotly_chart(F.similarity_grid(sim, grid, title="all patches (tile r, c = patch at row r, column c)"),
                      key="emb_pos_all")
 st.download_button("Position similarity (CSV, N×N)", F.to_csv(sim.reshape(N, N)), "position_similarity.csv")

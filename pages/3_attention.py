@@ -8,13 +8,14 @@ import torch
 
 from explorer import figures as F
 from explorer import state as S
-from explorer.images import fit_to_size
 from explorer.traces import attention_steps, query_maps
 from pages._ui import (
     cached_distance,
     cached_gradient_rollout,
     cached_rollout,
     clickable,
+    model_input,
+    model_view,
     page_inputs,
     patch_picker,
     sync_url,
@@ -28,7 +29,7 @@ trace = trace_for(spec, loaded, key, image)
 grid = tuple(trace.grid)
 N = grid[0] * grid[1]
 prefix = trace.num_prefix_tokens
-resized = np.asarray(fit_to_size(image, cfg.image_size))
+resized = model_view(loaded, image)
 
 for k, top in ((S.LAYER, cfg.depth - 1), (S.HEAD, cfg.heads - 1)):
     if not isinstance(st.session_state.get(k), int) or not 0 <= st.session_state[k] <= top:
@@ -44,7 +45,7 @@ left, right = st.columns(2)
 with left:
     clickable(F.heatmap_over_image(resized, maps[head], highlight=query, name="attention",
                                    title=f"layer {layer}, head {head}: where patch {query} looks"),
-              "attn_click", S.QUERY)
+              S.ATTN_CLICK, S.QUERY)
     st.download_button("This map (CSV)", F.to_csv(maps[head]), f"attention_l{layer}_h{head}_q{query}.csv")
 with right:
     st.plotly_chart(F.head_maps(maps, [f"head {h}" for h in range(cfg.heads)], cols=4),
@@ -65,8 +66,8 @@ probs = trace.logits[0].softmax(-1).numpy()
 names = loaded.class_names
 target = st.selectbox("Class for the gradient rollout (Chefer et al. 2021)", range(len(names)),
                       index=int(np.argmax(probs)), format_func=lambda i: f"{names[i]} ({probs[i]:.1%})",
-                      key="attn_target")
-grad_map = cached_gradient_rollout(spec, key, loaded, image, int(target))
+                      key=S.ATTN_TARGET)
+grad_map = cached_gradient_rollout(spec, key, loaded, model_input(loaded, image), int(target))
 g1, g2 = st.columns(2)
 g1.plotly_chart(F.heatmap_over_image(resized, rollout, title=f"rollout ({fusion}, discard {discard:.0%})",
                                      name="rollout"), key="attn_rollout")

@@ -6,10 +6,11 @@ import numpy as np
 import streamlit as st
 
 from explorer import figures as F
-from explorer.images import fit_to_size
+from explorer import state as S
 from explorer.pipeline import cost_summary
 from pages._ui import cached_playground, cached_playground_attention, current_image, enter_page
 from vitcore import ViTConfig
+from vitcore.images import Preprocessing
 
 enter_page()
 st.title("4 · Architecture playground")
@@ -23,16 +24,18 @@ DEFAULTS = {"a": dict(patch=16, heads=3, depth=4, dim=192, size=224, mlp=4.0),
 
 def controls(side: str, col) -> ViTConfig | None:
     d = DEFAULTS[side]
-    size = col.select_slider("Image size", [32, 64, 96, 128, 160, 192, 224, 256, 384], d["size"], key=f"pg_{side}_size")
+    size = col.select_slider("Image size", [32, 64, 96, 128, 160, 192, 224, 256, 384], d["size"],
+                             key=S.playground_key(side, "size"))
     patches = [p for p in (4, 8, 14, 16, 32) if size % p == 0 and p < size]
     patch = col.select_slider("Patch size", patches, d["patch"] if d["patch"] in patches else patches[-1],
-                              key=f"pg_{side}_patch_{size}")
-    dim = col.select_slider("Width D", [64, 96, 128, 192, 256, 384, 512, 768], d["dim"], key=f"pg_{side}_dim")
+                              key=S.playground_key(side, f"patch_{size}"))
+    dim = col.select_slider("Width D", [64, 96, 128, 192, 256, 384, 512, 768], d["dim"],
+                            key=S.playground_key(side, "dim"))
     heads_ok = [h for h in (1, 2, 3, 4, 6, 8, 12, 16) if dim % h == 0]
     heads = col.select_slider("Heads", heads_ok, d["heads"] if d["heads"] in heads_ok else heads_ok[-1],
-                              key=f"pg_{side}_heads_{dim}")
-    depth = col.slider("Depth", 1, 12, d["depth"], key=f"pg_{side}_depth")
-    mlp = col.select_slider("MLP ratio", [1.0, 2.0, 3.0, 4.0], d["mlp"], key=f"pg_{side}_mlp")
+                              key=S.playground_key(side, f"heads_{dim}"))
+    depth = col.slider("Depth", 1, 12, d["depth"], key=S.playground_key(side, "depth"))
+    mlp = col.select_slider("MLP ratio", [1.0, 2.0, 3.0, 4.0], d["mlp"], key=S.playground_key(side, "mlp"))
     try:
         return ViTConfig(image_size=size, patch_size=patch, dim=dim, heads=heads, depth=depth, mlp_ratio=mlp,
                          num_classes=10, fused_attention=False)
@@ -59,7 +62,7 @@ for (side, config), col in zip(configs.items(), cols):
     m5.metric("attention share", f"{cost['attention_share']:.0%}")
     m6.metric("latency here", f"{result['latency_ms']:.1f} ms")
     if img is not None:
-        resized = np.asarray(fit_to_size(img[1], config.image_size))
+        resized = np.asarray(Preprocessing.for_model(config.image_size).fit_image(img[1]))
         cls_attn = cached_playground_attention(config, img[0], img[1])
         col.plotly_chart(F.heatmap_over_image(resized, cls_attn, title="CLS attention, last layer, mean of heads",
-                                              name="attention"), key=f"pg_{side}_map")
+                                              name="attention"), key=S.playground_key(side, "map"))

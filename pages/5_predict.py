@@ -7,16 +7,15 @@ import streamlit as st
 
 from explorer import figures as F
 from explorer import state as S
-from explorer.images import fit_to_size
 from explorer.traces import occlusion_effect
-from pages._ui import cached_occlusion_map, model_input, page_inputs, trace_for
+from pages._ui import cached_occlusion_map, model_input, model_view, page_inputs, trace_for
 
 spec, loaded, key, image, _ = page_inputs("5 · Predict")
 cfg = loaded.config
 x = model_input(loaded, image)
 names = loaded.class_names
 probs = trace_for(spec, loaded, key, image).logits[0].softmax(-1).double().numpy()  # cached with the trace
-resized = np.asarray(fit_to_size(image, cfg.image_size))
+resized = model_view(loaded, image)
 gh, gw = cfg.grid_size
 top = int(np.argmax(probs))
 
@@ -32,7 +31,7 @@ masked: list[int] = [p for p in st.session_state[S.MASKED_PATCHES] if 0 <= p < g
 
 
 def toggle() -> None:
-    patch = F.selected_patch(st.session_state.get("pred_click"))
+    patch = F.selected_patch(st.session_state.get(S.PRED_CLICK))
     if patch is not None:
         current = set(st.session_state.get(S.MASKED_PATCHES, []))
         current ^= {patch}
@@ -46,22 +45,22 @@ with left:
         cell = fig.layout.xaxis.range[1] / gw
         fig.add_shape(type="rect", x0=c * cell, x1=(c + 1) * cell, y0=r * cell, y1=(r + 1) * cell,
                       fillcolor="grey", opacity=0.85, line=dict(width=0))
-    st.plotly_chart(fig, key="pred_click", on_select=toggle, selection_mode="points")
+    st.plotly_chart(fig, key=S.PRED_CLICK, on_select=toggle, selection_mode="points")
     if st.button("Clear masked patches", disabled=not masked):
         st.session_state[S.MASKED_PATCHES] = []
         st.rerun()
 
 if masked:
-    fill = st.radio("Masked patches are filled with", ["mean", "zero", "blur"], horizontal=True, key="pred_fill")
+    fill = st.radio("Masked patches are filled with", ["mean", "zero", "blur"], horizontal=True, key=S.PRED_FILL)
     delta = occlusion_effect(loaded.model, x, masked, fill=fill)
     order = np.argsort(-np.abs(delta))[:k]
     st.markdown(f"Masking {len(masked)} patch(es) changes the logits like this (largest changes):")
     st.dataframe([{"class": names[i], "logit change": round(float(delta[i]), 4)} for i in order], hide_index=True)
 
 st.subheader("Occlusion sensitivity")
-target = st.selectbox("Class", range(len(names)), index=top, key="pred_target",
+target = st.selectbox("Class", range(len(names)), index=top, key=S.PRED_TARGET,
                       format_func=lambda i: f"{names[i]} ({probs[i]:.1%})")
-heat = cached_occlusion_map(spec, key, loaded, image, int(target))
+heat = cached_occlusion_map(spec, key, loaded, x, int(target))
 st.plotly_chart(F.heatmap_over_image(resized, heat, colorscale="RdBu_r", name="logit drop",
                                      title=f"drop of the '{names[target]}' logit when each patch is masked"),
                 key="pred_occlusion")

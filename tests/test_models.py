@@ -7,7 +7,8 @@ import os
 import pytest
 import torch
 
-from explorer.models import ModelSpec, build_model, session_copy
+from explorer.models import ModelSpec, build_model, preprocessing_from_metadata
+from vitcore import ViTConfig
 
 
 def test_random_presets_are_deterministic_and_leave_the_global_rng_alone():
@@ -24,14 +25,16 @@ def test_random_presets_are_deterministic_and_leave_the_global_rng_alone():
         assert torch.equal(pa, pb)
 
 
-def test_session_copy_is_independent():
-    loaded = build_model(ModelSpec("preset", preset="micro"))
-    mine = session_copy(loaded)
-    with torch.no_grad():
-        mine.model.head.weight.add_(1.0)
-    mine.model.fused_attention = False
-    assert not torch.equal(mine.model.head.weight, loaded.model.head.weight)
-    assert loaded.model.fused_attention
+def test_preprocessing_record_comes_from_metadata_or_falls_back_to_the_normalisation():
+    config = ViTConfig.preset("micro")
+    stored = {"crop_size": [32, 32], "resize_size": 40, "interpolation": "bilinear", "mean": [0.1, 0.2, 0.3],
+              "std": [0.5, 0.5, 0.5], "fit": "crop"}
+    pre = preprocessing_from_metadata({"preprocessing": stored}, config)
+    assert pre.resize_size == 40 and pre.interpolation == "bilinear" and pre.mean == (0.1, 0.2, 0.3)
+    old = preprocessing_from_metadata({"normalization": {"mean": [0.4] * 3, "std": [0.2] * 3}}, config)
+    assert old.crop_size == (32, 32) and old.mean == (0.4,) * 3 and old.fit == "auto"
+    with pytest.raises(ValueError, match="std"):
+        preprocessing_from_metadata({"preprocessing": {**stored, "std": [0, 1, 1]}}, config)
 
 
 def test_unknown_kind_and_missing_upload_are_clear():

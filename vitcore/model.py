@@ -284,9 +284,9 @@ class Intermediates:
     logits: torch.Tensor | None = None  # (B, C)
 
 
-def _trunc_normal(tensor: torch.Tensor, std: float) -> None:
+def _trunc_normal(tensor: torch.Tensor, std: float, generator: torch.Generator | None = None) -> None:
     """Normal(0, std) truncated at two standard deviations (``nn.init`` truncates at +-2 absolute)."""
-    nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
+    nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std, generator=generator)
 
 
 class VisionTransformer(nn.Module):
@@ -313,21 +313,22 @@ class VisionTransformer(nn.Module):
         self.reset_parameters()
 
     # ---- initialisation -----------------------------------------------------------
-    def reset_parameters(self) -> None:
-        """Truncated-normal (std 0.02) position embedding and linears, LeCun-normal patch conv."""
-        _trunc_normal(self.pos_embedding, 0.02)
-        _trunc_normal(self.cls_token, 0.02)
-        if self.dist_token is not None:
-            _trunc_normal(self.dist_token, 0.02)
-        if self.register_tokens is not None:
-            _trunc_normal(self.register_tokens, 0.02)
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Truncated-normal (std 0.02) position embedding and linears, LeCun-normal patch conv.
+
+        Pass a seeded ``torch.Generator`` for reproducible weights without touching the global RNG
+        (a server thread must not reseed what other threads draw from).
+        """
+        for token in (self.pos_embedding, self.cls_token, self.dist_token, self.register_tokens):
+            if token is not None:
+                _trunc_normal(token, 0.02, generator)
         conv = self.patch_embed.proj
         fan_in = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
-        _trunc_normal(conv.weight, math.sqrt(1.0 / fan_in))
+        _trunc_normal(conv.weight, math.sqrt(1.0 / fan_in), generator)
         nn.init.zeros_(conv.bias)
         for module in self.modules():
             if isinstance(module, nn.Linear):
-                _trunc_normal(module.weight, 0.02)
+                _trunc_normal(module.weight, 0.02, generator)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.LayerNorm):

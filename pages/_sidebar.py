@@ -1,0 +1,96 @@
+"""The sidebar every page shares: image and model pickers (widgets only; logic in explorer.specs)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from explorer import specs
+from explorer import state as S
+from explorer.models import MODEL_KINDS
+from pages._cache import cached_samples
+from vitcore import PRESETS
+
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"]
+
+
+def sync_url(*keys: str) -> None:
+    """Write the given settings into the URL so the current view can be shared."""
+    for key in keys:
+        value = st.session_state.get(key)
+        if value is not None and not isinstance(value, (list, dict)):
+            st.query_params[key] = str(value)
+
+
+def sidebar() -> None:
+    """Image and model pickers shared by all pages."""
+    S.init(st.session_state)
+    if not st.session_state[S.URL_LOADED]:
+        st.session_state[S.URL_LOADED] = True
+        specs.apply_url_settings(st.session_state, st.query_params.to_dict())
+    with st.sidebar:
+        st.subheader("Image")
+        source = st.radio(
+            "Source", ["sample", "upload", "camera"], key=S.IMAGE_SOURCE, horizontal=True,
+            format_func={"sample": "Gallery", "upload": "Upload", "camera": "Camera"}.get,
+        )
+        if source == "sample":
+            names = list(cached_samples())
+            if st.session_state.get(S.SAMPLE_NAME) not in names:
+                st.session_state[S.SAMPLE_NAME] = names[0]
+            st.selectbox("Sample", names, key=S.SAMPLE_NAME)
+        elif source == "upload":
+            st.file_uploader("Your image", type=UPLOAD_TYPES, key=S.UPLOAD)
+        else:
+            st.camera_input("Take a photo", key=S.CAMERA)
+
+        st.subheader("Model")
+        if st.session_state.get(S.MODEL_KIND) not in MODEL_KINDS:
+            st.session_state[S.MODEL_KIND] = S.DEFAULTS[S.MODEL_KIND]
+        st.selectbox("Model", list(MODEL_KINDS), key=S.MODEL_KIND, format_func=MODEL_KINDS.get)
+        kind = st.session_state[S.MODEL_KIND]
+        if kind == "preset":
+            _preset_controls()
+        elif kind == "checkpoint":
+            st.file_uploader("Checkpoint saved by ViT Explorer", type=["safetensors"], key=S.CHECKPOINT_UPLOAD)
+        elif kind == "session":
+            names = list(st.session_state[S.SESSION_MODELS])
+            if names:
+                st.selectbox("Fine-tuned model", names, key=S.SESSION_MODEL_NAME)
+            else:
+                st.info("No model fine-tuned in this session yet: use the Fine-tune page.")
+        elif kind == "torchvision":
+            st.selectbox("Architecture", specs.TORCHVISION_NAMES, key=S.TORCHVISION_NAME)
+            st.caption("Uses weights from the local torch hub cache when present, random weights otherwise.")
+        elif kind == "hf":
+            st.text_input("Hub id or local folder", key=S.HF_SOURCE, placeholder="google/vit-base-patch16-224")
+    shared = [S.MODEL_KIND] + ([S.SAMPLE_NAME] if source == "sample" else [])
+    shared += [S.PRESET_NAME] if kind == "preset" else []
+    sync_url(*shared)
+
+
+def _apply_preset() -> None:
+    """Reset the architecture sliders to the values of the preset just chosen."""
+    st.session_state.update(specs.preset_values(st.session_state[S.PRESET_NAME]))
+
+
+def _snap(key: str, options: list[int]) -> None:
+    """Keep a slider's stored value among its options (the nearest valid one otherwise)."""
+    st.session_state[key] = specs.nearest(st.session_state.get(key), options)
+
+
+def _preset_controls() -> None:
+    if st.session_state.get(S.PRESET_NAME) not in PRESETS:
+        st.session_state[S.PRESET_NAME] = S.DEFAULTS[S.PRESET_NAME]
+    st.selectbox("Preset", list(PRESETS), key=S.PRESET_NAME, on_change=_apply_preset)
+    _snap(S.PRESET_IMAGE, specs.IMAGE_SIZES)
+    size = st.select_slider("Image size", specs.IMAGE_SIZES, key=S.PRESET_IMAGE)
+    patches = specs.patch_options(size)
+    _snap(S.PRESET_PATCH, patches)
+    st.select_slider("Patch size P", patches, key=S.PRESET_PATCH)
+    _snap(S.PRESET_DIM, specs.DIMS)
+    dim = st.select_slider("Width D", specs.DIMS, key=S.PRESET_DIM)
+    heads = specs.head_options(dim)
+    _snap(S.PRESET_HEADS, heads)
+    st.select_slider("Heads", heads, key=S.PRESET_HEADS)
+    _snap(S.PRESET_DEPTH, list(range(1, specs.MAX_DEPTH + 1)))
+    st.slider("Depth (blocks)", 1, specs.MAX_DEPTH, key=S.PRESET_DEPTH)
