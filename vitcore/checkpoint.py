@@ -272,14 +272,15 @@ def _read_bytes(source: Any, max_bytes: int) -> tuple[bytes, str]:
     if not isinstance(source, (str, os.PathLike)):
         raise ValueError(f"a checkpoint is a path, bytes or a binary file object, got {type(source).__name__}")
     path = Path(source)
+    shown = str(path) if len(str(path)) <= 120 else str(path)[:119] + "…"  # messages stay readable
     try:
         if not path.is_file():
-            raise ValueError(f"{str(path)!r} does not exist or is not a file; pass a .safetensors checkpoint")
+            raise ValueError(f"{shown!r} does not exist or is not a file; pass a .safetensors checkpoint")
         if path.stat().st_size > max_bytes:
-            raise ValueError(f"{str(path)!r} {too_big}")
-        return path.read_bytes(), str(path)
+            raise ValueError(f"{shown!r} {too_big}")
+        return path.read_bytes(), shown
     except OSError as exc:
-        raise ValueError(f"{str(path)!r} could not be read ({exc.strerror or exc}); check the path") from None
+        raise ValueError(f"{shown!r} could not be read ({exc.strerror or exc}); check the path") from None
 
 
 def _looks_like_safetensors(blob: bytes) -> bool:

@@ -95,10 +95,28 @@ def _load_data(args: argparse.Namespace, image_size: Any, normalization: Any = N
     path = Path(args.data)
     if path.suffix.lower() == ".zip":
         return from_zip(path, image_size, args.batch_size, augment=args.augment, seed=args.seed, normalization=norm)
-    if path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise ValueError(f"--data {_short(args.data)}: {exc.strerror or exc}") from None
+    if is_dir:
         return from_image_folder(path, image_size, args.batch_size, augment=args.augment, seed=args.seed,
                                  normalization=norm)
-    raise ValueError(f"--data {args.data!r} is not 'shapes', a folder or a .zip file")
+    raise ValueError(f"--data {_short(args.data)} is not 'shapes', a folder or a .zip file")
+
+
+def _short(text: Any, limit: int = 120) -> str:
+    """``repr`` of a user-given value, cut to ``limit`` characters for one-line messages."""
+    shown = repr(str(text))
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
+def _check_channels(data: Any, model: Any) -> None:
+    """The data's images must have as many channels as the model reads (e.g. grey for a 1-channel model)."""
+    channels = len(data.normalization[0])
+    if channels != model.config.in_channels:
+        raise ValueError(f"the data gives {channels}-channel images but the model reads {model.config.in_channels}; "
+                         "use a folder or .zip (read as grey for a 1-channel model) or another --from model")
 
 
 def _pretrained_source(scheme: str, name: str) -> tuple[Any, dict[str, Any]]:
@@ -174,6 +192,12 @@ def _train_process(args: argparse.Namespace, rank: int) -> int:
     out = Path(args.out)
     if args.preset not in PRESETS:
         raise ValueError(f"unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}")
+    if rank == 0:  # fail before training, not after it, when the output folder cannot be made
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"cannot create the output folder {_short(out)} ({exc.strerror or exc}); "
+                             "pick a writable --out") from None
     source, source_meta = _source_model(args)
     if source is not None:  # a trained model fixes the input size and the normalisation
         image_size = args.image_size or source.config.image_size
@@ -184,6 +208,7 @@ def _train_process(args: argparse.Namespace, rank: int) -> int:
         normalization = None
     data = _load_data(args, image_size, normalization)
     model = _initial_model(args, source, data.num_classes)
+    _check_channels(data, model)
 
     bar = None
     callbacks = []
@@ -243,19 +268,25 @@ def _predict(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise ValueError(f"--top-k {args.top_k} must be at least 1")
     model, meta = load_checkpoint(args.checkpoint)
+    if not model.config.num_classes:
+        raise ValueError(f"{args.checkpoint} is a feature backbone without a classification head (num_classes=0); "
+                         "fine-tune it first: vitcore train --from CHECKPOINT --data ... --out ...")
     device = resolve_device(args.device)
     model.to(device)
     norm = meta["normalization"]
-    transform = val_transform(tuple(meta["image_size"]), (norm["mean"], norm["std"]))
+    transform = val_transform(tuple(meta["image_size"]), (norm["mean"], norm["std"]))  # RGB, or grey for 1 channel
     names = meta["class_names"]
     k = min(args.top_k, len(names))
     results = []
     for file in args.images:
         try:
             with Image.open(file) as image:
-                x = transform(image.convert("RGB"))[None].to(device)  # (1, 3, H, W)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"{file} is not a readable image ({exc})") from None
+                x = transform(image.convert("RGB"))[None].to(device)  # (1, C, H, W)
+        except Image.DecompressionBombError as exc:
+            raise ValueError(f"{_short(file)} is too large to decode safely ({exc}); resize it") from None
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:  # PIL's ways of saying "not an image"
+            raise ValueError(f"{_short(file)} is not a readable image ({type(exc).__name__}: "
+                             f"{exc.strerror if isinstance(exc, OSError) and exc.strerror else exc})") from None
         with torch.no_grad():
             probs = model(x).softmax(-1)[0]  # (C,)
         top = probs.topk(k)
@@ -295,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"train": _train, "predict": _predict, "info": _info}[args.command](args)
-    except ValueError as exc:
-        print(f"vitcore {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, OSError) as exc:  # bad input (or an unwritable --out): one line, no traceback
+        message = " ".join(str(exc).split())  # one line, however the message was written
+        if len(message) > 2000:
+            message = message[:2000] + " …"
+        print(f"vitcore {args.command}: error: {message}", file=sys.stderr)
         return 2
