@@ -1,4 +1,8 @@
-"""Bring your own ViT: torchvision and Hugging Face Vision Transformers as vitcore models.
+"""Bring your own ViT: torchvision, Hugging Face and timm Vision Transformers as vitcore models.
+
+Modules: ``common`` (shared helpers), ``torchvision``, ``hf`` (ViT, DeiT, DINO, DINOv2; which
+sources an app may accept), ``timm``, ``verify`` and ``downloads`` (fetching weights on an
+explicit call).
 
 Every converter copies the reference's tensors into a :class:`~vitcore.model.VisionTransformer`
 whose config says the same thing (width, depth, heads, MLP width, LayerNorm eps, qkv bias,
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 from .common import HF_DEFAULT_MEAN, HF_DEFAULT_STD, IMAGENET_MEAN, IMAGENET_STD
 from .hf import MODELS_ROOT_ENV, from_hf, load_hf, models_root_from_env, resolve_hf_source
+from .timm import TIMM_PATTERNS, from_timm
 from .torchvision import TORCHVISION_NAMES, from_torchvision, load_torchvision, torchvision_weights_cached
 from .verify import verify
 
@@ -38,8 +43,10 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MODELS_ROOT_ENV",
+    "TIMM_PATTERNS",
     "TORCHVISION_NAMES",
     "from_hf",
+    "from_timm",
     "from_torchvision",
     "load_hf",
     "load_torchvision",

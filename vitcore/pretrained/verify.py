@@ -17,7 +17,7 @@ def _is_torchvision_vit(module: nn.Module) -> bool:
 
 @torch.no_grad()
 def _reference_outputs(reference: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """(logits or None, final normalised tokens (B, T, D)) of a torchvision / Hugging Face / vitcore model."""
+    """(logits or None, final normalised tokens (B, T, D)) of a torchvision / Hugging Face / timm / vitcore model."""
     if isinstance(reference, VisionTransformer):
         tokens = reference.forward_features(images)  # (B, T, D)
         return reference.forward_head(tokens), tokens
@@ -35,6 +35,15 @@ def _reference_outputs(reference: nn.Module, images: torch.Tensor) -> tuple[torc
         finally:
             hook.remove()
         return logits, seen[0]  # (B, T, D) after encoder.ln
+    if type(reference).__module__.startswith("timm."):
+        pe = reference.patch_embed
+        if not reference.dynamic_img_size and pe.strict_img_size and tuple(images.shape[-2:]) != tuple(pe.img_size):
+            raise ValueError(
+                f"this timm model accepts only {pe.img_size[0]}x{pe.img_size[1]} inputs, got "
+                f"{images.shape[-2]}x{images.shape[-1]}; verify at that size or create it with dynamic_img_size=True"
+            )
+        tokens = reference.forward_features(images)  # (B, T, D) after the final norm
+        return reference.forward_head(tokens), tokens  # logits (B, C), or pooled features (B, D) without a head
     if hasattr(reference, "config") and hasattr(reference, "base_model"):
         base, _, _, _ = _hf_parts(reference)
         seen = []
@@ -56,8 +65,8 @@ def verify(model: VisionTransformer, reference: nn.Module, images: torch.Tensor)
     """Max |difference| of logits and of final hidden states between ``model`` and the model it came from.
 
     ``reference`` is a torchvision VisionTransformer, a Hugging Face ViT / DeiT / DINOv2 (ViT and DeiT run with
-    ``interpolate_pos_encoding=True``, so any size that is a multiple of P works) or another
-    vitcore model. Both run in eval mode (restored afterwards) on their own device.
+    ``interpolate_pos_encoding=True``, so any size that is a multiple of P works), a timm ViT or
+    another vitcore model. Both run in eval mode (restored afterwards) on their own device.
     """
     if not isinstance(model, VisionTransformer):
         raise ValueError(f"model must be a vitcore VisionTransformer, got {type(model).__name__}")
