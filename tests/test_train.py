@@ -233,3 +233,27 @@ def test_bad_arguments_are_explained(micro, tiny_data):
         fit(micro, tiny_data, strategy="full", cache_features=True)
     with pytest.raises(ValueError, match="no classifier"):
         fit(nn.Sequential(nn.Flatten(), nn.Linear(3072, 5)), tiny_data, strategy="head")
+
+
+def test_fit_options_are_validated_once_and_shared_by_both_loops(micro, tiny_data):
+    from vitcore.train import FitOptions
+
+    options = FitOptions(strategy="head", epochs=1, max_steps=2, warmup=0, seed=3)
+    assert options.replace(epochs=4).epochs == 4 and options.epochs == 1  # frozen: replace gives a copy
+    for bad, message in [
+        ({"epochs": 0}, "epochs=0"),
+        ({"lr": -1.0}, "lr=-1.0 must be positive"),
+        ({"warmup": 1.5}, "warmup=1.5"),
+        ({"label_smoothing": 1.0}, "label_smoothing"),
+        ({"batch_size": True}, "batch_size=True"),
+        ({"max_seconds": float("nan")}, "max_seconds"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            FitOptions(**bad)
+    with pytest.raises(ValueError, match=r"unknown training options \['epoch'\]"):
+        fit(micro, tiny_data, epoch=3)
+    a = fit(copy.deepcopy(micro), tiny_data, options)
+    b = fit_ignite(copy.deepcopy(micro), tiny_data, options)
+    assert a.strategy == b.strategy == "head" and a.stop_reason == b.stop_reason == "max_steps"
+    for pa, pb in zip(a.model.parameters(), b.model.parameters()):
+        assert torch.equal(pa, pb)
