@@ -9,8 +9,8 @@ whose config says the same thing (width, depth, heads, MLP width, LayerNorm eps,
 prefix tokens), so the converted model computes the same function; :func:`verify` measures it.
 
 Weight files are read only through safetensors or ``torch.load(weights_only=True)``, and nothing
-is downloaded unless ``download=True``: a missing file is reported at once, with the path where
-it would be cached.
+is downloaded unless asked (:func:`download`, or ``download=True``): a missing file is reported at
+once, with the path where it would be cached.
 
 Name mapping (reference -> vitcore), the same for every block ``i``::
 
@@ -32,6 +32,7 @@ Name mapping (reference -> vitcore), the same for every block ``i``::
 from __future__ import annotations
 
 from .common import HF_DEFAULT_MEAN, HF_DEFAULT_STD, IMAGENET_MEAN, IMAGENET_STD
+from .downloads import cached_path, download, download_size
 from .hf import MODELS_ROOT_ENV, from_hf, load_hf, models_root_from_env, resolve_hf_source
 from .timm import TIMM_PATTERNS, from_timm
 from .torchvision import TORCHVISION_NAMES, from_torchvision, load_torchvision, torchvision_weights_cached
@@ -45,6 +46,9 @@ __all__ = [
     "MODELS_ROOT_ENV",
     "TIMM_PATTERNS",
     "TORCHVISION_NAMES",
+    "cached_path",
+    "download",
+    "download_size",
     "from_hf",
     "from_timm",
     "from_torchvision",
