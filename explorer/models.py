@@ -106,14 +106,31 @@ def preprocessing_from_metadata(
     """The model's preprocessing record: stored in the metadata, else built from its normalisation and size."""
     record = meta.get("preprocessing")
     if record is not None:
-        return Preprocessing.from_dict(record)
-    norm = meta.get("normalization") or default_normalization
-    return Preprocessing.for_model(config.image_size, norm)
+        pre = Preprocessing.from_dict(record)
+    else:
+        norm = meta.get("normalization")
+        if not norm:  # no statistics stored: the default, or 0.5 per channel for a grey model
+            norm = default_normalization if config.in_channels == 3 else ((0.5,) * config.in_channels,) * 2
+        pre = Preprocessing.for_model(config.image_size, norm)
+    if pre.channels != config.in_channels:
+        raise ValueError(f"the stored preprocessing normalises {pre.channels} channel(s) but the model reads "
+                         f"{config.in_channels}; re-save the checkpoint with matching mean and std")
+    return pre
 
 
 def _class_names(meta: dict[str, Any], model: VisionTransformer) -> list[str]:
+    """One label per model output: the stored names when they fit, else "class i".
+
+    A backbone without a head (``num_classes=0``) outputs its D pooled features, so its outputs
+    are labelled "feature i" (the pages then rank features instead of crashing on no classes).
+    """
+    config = model.config
+    if not config.num_classes:
+        return [f"feature {i}" for i in range(config.dim)]
     names = meta.get("class_names")
-    return list(names) if names else [f"class {i}" for i in range(model.config.num_classes)]
+    if isinstance(names, (list, tuple)) and len(names) == config.num_classes and all(isinstance(n, str) for n in names):
+        return list(names)
+    return [f"class {i}" for i in range(config.num_classes)]
 
 
 def _from_checkpoint(source: Any, label: str) -> LoadedModel:

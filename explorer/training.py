@@ -15,6 +15,7 @@ import os
 import tempfile
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from PIL import Image
 
 from explorer.images import load_image
 from explorer.jobs import Job
-from explorer.models import LoadedModel
+from explorer.models import LoadedModel, preprocessing_from_metadata
 from vitcore import VisionTransformer
 from vitcore.data import DataBundle, from_image_folder, from_zip, shapes_bundle
 from vitcore.train import replace_head
@@ -33,6 +34,7 @@ from vitcore.train import replace_head
 __all__ = [
     "FinetuneRequest",
     "allowed_data_folder",
+    "check_class_names",
     "collected_bundle",
     "build_bundle",
     "checkpoint_bytes",
@@ -67,36 +69,104 @@ class FinetuneRequest:
     seed: int = 0
 
 
-def allowed_data_folder(path: str, root: str | None = None) -> Path:
-    """Resolve a server folder, allowed only inside ``EXPLORER_DATA_ROOT`` (refused otherwise)."""
+def _data_root(root: str | None = None) -> Path:
+    """``EXPLORER_DATA_ROOT`` resolved (or ``root``); refused when unset."""
     root = root if root is not None else os.environ.get("EXPLORER_DATA_ROOT", "")
     if not root:
         raise ValueError(
             "Reading folders on the server is off. The teacher can allow it by starting the app with "
             "EXPLORER_DATA_ROOT=/path/to/datasets."
         )
-    base = Path(root).resolve()
-    target = (base / path).resolve() if not Path(path).is_absolute() else Path(path).resolve()
+    return Path(root).resolve()
+
+
+def allowed_data_folder(path: str, root: str | None = None) -> Path:
+    """Resolve a server folder, allowed only inside ``EXPLORER_DATA_ROOT`` (refused otherwise).
+
+    The folder itself is resolved (links followed) before the check; class folders and images
+    that are links out of the root are refused when the data is read (``confine_to``).
+    """
+    base = _data_root(root)
+    shown = repr(path) if len(path) <= 120 else repr(path[:119] + "…")
+    try:
+        target = (base / path).resolve() if not Path(path).is_absolute() else Path(path).resolve()
+        is_dir = target.is_dir()
+    except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte
+        raise ValueError(f"{shown} is not a usable folder name ({exc}); pick a folder inside {base}.") from None
     if target != base and base not in target.parents:
-        raise ValueError(f"{path!r} is outside the allowed data folder {base}; pick a folder inside it.")
-    if not target.is_dir():
+        raise ValueError(f"{shown} is outside the allowed data folder {base}; pick a folder inside it.")
+    if not is_dir:
         raise ValueError(f"{target} is not a folder; give a folder of class folders (or with train/ and val/).")
     return target
 
 
-def collected_bundle(collected: dict[str, list[bytes]], image_size: tuple[int, int], batch_size: int,
-                     normalization, augment: bool, workdir: Path) -> DataBundle:
-    """Images gathered per class from the camera or uploads -> a DataBundle (split deterministically)."""
-    classes = {name.strip(): items for name, items in collected.items() if name.strip() and items}
-    if len(classes) < 2 or any(len(items) < 2 for items in classes.values()):
-        counts = ", ".join(f"{k}: {len(v)}" for k, v in collected.items()) or "nothing yet"
+MAX_CLASS_NAME = 60  # characters in a collected class name
+MAX_COLLECTED_CLASSES = 100
+
+
+def check_class_names(names: list[str]) -> list[str]:
+    """Class names typed in the app, stripped; a ValueError for empty, '.'/'..', control characters,
+    names over 60 characters and duplicates (ignoring case and surrounding spaces).
+
+    Names are labels, never paths: they are kept as plain text and never used to name files.
+    """
+    cleaned: list[str] = []
+    seen: dict[str, str] = {}
+    for raw in names:
+        if not isinstance(raw, str):
+            raise ValueError(f"class name {raw!r} must be text, e.g. 'cat'")
+        name = raw.strip()
+        if not name:
+            raise ValueError("a class name is empty: give every class with images a name, e.g. 'cat'")
+        if set(name) == {"."}:
+            raise ValueError(f"class name {name!r} is not allowed: use a word such as 'cat'")
+        if any(unicodedata.category(c) == "Cc" for c in name):
+            raise ValueError(f"class name {name[:20]!r} contains control characters (tabs, line breaks); "
+                             "use plain text")
+        if len(name) > MAX_CLASS_NAME:
+            raise ValueError(f"class name {name[:20]!r}… is {len(name)} characters long; the limit is "
+                             f"{MAX_CLASS_NAME}. Use a shorter name")
+        key = name.casefold()
+        if key in seen:
+            raise ValueError(f"class names {seen[key]!r} and {name!r} are the same (ignoring case and spaces); "
+                             "give each class its own name")
+        seen[key] = name
+        cleaned.append(name)
+    return cleaned
+
+
+def collected_bundle(collected: dict[str, list[bytes]] | list[tuple[str, list[bytes]]], image_size: tuple[int, int],
+                     batch_size: int, normalization, augment: bool, workdir: Path) -> DataBundle:
+    """Images gathered per class from the camera or uploads -> a DataBundle (split deterministically).
+
+    ``collected`` maps class name -> image bytes (or is a list of such pairs, which keeps
+    duplicate names visible). Classes without images are ignored. Images are written as
+    ``workdir/collected/class_000/img_0000.png``: the names stay labels (``class_names``) and
+    never become paths, so '..', '/' or '<b>' in a name cannot write anywhere else.
+    """
+    pairs = list(collected.items()) if isinstance(collected, dict) else list(collected)
+    pairs = [(name, list(items)) for name, items in pairs if items]
+    names = check_class_names([name for name, _ in pairs])
+    if len(names) < 2 or any(len(items) < 2 for _, items in pairs):
+        counts = ", ".join(f"{name}: {len(items)}" for name, (_, items) in zip(names, pairs)) or "nothing yet"
         raise ValueError(f"collect at least 2 classes with at least 2 images each (now {counts})")
-    for name, items in classes.items():
-        folder = workdir / name.replace("/", "_")
-        folder.mkdir(parents=True, exist_ok=True)
+    if len(names) > MAX_COLLECTED_CLASSES:
+        raise ValueError(f"{len(names)} classes were collected; the limit is {MAX_COLLECTED_CLASSES}")
+    root = workdir / "collected"
+    root.mkdir(parents=True)
+    for index, (name, (_, items)) in enumerate(zip(names, pairs)):
+        folder = root / f"class_{index:03d}"  # sorts in label order
+        folder.mkdir()
         for i, data in enumerate(items):
-            load_image(data).save(folder / f"{i:04d}.png")
-    return from_image_folder(workdir, image_size, batch_size, normalization=normalization, augment=augment)
+            try:
+                image = load_image(data)
+            except ValueError as exc:
+                raise ValueError(f"image {i + 1} of class {name!r}: {exc}") from None
+            image.save(folder / f"img_{i:04d}.png")
+    bundle = from_image_folder(root, image_size, batch_size, normalization=normalization, augment=augment,
+                               confine_to=root)
+    bundle.class_names = names  # label i is class_{i:03d}
+    return bundle
 
 
 @functools.lru_cache(maxsize=4)
@@ -129,6 +199,10 @@ def build_bundle(request: FinetuneRequest, workdir: Path) -> DataBundle:
     size = request.loaded.image_size
     norm = (tuple(request.loaded.mean), tuple(request.loaded.std))
     if request.source == "shapes":
+        if request.loaded.config.in_channels != 3:
+            raise ValueError(f"the Shapes set is in colour (3 channels) but this model reads "
+                             f"{request.loaded.config.in_channels}; fine-tune it on a zip, a folder or collected "
+                             "images (read as grey)")
         return _shapes(tuple(size), request.shapes_per_class, tuple(request.shapes_classes), request.batch_size,
                        request.seed, request.augment)
     if request.source == "zip":
@@ -137,7 +211,8 @@ def build_bundle(request: FinetuneRequest, workdir: Path) -> DataBundle:
         return from_zip(request.zip_bytes, size, request.batch_size, normalization=norm, augment=request.augment)
     if request.source == "folder":
         folder = allowed_data_folder(request.folder)
-        return from_image_folder(folder, size, request.batch_size, normalization=norm, augment=request.augment)
+        return from_image_folder(folder, size, request.batch_size, normalization=norm, augment=request.augment,
+                                 confine_to=_data_root())
     if request.source == "collected":
         return collected_bundle(request.collected, size, request.batch_size, norm, request.augment, workdir)
     raise ValueError(f"unknown data source {request.source!r}; use shapes, zip, folder or collected")
@@ -165,8 +240,10 @@ def confusion_matrix(model: torch.nn.Module, loader, num_classes: int) -> np.nda
 
 
 def _denormalize(x: torch.Tensor, normalization) -> np.ndarray:
-    mean, std = (torch.tensor(v).view(3, 1, 1) for v in normalization)
-    return ((x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    """(C, H, W) normalised -> (H, W, 3) uint8 (a grey image is repeated over RGB)."""
+    mean, std = (torch.tensor(v, dtype=x.dtype).view(-1, 1, 1) for v in normalization)
+    pixels = (x * std + mean).clamp(0, 1).expand(3, -1, -1) if x.shape[0] == 1 else (x * std + mean).clamp(0, 1)
+    return (pixels.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
 
 
 @torch.no_grad()
@@ -203,11 +280,10 @@ def probe_attention(model: VisionTransformer, x: torch.Tensor, head: int) -> dic
 
 
 def _probe_tensor(request: FinetuneRequest) -> torch.Tensor | None:
+    """The probe photo as the model reads it, (1, C, H, W): the model's own preprocessing record."""
     if request.probe_image is None:
         return None
-    from explorer.images import to_tensor
-
-    return to_tensor(request.probe_image, request.loaded.image_size, request.loaded.mean, request.loaded.std)
+    return request.loaded.preprocessing(request.probe_image)[None]
 
 
 def resume_request(previous: FinetuneRequest, checkpoint: bytes) -> FinetuneRequest:
@@ -215,74 +291,90 @@ def resume_request(previous: FinetuneRequest, checkpoint: bytes) -> FinetuneRequ
     from vitcore.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(checkpoint)
-    norm = meta.get("normalization") or {}
-    loaded = LoadedModel(model, list(meta.get("class_names") or []),
-                         tuple(norm.get("mean", previous.loaded.mean)), tuple(norm.get("std", previous.loaded.std)),
-                         f"resumed from {previous.loaded.label}", meta)
+    pre = preprocessing_from_metadata(meta, model.config, previous.loaded.preprocessing.normalization)
+    loaded = LoadedModel(model, list(meta["class_names"]), pre, f"resumed from {previous.loaded.label}", meta)
     return replace(previous, loaded=loaded)
 
 
 def run_finetune(job: Job, request: FinetuneRequest) -> dict[str, Any]:
-    """The worker: build data, train a private copy, publish progress; returns the final summary."""
-    from vitcore.train import fit
+    """The worker: build data, train a private copy, publish progress; returns the final summary.
 
+    Temporary folders (collected images, an extracted zip) are removed when the job ends, also
+    when it fails or is stopped.
+    """
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     job.update(message="preparing the data…", progress=0.0)
-    with tempfile.TemporaryDirectory(prefix="vit-explorer-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="vit-explorer-") as tmp:  # collected images; removed at the end
         data = build_bundle(request, Path(tmp))
-        job.check()
-        names = list(data.class_names)
-        norm = data.normalization
-        model = replace_head(copy.deepcopy(request.loaded.model), len(names))
-        probe_x = _probe_tensor(request)
-        timeline: list[dict[str, Any]] = []
-        if probe_x is not None:
-            timeline.append({"epoch": 0, **probe_attention(model, probe_x, request.probe_head)})
-        job.update(message=f"training ({request.strategy}) on {data.dataset_sizes['train']} images…",
-                   class_names=names, timeline=list(timeline))
-        started = time.monotonic()
-        best = {"acc": -1.0}
+        try:
+            return _train_and_publish(job, request, data)
+        finally:
+            _release(data)
 
-        def on_event(event: dict[str, Any]) -> None:
-            if event["event"] == "step":
-                job.log({k: event[k] for k in ("step", "epoch", "loss", "accuracy", "lr", "images_per_second",
-                                               "seconds")} | {"kind": "step"})
-            else:
-                job.log({k: v for k, v in event.items() if k != "event"} | {"kind": "epoch"})
-                if probe_x is not None:
-                    timeline.append({"epoch": event["epoch"], **probe_attention(model, probe_x, request.probe_head)})
-                    job.update(timeline=list(timeline))
-                if event["val_accuracy"] > best["acc"]:
-                    best["acc"] = event["val_accuracy"]
-                    job.update(best_checkpoint=_safe_checkpoint(model, names, norm, event))
-            by_time = (time.monotonic() - started) / request.max_seconds
-            by_epoch = (event["epoch"] - 1 + (1.0 if event["event"] == "epoch" else 0.5)) / request.epochs
-            job.update(progress=min(0.99, max(by_time, by_epoch)))
 
-        result = fit(model, data, strategy=request.strategy, last_k=request.last_k, epochs=request.epochs,
-                     max_seconds=request.max_seconds, lr=request.lr, callbacks=[on_event],
-                     stop=lambda: job.stop_requested, seed=request.seed, augment=request.augment)
-        trained = result.model
-        summary: dict[str, Any] = {
-            "stop_reason": result.stop_reason,
-            "message": result.message,
-            "best_val_accuracy": result.best_val_accuracy,
-            "seconds": result.seconds,
-            "images_per_second": result.images_per_second,
-            "trainable_params": result.trainable_params,
-        }
-        final_ckpt = checkpoint_bytes(trained, names, norm, {"val_accuracy": result.best_val_accuracy,
-                                                              "strategy": request.strategy})
-        job.update(best_checkpoint=final_ckpt, message="evaluating…")
-        summary["confusion"] = confusion_matrix(trained, data.dataloaders["val"], len(names))
-        summary["grid"] = prediction_grid(trained, data.dataloaders["val"], norm)
-        if probe_x is not None:
-            summary["after"] = probe_attention(trained, probe_x, request.probe_head)
-            summary["before"] = timeline[0]
-        if request.baseline and not job.stop_requested:
-            summary["baseline"] = _baseline(job, data, request)
-        job.update(summary=summary, message=result.message or f"done: {result.stop_reason}")
-        return summary
+def _release(data: DataBundle) -> None:
+    """Remove a bundle's temporary folder (a zip's extraction) now, not whenever it is garbage collected."""
+    keepalive = data._keepalive
+    if isinstance(keepalive, tempfile.TemporaryDirectory):
+        keepalive.cleanup()
+
+
+def _train_and_publish(job: Job, request: FinetuneRequest, data: DataBundle) -> dict[str, Any]:
+    from vitcore.train import fit
+
+    job.check()
+    names = list(data.class_names)
+    norm = data.normalization
+    model = replace_head(copy.deepcopy(request.loaded.model), len(names))
+    probe_x = _probe_tensor(request)
+    timeline: list[dict[str, Any]] = []
+    if probe_x is not None:
+        timeline.append({"epoch": 0, **probe_attention(model, probe_x, request.probe_head)})
+    job.update(message=f"training ({request.strategy}) on {data.dataset_sizes['train']} images…",
+               class_names=names, timeline=list(timeline))
+    started = time.monotonic()
+    best = {"acc": -1.0}
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event["event"] == "step":
+            job.log({k: event[k] for k in ("step", "epoch", "loss", "accuracy", "lr", "images_per_second",
+                                           "seconds")} | {"kind": "step"})
+        else:
+            job.log({k: v for k, v in event.items() if k != "event"} | {"kind": "epoch"})
+            if probe_x is not None:
+                timeline.append({"epoch": event["epoch"], **probe_attention(model, probe_x, request.probe_head)})
+                job.update(timeline=list(timeline))
+            if event["val_accuracy"] > best["acc"]:
+                best["acc"] = event["val_accuracy"]
+                job.update(best_checkpoint=_safe_checkpoint(model, names, norm, event))
+        by_time = (time.monotonic() - started) / request.max_seconds
+        by_epoch = (event["epoch"] - 1 + (1.0 if event["event"] == "epoch" else 0.5)) / request.epochs
+        job.update(progress=min(0.99, max(by_time, by_epoch)))
+
+    result = fit(model, data, strategy=request.strategy, last_k=request.last_k, epochs=request.epochs,
+                 max_seconds=request.max_seconds, lr=request.lr, callbacks=[on_event],
+                 stop=lambda: job.stop_requested, seed=request.seed, augment=request.augment)
+    trained = result.model
+    summary: dict[str, Any] = {
+        "stop_reason": result.stop_reason,
+        "message": result.message,
+        "best_val_accuracy": result.best_val_accuracy,
+        "seconds": result.seconds,
+        "images_per_second": result.images_per_second,
+        "trainable_params": result.trainable_params,
+    }
+    final_ckpt = checkpoint_bytes(trained, names, norm, {"val_accuracy": result.best_val_accuracy,
+                                                          "strategy": request.strategy})
+    job.update(best_checkpoint=final_ckpt, message="evaluating…")
+    summary["confusion"] = confusion_matrix(trained, data.dataloaders["val"], len(names))
+    summary["grid"] = prediction_grid(trained, data.dataloaders["val"], norm)
+    if probe_x is not None:
+        summary["after"] = probe_attention(trained, probe_x, request.probe_head)
+        summary["before"] = timeline[0]
+    if request.baseline and not job.stop_requested:
+        summary["baseline"] = _baseline(job, data, request)
+    job.update(summary=summary, message=result.message or f"done: {result.stop_reason}")
+    return summary
 
 
 def _safe_checkpoint(model, names, norm, event) -> bytes | None:
@@ -293,6 +385,20 @@ def _safe_checkpoint(model, names, norm, event) -> bytes | None:
     return checkpoint_bytes(model, names, norm, {"val_accuracy": event["val_accuracy"], "epoch": event["epoch"]})
 
 
+def _seeded_resnet_init(cnn: torch.nn.Module, seed: int) -> None:
+    """torchvision's ResNet initialisation drawn from a private generator: the same weights for the
+    same seed, without reseeding the global RNG that other sessions' threads are using."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in cnn.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu", generator=generator)
+            elif isinstance(module, torch.nn.Linear):  # nn.Linear's own default, with our generator
+                torch.nn.init.kaiming_uniform_(module.weight, a=5**0.5, generator=generator)
+                bound = 1 / module.in_features**0.5
+                torch.nn.init.uniform_(module.bias, -bound, bound, generator=generator)
+
+
 def _baseline(job: Job, data: DataBundle, request: FinetuneRequest) -> dict[str, Any]:
     """The same budget on a torchvision ResNet-18 (random init): the inductive-bias comparison."""
     from torchvision.models import resnet18
@@ -300,8 +406,8 @@ def _baseline(job: Job, data: DataBundle, request: FinetuneRequest) -> dict[str,
     from vitcore.train import fit
 
     job.update(message="training the ResNet-18 baseline…")
-    torch.manual_seed(request.seed)
     cnn = resnet18(num_classes=len(data.class_names))
+    _seeded_resnet_init(cnn, request.seed)
     result = fit(cnn, data, strategy="full", epochs=request.epochs, max_seconds=request.max_seconds,
                  stop=lambda: job.stop_requested, seed=request.seed)
     return {"best_val_accuracy": result.best_val_accuracy, "seconds": result.seconds,

@@ -147,3 +147,175 @@ def test_resume_continues_from_the_stopped_weights(micro):
     assert again.strategy == "last_k" and again.epochs == 3 and again.lr == 1e-3
     assert torch.equal(again.loaded.model.head.bias, torch.full((5,), 0.25))
     assert again.loaded.class_names == micro.class_names
+
+
+# --------------------------------------------------------------------------- data sources are hostile input
+def _png(colour, size=(24, 24)) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _write_png(path, colour):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(_png(colour))
+
+
+HALF = ((0.5,) * 3, (0.5,) * 3)
+
+
+def test_links_out_of_the_data_root_are_refused(tmp_path, monkeypatch, micro):
+    from explorer.training import build_bundle
+
+    root, outside = tmp_path / "root", tmp_path / "private"
+    for cls in ("ants", "bees"):
+        for i in range(2):
+            _write_png(root / "set" / cls / f"{i}.png", (200, 20 * i, 0))
+    for i in range(2):
+        _write_png(outside / "exam_answers" / f"{i}.png", (0, 0, 0))
+    monkeypatch.setenv("EXPLORER_DATA_ROOT", str(root))
+    request = FinetuneRequest(loaded=micro, source="folder", folder="set", batch_size=4)
+    assert build_bundle(request, tmp_path / "work").class_names == ["ants", "bees"]
+
+    (root / "set" / "answers").symlink_to(outside / "exam_answers", target_is_directory=True)
+    with pytest.raises(ValueError, match=r"class folder .*answers.* is a link to a place outside"):
+        build_bundle(request, tmp_path / "work")
+    (root / "set" / "answers").unlink()
+    (root / "set" / "ants" / "copied.png").symlink_to(outside / "exam_answers" / "0.png")
+    with pytest.raises(ValueError, match=r"image .*copied\.png.* is a link to a file outside"):
+        build_bundle(request, tmp_path / "work")
+    with pytest.raises(ValueError, match="not a usable folder name"):
+        allowed_data_folder("x" * 5000, str(root))
+
+
+@pytest.mark.parametrize(
+    ("collected", "match"),
+    [
+        ({"..": [b"a", b"b"], "dog": [b"a", b"b"]}, r"class name '\.\.' is not allowed"),
+        ({"  ": [b"a", b"b"], "dog": [b"a", b"b"]}, "a class name is empty"),
+        ({"Cat": [b"a", b"b"], " cat ": [b"a", b"b"]}, r"class names 'Cat' and 'cat' are the same"),
+        ([("cat", [b"a", b"b"]), ("cat", [b"a", b"b"])], r"class names 'cat' and 'cat' are the same"),
+        ({"x" * 61: [b"a", b"b"], "dog": [b"a", b"b"]}, "61 characters long; the limit is 60"),
+        ({"cat\ndog": [b"a", b"b"], "dog": [b"a", b"b"]}, "control characters"),
+        ({"cat": [_png("red")] * 2, "dog": [_png("blue"), b"no"]}, r"image 2 of class 'dog': This file is not"),
+    ],
+)
+def test_collected_class_names_are_checked(tmp_path, collected, match):
+    with pytest.raises(ValueError, match=match):
+        collected_bundle(collected, (32, 32), 4, HALF, False, tmp_path / "work")
+
+
+def test_collected_names_are_labels_never_paths(tmp_path):
+    from explorer.training import checkpoint_bytes
+
+    work = tmp_path / "job" / "work"
+    names = ["../escape", "<b>x</b>", "a/b\\c"]
+    collected = {name: [_png((80 * i, 40, 200 - 60 * i)) for _ in range(3)] for i, name in enumerate(names)}
+    bundle = collected_bundle(collected, (32, 32), 4, HALF, False, work)
+    assert bundle.class_names == names  # the labels, exactly as typed (HTML stays text)
+    written = sorted(p.relative_to(work).as_posix() for p in work.rglob("*") if p.is_file())
+    assert written == [f"collected/class_{c:03d}/img_{i:04d}.png" for c in range(3) for i in range(3)]
+    assert sorted(p.name for p in (tmp_path / "job").iterdir()) == ["work"]  # nothing written next to it
+    labels = {y for _, y in bundle.datasets["train"]} | {y for _, y in bundle.datasets["val"]}
+    assert labels == {0, 1, 2}
+    model = replace_head(build_model(ModelSpec("preset", preset="micro")).model, 3)
+    _, meta = load_checkpoint(checkpoint_bytes(model, bundle.class_names, HALF))
+    assert meta["class_names"] == names
+
+
+def _job_temp_folders(tmp_path, monkeypatch):
+    import tempfile
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    return temp
+
+
+def test_temporary_folders_are_removed_when_a_job_ends(tmp_path, monkeypatch, micro):
+    import io
+    import zipfile
+
+    temp = _job_temp_folders(tmp_path, monkeypatch)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for cls, colour in (("red", (220, 0, 0)), ("blue", (0, 0, 220))):
+            for i in range(4):
+                z.writestr(f"{cls}/{i}.png", _png(colour))
+    manager = JobManager(max_running=1)
+    # a job that fails after its zip was extracted (unknown strategy): the traceback keeps the bundle
+    # alive, so the extraction folder would stay until garbage collection without the explicit clean-up
+    failing = FinetuneRequest(loaded=micro, source="zip", zip_bytes=buf.getvalue(), strategy="everything", epochs=1)
+    job = manager.submit("s", lambda j: run_finetune(j, failing))
+    wait(job)
+    assert job.status == "failed" and "strategy" in job.message
+    assert list(temp.iterdir()) == []
+    collected = {"red": [_png((220, 0, 0))] * 3, "blue": [_png((0, 0, 220))] * 3}
+    ok = FinetuneRequest(loaded=micro, source="collected", collected=collected, epochs=1, batch_size=4)
+    job = manager.submit("s", lambda j: run_finetune(j, ok))
+    wait(job)
+    assert job.status == "done", job.message
+    assert list(temp.iterdir()) == []
+
+
+def test_grey_and_backbone_models_fine_tune_in_the_app(tmp_path):
+    from PIL import Image
+
+    from explorer.training import build_bundle
+    from vitcore import VisionTransformer, ViTConfig
+    from vitcore.checkpoint import save_checkpoint
+
+    grey_path = save_checkpoint(VisionTransformer(ViTConfig.preset("micro", in_channels=1)), tmp_path / "g.safetensors",
+                                class_names=[f"c{i}" for i in range(5)], normalization=((0.5,), (0.5,)))
+    grey = build_model(ModelSpec("checkpoint"), grey_path.read_bytes())
+    assert grey.preprocessing.channels == 1 and len(grey.class_names) == 5
+    with pytest.raises(ValueError, match=r"Shapes set is in colour .* this model reads 1"):
+        build_bundle(FinetuneRequest(loaded=grey), tmp_path / "w")
+    collected = {"light": [_png((230, 230, 230))] * 3, "dark": [_png((20, 20, 20))] * 3}
+    request = FinetuneRequest(loaded=grey, source="collected", collected=collected, epochs=1, batch_size=4,
+                              probe_image=Image.new("RGB", (40, 30), (200, 10, 10)))
+    manager = JobManager(max_running=1)
+    job = manager.submit("s", lambda j: run_finetune(j, request))
+    wait(job)
+    snap = job.snapshot()
+    assert snap["status"] == "done", snap["message"]
+    assert snap["artifacts"]["summary"]["grid"][0]["image"].shape == (32, 32, 3)  # grey shown as RGB
+    model, meta = load_checkpoint(snap["artifacts"]["best_checkpoint"])
+    assert model.config.in_channels == 1 and meta["normalization"] == {"mean": [0.5], "std": [0.5]}
+    assert meta["class_names"] == ["light", "dark"]
+
+    backbone_path = save_checkpoint(VisionTransformer(ViTConfig.preset("micro", num_classes=0)),
+                                    tmp_path / "b.safetensors", class_names=[], normalization=HALF)
+    backbone = build_model(ModelSpec("checkpoint"), backbone_path.read_bytes())
+    with torch.no_grad():
+        out = backbone.model(torch.zeros(1, 3, 32, 32))
+    assert len(backbone.class_names) == out.shape[-1] == 96  # one label per output: the pooled features
+    assert backbone.class_names[0] == "feature 0"
+    request = FinetuneRequest(loaded=backbone, shapes_per_class=10, epochs=1, batch_size=10)
+    job = manager.submit("s", lambda j: run_finetune(j, request))
+    wait(job)
+    assert job.status == "done", job.message
+    model, meta = load_checkpoint(job.snapshot()["artifacts"]["best_checkpoint"])
+    assert model.config.num_classes == 5 and len(meta["class_names"]) == 5
+
+
+def test_resnet_baseline_is_seeded_without_touching_the_global_rng():
+    from torchvision.models import resnet18
+
+    from explorer.training import _seeded_resnet_init
+
+    a, b, c = resnet18(num_classes=3), resnet18(num_classes=3), resnet18(num_classes=3)
+    state_after_build = torch.random.get_rng_state()
+    for net, seed in ((a, 7), (b, 7), (c, 8)):
+        _seeded_resnet_init(net, seed)
+    assert torch.equal(torch.random.get_rng_state(), state_after_build)  # the helper drew nothing globally
+    pa, pb, pc = (dict(n.named_parameters()) for n in (a, b, c))
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    assert not torch.equal(pa["conv1.weight"], pc["conv1.weight"])
+    fan_out = 64 * 7 * 7  # kaiming_normal_(mode="fan_out", relu), as torchvision initialises
+    assert abs(pa["conv1.weight"].std().item() - (2 / fan_out) ** 0.5) < 0.1 * (2 / fan_out) ** 0.5
+    assert pa["fc.bias"].abs().max() <= 1 / 512**0.5
