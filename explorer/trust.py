@@ -27,6 +27,7 @@ __all__ = [
     "INTRO",
     "CURVES_TEXT",
     "RANDOMIZATION_TEXT",
+    "METHODS_TEXT",
     "check_explainable",
     "method_map",
     "method_curves",
@@ -74,6 +75,8 @@ of the model becomes random; a map whose ρ stays high does not depend on what t
 Rollout and raw attention never read the classifier head, so they stay at ρ = 1 when only the head
 is random; the random and centre-bias maps ignore the model entirely, which is what failing looks like.
 """
+
+METHODS_TEXT = "\n".join(f"- **{name}**: {note}" for name, note in FA.METHOD_NOTES.items())
 
 
 def check_explainable(loaded: LoadedModel) -> None:

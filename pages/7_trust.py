@@ -44,6 +44,8 @@ x = to_tensor(image, loaded.image_size, loaded.mean, loaded.std)
 names = loaded.class_names
 probs = trace_for(spec, loaded, key, image).logits[0].softmax(-1).double().numpy()  # cached with the trace
 st.markdown(T.INTRO)
+with st.expander("What each method computes"):
+    st.markdown(T.METHODS_TEXT)
 
 left, mid, right = st.columns([2, 1, 1])
 target = int(left.selectbox("Class to explain", range(len(names)), index=int(np.argmax(probs)), key="trust_class",

@@ -58,6 +58,8 @@ __all__ = [
     "BASELINES",
     "ALL_METHODS",
     "FILLS",
+    "KINDS",
+    "CHEFER_FRACTIONS",
     "METHOD_NOTES",
     "Curve",
     "RandomizationCheck",
@@ -163,13 +165,16 @@ def _probabilities(model: nn.Module, images: torch.Tensor, batch_size: int = 64)
     return torch.cat([model(chunk).float().softmax(dim=-1) for chunk in images.split(batch_size)])
 
 
-def _resolve_target(model: nn.Module, x: torch.Tensor, target: int | None) -> int:
-    if target is None:
-        return int(_probabilities(model, x)[0].argmax())
+def _check_target(model: nn.Module, target: int | None) -> None:
     C = model.config.num_classes
-    if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < C:
+    if target is not None and (isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < C):
         raise ValueError(f"target={target!r} is not a class of this model; pick an index in 0..{C - 1} (or None)")
-    return target
+
+
+def _resolve_target(model: nn.Module, x: torch.Tensor, target: int | None) -> int:
+    """The class to explain: ``target`` checked, or the model's prediction for x when None."""
+    _check_target(model, target)
+    return int(_probabilities(model, x)[0].argmax()) if target is None else target
 
 
 def _as_map(relevance: Any, grid: tuple[int, int], name: str = "relevance") -> torch.Tensor:
@@ -309,9 +314,8 @@ def relevance_maps(
     x = _one_image(model, image)
     grid = model.grid_for(x.shape[-2], x.shape[-1])
     t = _resolve_target(model, x, target)
-    trace = _attention_trace(model, x, next(m for m in methods if m in _ATTENTION_METHODS)) if any(
-        m in _ATTENTION_METHODS for m in methods
-    ) else None
+    needs_attention = [m for m in methods if m in _ATTENTION_METHODS]
+    trace = _attention_trace(model, x, needs_attention[0]) if needs_attention else None  # one capture for all
     out: dict[str, torch.Tensor] = {}
     for method in methods:
         if method == "cls-attention":
@@ -439,9 +443,10 @@ def faithfulness_curves(
     grid = model.grid_for(x.shape[-2], x.shape[-1])
     n = grid[0] * grid[1]
     flat = {name: _as_map(m, grid, name) for name, m in maps.items()}
+    _check_target(model, target)
     filler = _fill_image(x, fill, P, normalization)  # (1, C, H, W)
     ends = _probabilities(model, torch.cat([x, filler]), batch_size)  # (2, C): clean, everything filled
-    t = _resolve_target(model, x, target) if target is not None else int(ends[0].argmax())
+    t = int(ends[0].argmax()) if target is None else target
 
     # every (kind, method, point) as a bool mask of filled patches; all-clear / all-filled reuse `ends`
     jobs: list[tuple[str, str, int]] = []
