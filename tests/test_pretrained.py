@@ -579,3 +579,31 @@ def test_models_root_from_env(monkeypatch, tmp_path):
     assert models_root_from_env() is None
     monkeypatch.setenv("EXPLORER_MODELS_ROOT", str(tmp_path))
     assert models_root_from_env() == tmp_path
+
+
+def test_from_hf_source_reads_hub_ids_only_from_the_cache_and_hides_server_paths(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from vitcore.pretrained import from_hf_source
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "models"
+    hf, _ = hf_reference("ViTForImageClassification", root)  # saved as <root>/ViTForImageClassification
+    model, meta, reference = from_hf_source("ViTForImageClassification", root)
+    assert meta["source"] == "hf:ViTForImageClassification" and str(tmp_path) not in str(meta)
+    assert (
+        verify(model, reference, torch.randn(1, 3, 32, 32)) < 1e-4
+        and verify(model, hf, torch.randn(1, 3, 32, 32)) < 1e-4
+    )
+
+    # an id that happens to be a folder relative to the server's working directory is still only an id
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "org" / "name").mkdir(parents=True)
+    with pytest.raises(ValueError) as err:
+        from_hf_source("org/name", None)
+    assert "not in the local cache" in str(err.value) and str(tmp_path) not in str(err.value)
+    # a broken folder under the root: the explanation names it as typed, not by its server path
+    (root / "broken").mkdir()
+    with pytest.raises(ValueError) as err:
+        from_hf_source("broken", root)
+    assert "has no config.json" in str(err.value) and str(tmp_path) not in str(err.value)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from .common import HF_DEFAULT_MEAN, HF_DEFAULT_STD, IMAGENET_MEAN, IMAGENET_STD
 from .downloads import cached_path, download, download_size
-from .hf import MODELS_ROOT_ENV, from_hf, load_hf, models_root_from_env, resolve_hf_source
+from .hf import MODELS_ROOT_ENV, from_hf, from_hf_source, load_hf, models_root_from_env, resolve_hf_source
 from .timm import TIMM_PATTERNS, from_timm
 from .torchvision import TORCHVISION_NAMES, from_torchvision, load_torchvision, torchvision_weights_cached
 from .verify import verify
@@ -50,6 +50,7 @@ __all__ = [
     "download",
     "download_size",
     "from_hf",
+    "from_hf_source",
     "from_timm",
     "from_torchvision",
     "load_hf",

@@ -42,7 +42,7 @@ from .common import (
     _strip_prefix,
 )
 
-__all__ = ["MODELS_ROOT_ENV", "from_hf", "load_hf", "models_root_from_env", "resolve_hf_source"]
+__all__ = ["MODELS_ROOT_ENV", "from_hf", "from_hf_source", "load_hf", "models_root_from_env", "resolve_hf_source"]
 
 # Hugging Face classes we reproduce exactly, by model_type.
 _HF_ARCHITECTURES = {
@@ -96,14 +96,17 @@ def _hf_cached(repo_id: str, filename: str) -> str | None:
     return found if isinstance(found, str) else None
 
 
-def _hf_locate(id_or_path: str, download: bool) -> tuple[str, bool, str | None]:
+def _hf_locate(id_or_path: str, download: bool, folders: bool = True) -> tuple[str, bool, str | None]:
     """(what to pass to from_pretrained, local_files_only, preprocessor_config.json path or None).
 
-    Runs before transformers is imported, so a missing model fails in well under a second.
+    Runs before transformers is imported, so a missing model fails in well under a second. With
+    ``folders=False`` the text is a hub id only: no local path is ever looked at.
     """
     text = _strip_prefix(id_or_path, "hf:")
+    if not folders and not (_HUB_ID.match(text) and ".." not in text):
+        raise ValueError(f"{text!r} is not a Hugging Face model id (org/name, e.g. 'facebook/dinov2-small')")
     folder = Path(text).expanduser()
-    if folder.is_dir():
+    if folders and folder.is_dir():
         if not (folder / "config.json").is_file():
             raise ValueError(
                 f"{folder} has no config.json; save the model there with model.save_pretrained('{folder}')"
@@ -112,7 +115,7 @@ def _hf_locate(id_or_path: str, download: bool) -> tuple[str, bool, str | None]:
             raise ValueError(f"{folder} has a config.json but no weights; expected one of {list(_HF_WEIGHT_FILES)}")
         pre = folder / "preprocessor_config.json"
         return str(folder), True, str(pre) if pre.is_file() else None
-    if _looks_like_path(text) or Path(text).exists():
+    if folders and (_looks_like_path(text) or Path(text).exists()):
         raise ValueError(
             f"the folder {text!r} does not exist (or is not a folder); give a Hugging Face model folder or id"
         )
@@ -135,9 +138,14 @@ def _hf_locate(id_or_path: str, download: bool) -> tuple[str, bool, str | None]:
     return text, local_only, _hf_cached(text, "preprocessor_config.json")
 
 
-def load_hf(id_or_path: str, download: bool = False) -> nn.Module:
-    """A Hugging Face ViT / DeiT from a local folder or cached id (eager attention, safe weights only)."""
-    where, local_only, _ = _hf_locate(id_or_path, download)
+def load_hf(id_or_path: str, download: bool = False, *, folders: bool = True) -> nn.Module:
+    """A Hugging Face ViT / DeiT / DINOv2 from a local folder or cached id (eager attention, safe weights only).
+
+    Weights that leave any of the model's tensors at random initialisation are refused. With
+    ``folders=False`` a string is only ever a hub id (for text typed by a user: see
+    :func:`from_hf_source`).
+    """
+    where, local_only, _ = _hf_locate(id_or_path, download, folders)
     import transformers
 
     try:
@@ -369,7 +377,9 @@ def _read_preprocessor(path: str | None) -> dict[str, Any]:
     return out
 
 
-def from_hf(model_or_id_or_path: nn.Module | str, download: bool = False) -> tuple[VisionTransformer, dict[str, Any]]:
+def from_hf(
+    model_or_id_or_path: nn.Module | str, download: bool = False, *, folders: bool = True
+) -> tuple[VisionTransformer, dict[str, Any]]:
     """A Hugging Face ViT / DeiT / DINO ViT (module, local folder or cached hub id) as (vitcore model, metadata).
 
     Supported: ViTModel (DINO; no head, so ``num_classes=0`` and the model returns CLS features;
@@ -379,14 +389,14 @@ def from_hf(model_or_id_or_path: nn.Module | str, download: bool = False) -> tup
     Dinov2WithRegistersModel (features only; plain MLP, SwiGLU is refused). A hub id is read from
     the local cache only, unless ``download=True`` and HF_HUB_OFFLINE is not set (or use
     :func:`vitcore.pretrained.download` first). Weights that leave any of the model's tensors
-    uninitialised are refused.
+    uninitialised are refused. ``folders=False``: a string is a hub id only, never a local path.
     Metadata: source, family, architecture, class_names (from id2label), normalization {mean, std}
     (preprocessor_config.json, else 0.5), image_size, resize_size, notes.
     """
     preprocessor = None
     if isinstance(model_or_id_or_path, str):
-        _, _, preprocessor = _hf_locate(model_or_id_or_path, download)
-        hf = load_hf(model_or_id_or_path, download=download)
+        _, _, preprocessor = _hf_locate(model_or_id_or_path, download, folders)
+        hf = load_hf(model_or_id_or_path, download=download, folders=folders)
         source = f"hf:{_strip_prefix(model_or_id_or_path, 'hf:')}"
     elif isinstance(model_or_id_or_path, nn.Module):
         hf = model_or_id_or_path
@@ -446,7 +456,9 @@ def resolve_hf_source(text: str, models_root: str | os.PathLike | None) -> str:
     see :func:`models_root_from_env`) no server folder is accepted at all. Everything else is one
     ValueError whose text depends only on what was typed, never on what exists on the server, so
     the answer reveals nothing about other paths. Returns the hub id, or the resolved folder path
-    as a string, ready for :func:`from_hf`.
+    as a string. Load it with ``from_hf(source, folders=Path(source).is_absolute())`` (a hub id must
+    not be read as a folder relative to the server's working directory), or use
+    :func:`from_hf_source`, which does both steps.
     """
     if not isinstance(text, str) or not text.strip():
         raise ValueError("give a Hugging Face model id such as 'facebook/dinov2-small'")
@@ -474,3 +486,31 @@ def resolve_hf_source(text: str, models_root: str | os.PathLike | None) -> str:
     if _HUB_ID.match(text) and ".." not in text:
         return text
     raise refused
+
+
+def from_hf_source(
+    text: str, models_root: str | os.PathLike | None, download: bool = False
+) -> tuple[VisionTransformer, dict[str, Any], nn.Module]:
+    """:func:`resolve_hf_source`, then load: (vitcore model, metadata, the Hugging Face reference).
+
+    For text typed into an app: a hub id is read from the cache only (or fetched with
+    ``download=True``) and never as a local folder; a folder must lie under ``models_root``, and
+    the metadata's ``source`` names it relative to the root, so no server path is shown. The
+    reference (eager attention) is returned for :func:`vitcore.pretrained.verify`.
+    """
+    source = resolve_hf_source(text, models_root)
+    folders = Path(source).is_absolute()
+    shown = Path(source).relative_to(Path(models_root).resolve()).as_posix() if folders else source
+    try:
+        _, _, preprocessor = _hf_locate(source, download, folders)
+        reference = load_hf(source, download=download, folders=folders)
+        model, meta = from_hf(reference)
+    except ValueError as err:  # the same explanation, with server paths replaced by what the user typed
+        message = str(err).replace(source, shown)
+        if models_root is not None:
+            message = message.replace(str(Path(models_root).resolve()), "<models root>")
+        message = message.replace(_hf_cache_dir(), "<Hugging Face cache>")
+        raise ValueError(message) from None
+    meta.update(_read_preprocessor(preprocessor) if preprocessor else {})
+    meta["source"] = f"hf:{shown}"
+    return model, meta, reference
