@@ -197,7 +197,7 @@ def test_bad_images_are_one_line_messages(tmp_path, capsys):
     bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0))
     (tmp_path / "bomb.png").write_bytes(bomb + chunk(b"IEND", b""))  # a 10-gigapixel header, no pixels
     _one_line_error(capsys, ["predict", str(ckpt), str(tmp_path / "broken.png")], "broken.png", "not a readable image")
-    _one_line_error(capsys, ["predict", str(ckpt), str(tmp_path / "bomb.png")], "too large to decode safely")
+    _one_line_error(capsys, ["predict", str(ckpt), str(tmp_path / "bomb.png")], "10000 MP", "the limit is 50 MP")
     _one_line_error(capsys, ["predict", str(ckpt), str(tmp_path)], "not a readable image", "IsADirectoryError")
     _one_line_error(capsys, ["predict", str(ckpt), str(tmp_path / "missing.png")], "FileNotFoundError")
 

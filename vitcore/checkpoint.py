@@ -42,7 +42,8 @@ __all__ = [
     "save_checkpoint",
 ]
 
-FORMAT = "vitcore/1"
+FORMAT = "vitcore/2"  # 2 adds the preprocessing record; 1 (normalisation only) still loads
+_READABLE_FORMATS = ("vitcore/1", "vitcore/2")
 DEFAULT_MAX_BYTES = 2_000_000_000  # a checkpoint whose model needs more than this (float32) is refused
 _MAX_HEADER = 100 * 2**20  # a safetensors header larger than this is not a checkpoint of ours
 _MAX_TENSORS = 20_000  # ViT-22B has about 600 tensors; far more means a hostile or foreign file
@@ -111,6 +112,25 @@ def _check_image_size(image_size: Any, config: ViTConfig, where: str) -> list[in
     return expected
 
 
+def _check_preprocessing(metadata: dict[str, Any], config: ViTConfig, where: str) -> dict[str, Any]:
+    """The stored preprocessing record, validated; checkpoints from before it get one from their normalisation."""
+    from .images import Preprocessing
+
+    record = metadata.get("preprocessing")
+    try:
+        if record is None:
+            norm = metadata["normalization"]
+            pre = Preprocessing.for_model(config.image_size, (norm["mean"], norm["std"]))
+        else:
+            pre = Preprocessing.from_dict(record)
+    except ValueError as exc:
+        raise ValueError(f"{where}: bad preprocessing record ({exc}); re-save the checkpoint") from None
+    if pre.channels != config.in_channels:
+        raise ValueError(f"{where}: the preprocessing record normalises {pre.channels} channel(s) but the model "
+                         f"reads {config.in_channels}; re-save the checkpoint with matching mean and std")
+    return pre.to_dict()
+
+
 def _checked_metadata(metadata: Any, config: ViTConfig, where: str) -> dict[str, Any]:
     """The metadata dict with class names, normalisation and image size checked (defaults filled in)."""
     if not isinstance(metadata, dict):
@@ -123,6 +143,7 @@ def _checked_metadata(metadata: Any, config: ViTConfig, where: str) -> dict[str,
     metadata["normalization"] = _check_normalization(
         metadata.get("normalization", {"mean": [0.5] * c, "std": [0.5] * c}), c, where)
     metadata["image_size"] = _check_image_size(metadata.get("image_size", list(config.image_size)), config, where)
+    metadata["preprocessing"] = _check_preprocessing(metadata, config, where)
     metadata["config"] = config.to_dict()
     return metadata
 
@@ -339,6 +360,17 @@ def _header_metadata(header: dict[str, Any], where: str) -> dict[str, str]:
     return meta
 
 
+def _check_format(found: str | None, where: str) -> None:
+    """Formats this version reads: ours old and new, or none (a plain safetensors file with a config)."""
+    if found is None or found in _READABLE_FORMATS:
+        return
+    if found.startswith("vitcore/"):
+        raise ValueError(f"{where} was written in checkpoint format {found!r}, newer than this vitcore reads "
+                         f"({', '.join(_READABLE_FORMATS)}); upgrade ViT Explorer (pip install -U vit-explorer)")
+    raise ValueError(f"{where} says it is in format {found!r}, not a vitcore checkpoint; save it with "
+                     "vitcore.save_checkpoint()")
+
+
 def _metadata_from_json(text: str | None, where: str) -> Any:
     if text is None:
         return {}
@@ -353,6 +385,7 @@ def _read_safetensors(blob: bytes, config: ViTConfig | None, max_bytes: int, whe
     (n,) = struct.unpack("<Q", blob[:8])
     found = _header_tensors(header, len(blob) - 8 - n, where)
     meta = _header_metadata(header, where)
+    _check_format(meta.get("format"), where)
     if config is None:
         config = _config_from_json(meta.get("config"), where)
     _check_budget(config, max_bytes, where)
@@ -402,11 +435,19 @@ def save_checkpoint(
     path: str | os.PathLike,
     *,
     class_names: list[str] | tuple[str, ...],
-    normalization: Any,
+    normalization: Any = None,
+    preprocessing: Any = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``model`` (a VisionTransformer; LoRA adapters are merged first) to a ``.safetensors`` file."""
+    """Write ``model`` (a VisionTransformer; LoRA adapters are merged first) to a ``.safetensors`` file.
+
+    The model's preprocessing record (a :class:`vitcore.images.Preprocessing` or its dict) is
+    stored with the weights; given only ``normalization`` (mean, std), the record fits the photo
+    to the model's size and normalises with it.
+    """
     from safetensors.torch import save_file
+
+    from .images import Preprocessing
 
     if hasattr(model, "merge_and_unload"):  # a peft model: fold the adapters into plain linears
         model = model.merge_and_unload()
@@ -422,11 +463,21 @@ def save_checkpoint(
         )
     if not config.num_classes:
         class_names = _check_class_names(class_names, 0, "save_checkpoint()")
+    if preprocessing is None:
+        if normalization is None:
+            raise ValueError("save_checkpoint() needs the model's preprocessing= record or normalization=(mean, std)")
+        normalization = _check_normalization(normalization, config.in_channels, "save_checkpoint()")
+        preprocessing = Preprocessing.for_model(config.image_size, normalization)
+    elif isinstance(preprocessing, dict):
+        preprocessing = Preprocessing.from_dict(preprocessing)
+    if not isinstance(preprocessing, Preprocessing):
+        raise ValueError(f"preprocessing must be a vitcore Preprocessing, got {type(preprocessing).__name__}")
     metadata = {
-        "class_names": class_names,
-        "normalization": _check_normalization(normalization, config.in_channels, "save_checkpoint()"),
-        "image_size": list(config.image_size),
         **(extra or {}),
+        "class_names": class_names,
+        "normalization": _check_normalization(preprocessing.normalization, config.in_channels, "save_checkpoint()"),
+        "preprocessing": preprocessing.to_dict(),
+        "image_size": list(config.image_size),
     }
     try:
         metadata_json = json.dumps(metadata, allow_nan=False)

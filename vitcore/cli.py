@@ -246,7 +246,7 @@ def _train_process(args: argparse.Namespace, rank: int) -> int:
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         path = save_checkpoint(
-            result.model, out / "model.safetensors", class_names=data.class_names, normalization=data.normalization,
+            result.model, out / "model.safetensors", class_names=data.class_names, preprocessing=data.preprocessing,
             extra={"val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
                    "strategy": args.strategy, "stop_reason": result.stop_reason, "data": str(args.data),
                    "seconds": round(result.seconds, 2)},
@@ -259,10 +259,9 @@ def _train_process(args: argparse.Namespace, rank: int) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     import torch
-    from PIL import Image
 
     from .checkpoint import load_checkpoint
-    from .data import val_transform
+    from .images import ImageError, Preprocessing, load_image
     from .train import resolve_device
 
     if args.top_k < 1:
@@ -273,20 +272,20 @@ def _predict(args: argparse.Namespace) -> int:
                          "fine-tune it first: vitcore train --from CHECKPOINT --data ... --out ...")
     device = resolve_device(args.device)
     model.to(device)
-    norm = meta["normalization"]
-    transform = val_transform(tuple(meta["image_size"]), (norm["mean"], norm["std"]))  # RGB, or grey for 1 channel
+    preprocess = Preprocessing.from_dict(meta["preprocessing"])  # the record stored with the weights
     names = meta["class_names"]
     k = min(args.top_k, len(names))
     results = []
     for file in args.images:
         try:
-            with Image.open(file) as image:
-                x = transform(image.convert("RGB"))[None].to(device)  # (1, C, H, W)
-        except Image.DecompressionBombError as exc:
-            raise ValueError(f"{_short(file)} is too large to decode safely ({exc}); resize it") from None
-        except (OSError, ValueError, SyntaxError, EOFError) as exc:  # PIL's ways of saying "not an image"
+            data = Path(file).read_bytes()
+        except OSError as exc:
             raise ValueError(f"{_short(file)} is not a readable image ({type(exc).__name__}: "
-                             f"{exc.strerror if isinstance(exc, OSError) and exc.strerror else exc})") from None
+                             f"{exc.strerror or exc})") from None
+        try:
+            x = preprocess(load_image(data))[None].to(device)  # (1, C, H, W), decoded and fitted as in the app
+        except ImageError as exc:
+            raise ValueError(f"{_short(file)} is not a readable image: {exc}") from None
         with torch.no_grad():
             probs = model(x).softmax(-1)[0]  # (C,)
         top = probs.topk(k)

@@ -95,6 +95,11 @@ class DataBundle:
         """Number of classes."""
         return len(self.class_names)
 
+    @property
+    def preprocessing(self) -> Any:
+        """The record the validation split applies; save it with a model trained on this data."""
+        return val_transform(self.image_size, self.normalization)
+
     def loader(
         self, split: str, *, shuffle: bool | None = None, generator: torch.Generator | None = None
     ) -> DataLoader:
@@ -159,22 +164,16 @@ def train_transform(image_size: int | tuple[int, int], normalization: Normalizat
 
 
 def val_transform(image_size: int | tuple[int, int], normalization: Normalization = IMAGENET_NORMALIZATION) -> Any:
-    """Resize (to size / 0.875, the usual 224 <- 256 ratio), CenterCrop, ToTensor, Normalize.
+    """The validation split's preprocessing: PIL image -> normalised (C, H, W) tensor.
 
-    Images become RGB, or grey ("L") when ``normalization`` has one value per channel.
+    It is the :class:`vitcore.images.Preprocessing` record that is saved with a model trained on
+    this data (``DataBundle.preprocessing``) and that the app and the CLI apply, so a photo gets
+    the same logits everywhere. Images become RGB, or grey when ``normalization`` has one value
+    per channel.
     """
-    from torchvision import transforms as T
+    from .images import Preprocessing
 
-    h, w = _pair(image_size)
-    mean, std = _check_normalization(normalization)
-    resize = (math.ceil(h / 0.875), math.ceil(w / 0.875))
-    return T.Compose([
-        T.Lambda(functools.partial(_convert, mode=_image_mode((mean, std)))),
-        T.Resize(resize),
-        T.CenterCrop((h, w)),
-        T.ToTensor(),
-        T.Normalize(mean, std),
-    ])
+    return Preprocessing.for_model(_pair(image_size), _check_normalization(normalization))
 
 
 def _convert(image: Image.Image, mode: str = "RGB") -> Image.Image:
