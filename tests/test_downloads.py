@@ -179,6 +179,13 @@ def test_torchvision_file_that_fails_its_name_hash_is_removed(server, hub_dir):
     assert files_under(hub_dir) == []
 
 
+def test_torchvision_file_without_a_hash_in_its_name_is_still_checked(server, hub_dir):
+    server.files["/mirror/vit_b_16.pth"] = b"PK\x03\x04 this is not a torch archive" * 100
+    with pytest.raises(ValueError, match=r"is corrupt: torch cannot read it as weights .* removed"):
+        download("torchvision:vit_b_16", url=f"{server.url}/mirror/vit_b_16.pth")
+    assert files_under(hub_dir) == []
+
+
 def test_torchvision_http_error_is_explained(server, hub_dir):
     with pytest.raises(ValueError, match=r"stopped after 0 of unknown bytes \(HTTP 404\)"):
         download("torchvision:vit_b_16", url=f"{server.url}/missing-0123abcd.pth")

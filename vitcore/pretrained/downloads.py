@@ -5,7 +5,8 @@ caches and fail at once, naming the path, when a file is missing. :func:`downloa
 explicit call (an app runs it from a button) that fills those caches:
 
 - ``"torchvision:vit_b_16"`` -> ``torch.hub.get_dir()/checkpoints/vit_b_16-c867db91.pth``, the file
-  ``load_state_dict_from_url`` would write, checked against the sha256 prefix in its name;
+  ``load_state_dict_from_url`` would write, checked against the sha256 prefix in its name and read
+  back as tensors (``weights_only=True``);
 - ``"hf:facebook/dinov2-small"`` (or just the id) -> the Hugging Face cache
   (``huggingface_hub.hf_hub_download``: config.json, preprocessor_config.json when there is one,
   and model.safetensors, else pytorch_model.bin), the weights checked after the download.
@@ -198,6 +199,13 @@ def _fetch_url(url: str, dest: Path, progress: ProgressCallback, timeout: float)
                 f"the file downloaded from {url} is corrupt: its sha256 starts with {digest.hexdigest()[:12]}, "
                 f"but its name {dest.name} promises {match.group(1)}. It was removed; try again"
             )
+        try:  # tensors only, memory-mapped: a quick look that this is a state dict torch can read
+            torch.load(tmp, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as err:
+            raise ValueError(
+                f"the file downloaded from {url} is corrupt: torch cannot read it as weights ({err}). It was "
+                f"removed; try again"
+            ) from err
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
