@@ -7,6 +7,7 @@ no copy is made for reading; only training copies a model.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,8 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED_CHECKPOINT = ASSETS / "shapes_micro.safetensors"
 
 MODEL_KINDS = {
+    "auto": "Automatic: DINOv2 for photos, the Shapes model for Shapes",
+    "dinov2": "DINOv2 ViT-S/14 (real, self-supervised on photos)",
     "bundled": "Bundled Shapes model (trained)",
     "preset": "Random-initialised preset (you set the architecture)",
     "checkpoint": "Upload a checkpoint (.safetensors)",
@@ -61,7 +64,14 @@ class ModelSpec:
             return f"{self.kind}: {self.name}"
         if self.kind == "checkpoint":
             return f"uploaded checkpoint {self.digest[:8]}"
+        if self.kind == "dinov2":
+            return f"DINOv2 ViT-S/14 at {self.input_size} px"
         return "bundled Shapes micro ViT"
+
+    @property
+    def input_size(self) -> int:
+        """The input side for models that take several (DINOv2: 224 by default, 448 for a 32x32 grid)."""
+        return int(dict(self.overrides).get("input_size", 224))
 
 
 @dataclass
@@ -147,6 +157,10 @@ def build_model(spec: ModelSpec, data: bytes | None = None) -> LoadedModel:
         if not BUNDLED_CHECKPOINT.exists():
             raise ValueError(f"the bundled model {BUNDLED_CHECKPOINT} is missing; run `make checkpoint` to rebuild it")
         return _from_checkpoint(BUNDLED_CHECKPOINT, spec.label())
+    if spec.kind == "dinov2":
+        model, meta = _dinov2()
+        pre = Preprocessing.from_dict(meta["preprocessing"]).at_size(spec.input_size)
+        return LoadedModel(model, [], pre, spec.label(), dict(meta))
     if spec.kind == "preset":
         config = ViTConfig.preset(spec.preset, **dict(spec.overrides))
         model = seeded_model(config)
@@ -186,6 +200,14 @@ def _pretrained(spec: ModelSpec) -> LoadedModel:
     del reference
     pre = preprocessing_from_metadata(meta, model.config, default_norm)
     return LoadedModel(model.eval(), _class_names(meta, model), pre, spec.label(), meta)
+
+
+@functools.lru_cache(maxsize=1)
+def _dinov2() -> tuple[VisionTransformer, dict[str, Any]]:
+    """The one DINOv2 ViT-S/14 of this process (every input size shares its weights; read-only)."""
+    from vitcore.dinov2 import dinov2_small
+
+    return dinov2_small()
 
 
 def seeded_model(config: ViTConfig, seed: int = 0) -> VisionTransformer:

@@ -31,6 +31,8 @@ IMAGE_SIZES = [32, 64, 96, 128, 160, 192, 224, 256, 384]
 DIMS = [32, 64, 96, 128, 192, 256, 384, 512, 768]
 HEADS = [1, 2, 3, 4, 6, 8, 12, 16]
 MAX_DEPTH = 12
+DINO_SIZES = [224, 336, 448]  # 16x16, 24x24 and 32x32 patch grids at P = 14
+SHAPES_PREFIX = "shapes:"  # gallery names of the Shapes samples (explorer.samples)
 TORCHVISION_NAMES = ["vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14"]
 
 
@@ -123,6 +125,13 @@ def spec_from_state(state: Mapping[str, Any]) -> tuple[ModelSpec, bytes | None]:
         if not source:
             raise ValueError("Type a Hugging Face model id or a local folder in the sidebar.")
         return ModelSpec("hf", name=source), None
+    if kind == "auto":  # a real photo model for photos, the Shapes model for Shapes
+        shapes = state.get(S.IMAGE_SOURCE, "sample") == "sample" and str(state.get(S.SAMPLE_NAME, "")).startswith(
+            SHAPES_PREFIX)
+        kind = "bundled" if shapes else "dinov2"
+    if kind == "dinov2":
+        size = nearest(_int(state, S.DINO_SIZE), DINO_SIZES)
+        return ModelSpec("dinov2", overrides=(("input_size", size),)), None
     if kind in S.SIMPLE_MODEL_KINDS:
         return ModelSpec(kind), None
     raise ValueError(f"unknown model choice {kind!r}; pick a model in the sidebar")

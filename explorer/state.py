@@ -20,7 +20,8 @@ OWNER = "_owner"  # random id of this browser session (owner of its training job
 
 # sidebar: model choice
 MODEL_KIND = "model_kind"  # see explorer.models.MODEL_KINDS
-SIMPLE_MODEL_KINDS = ("bundled", "dinov2")  # kinds that need no further setting
+SIMPLE_MODEL_KINDS = ("bundled",)  # kinds that need no further setting
+DINO_SIZE = "dinov2_input_size"  # input side of DINOv2: 224 (16x16 patches) or 448 (32x32)
 PRESET_NAME = "preset_name"
 PRESET_PATCH = "preset_patch"
 PRESET_HEADS = "preset_heads"
@@ -64,7 +65,8 @@ TRAIN_REQUEST = "train_request"  # the last FinetuneRequest, for "resume"
 DEFAULTS: dict[str, Any] = {
     IMAGE_SOURCE: "sample",
     SAMPLE_NAME: "chelsea",
-    MODEL_KIND: "bundled",
+    MODEL_KIND: "auto",
+    DINO_SIZE: 224,
     URL_LOADED: False,
     PRESET_NAME: "tiny",
     PRESET_IMAGE: 224,  # the tiny preset's values; choosing a preset resets them (see pages/_ui.py)

@@ -21,6 +21,7 @@ from vitcore.config import valid_patch_sizes
 __all__ = [
     "trace_image",
     "query_maps",
+    "mask_shares",
     "AttentionSteps",
     "attention_steps",
     "conv_linear_difference",
@@ -36,6 +37,14 @@ def trace_image(loaded: LoadedModel, x: torch.Tensor):
     from vitcore.capture import capture
 
     return capture(loaded.model, x, qkv=True)
+
+
+def mask_shares(maps: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, float]:
+    """Share of each map's positive mass inside an object mask (chance = the mask's area)."""
+    from vitcore.analysis import attention_mass_in_mask
+
+    mask_t = torch.as_tensor(np.asarray(mask, dtype=bool))
+    return {name: float(attention_mass_in_mask(torch.as_tensor(np.asarray(m)), mask_t)) for name, m in maps.items()}
 
 
 def query_maps(trace, layer: int, query: int | None) -> np.ndarray:

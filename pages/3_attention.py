@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import streamlit as st
-import torch
 
 from explorer import figures as F
 from explorer import state as S
-from explorer.traces import attention_steps, query_maps
+from explorer.traces import attention_steps, mask_shares, query_maps
 from pages._ui import (
     cached_distance,
     cached_gradient_rollout,
@@ -21,7 +20,6 @@ from pages._ui import (
     sync_url,
     trace_for,
 )
-from vitcore import analysis
 
 spec, loaded, key, image, mask = page_inputs("3 · Attention")
 cfg = loaded.config
@@ -62,24 +60,28 @@ r1, r2 = st.columns(2)
 fusion = r1.selectbox("Fuse heads by", ["mean", "max", "min"], key=S.ROLLOUT_FUSION)
 discard = r2.slider("Discard the lowest attention weights (ratio)", 0.0, 0.95, step=0.05, key=S.ROLLOUT_DISCARD)
 rollout = cached_rollout(spec, key, fusion, float(discard), trace)
-probs = trace.logits[0].softmax(-1).numpy()
 names = loaded.class_names
-target = st.selectbox("Class for the gradient rollout (Chefer et al. 2021)", range(len(names)),
-                      index=int(np.argmax(probs)), format_func=lambda i: f"{names[i]} ({probs[i]:.1%})",
-                      key=S.ATTN_TARGET)
-grad_map = cached_gradient_rollout(spec, key, loaded, model_input(loaded, image), int(target))
 g1, g2 = st.columns(2)
 g1.plotly_chart(F.heatmap_over_image(resized, rollout, title=f"rollout ({fusion}, discard {discard:.0%})",
                                      name="rollout"), key="attn_rollout")
-g2.plotly_chart(F.heatmap_over_image(resized, grad_map, title=f"gradient rollout for '{names[target]}'",
-                                     name="relevance"), key="attn_grad")
+maps = {"rollout": rollout}
+if names:
+    probs = trace.logits[0].softmax(-1).numpy()
+    target = st.selectbox("Class for the gradient rollout (Chefer et al. 2021)", range(len(names)),
+                          index=int(np.argmax(probs)), format_func=lambda i: f"{names[i]} ({probs[i]:.1%})",
+                          key=S.ATTN_TARGET)
+    maps["gradient rollout"] = cached_gradient_rollout(spec, key, loaded, model_input(loaded, image), int(target))
+    g2.plotly_chart(F.heatmap_over_image(resized, maps["gradient rollout"], name="relevance",
+                                         title=f"gradient rollout for '{names[target]}'"), key="attn_grad")
+else:
+    g2.info("This model has no classifier head (DINOv2 learned from photos without labels), so there is no "
+            "class to explain: the gradient rollout needs one. Teach it your own classes on the Teach page; "
+            "the class-agnostic maps on this page work as they are.")
 if mask is not None:
-    mask_t = torch.as_tensor(np.asarray(mask, dtype=bool))
-    share_r = float(analysis.attention_mass_in_mask(torch.from_numpy(rollout), mask_t))
-    share_g = float(analysis.attention_mass_in_mask(torch.from_numpy(grad_map), mask_t))
+    shares = mask_shares(maps, mask)
     area = float(np.asarray(mask, dtype=bool).mean())
-    st.info(f"Share of the map inside the object: rollout {share_r:.0%}, gradient rollout {share_g:.0%} "
-            f"(the object covers {area:.0%} of the image, so {area:.0%} is chance).")
+    st.info("Share of the map inside the object: " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items())
+            + f" (the object covers {area:.0%} of the image, so {area:.0%} is chance).")
 with st.expander("Rollout in one paragraph"):
     st.markdown(
         "One layer's attention says how tokens mix in that layer, but the residual connection also passes "

@@ -12,6 +12,11 @@ from pages._ui import cached_occlusion_map, model_input, model_view, page_inputs
 
 spec, loaded, key, image, _ = page_inputs("5 · Predict")
 cfg = loaded.config
+if not loaded.class_names:
+    st.info(f"{loaded.label} has no classifier head: it was trained without labels (self-supervised), so it "
+            "describes images but names no classes. Teach it classes of your own in seconds on the **Teach** "
+            "page; \"Use this model\" there brings the taught model back here with its labels.")
+    st.stop()
 x = model_input(loaded, image)
 names = loaded.class_names
 probs = trace_for(spec, loaded, key, image).logits[0].softmax(-1).double().numpy()  # cached with the trace

@@ -48,6 +48,11 @@ def sidebar() -> None:
             st.session_state[S.MODEL_KIND] = S.DEFAULTS[S.MODEL_KIND]
         st.selectbox("Model", list(MODEL_KINDS), key=S.MODEL_KIND, format_func=MODEL_KINDS.get)
         kind = st.session_state[S.MODEL_KIND]
+        if kind in ("auto", "dinov2"):
+            st.session_state[S.DINO_SIZE] = specs.nearest(st.session_state.get(S.DINO_SIZE), specs.DINO_SIZES)
+            st.segmented_control("DINOv2 input size", specs.DINO_SIZES, key=S.DINO_SIZE,
+                                 format_func=lambda s: f"{s} px ({s // 14}×{s // 14})",
+                                 help="A larger input gives a finer patch grid (and costs more).")
         if kind == "preset":
             _preset_controls()
         elif kind == "checkpoint":
