@@ -95,3 +95,31 @@ def init(state: Any) -> None:
     for key, value in DEFAULTS.items():
         if key not in state:
             state[key] = value.copy() if isinstance(value, (dict, list)) else value
+
+# ---- fine-tune page: session code, restore, polling (explorer.training / pages/6_finetune.py) ----
+SESSION_CODE = "session_code"  # 8 base32 characters; in the URL (?code=) once a job starts; names the data folder
+SESSION_RESTORED = "_session_restored"  # the code whose models were read back from the data directory
+TRAIN_FIGS = "_train_figs"  # (job id, version) -> the figures drawn for it: polls rebuild only on change
+TRAIN_BUSY = "_train_busy"  # whether the last full run saw this session's job queued or running
+
+
+# ---- teach page (issue 12: few-shot classes on DINOv2; pages/6_teach.py) ---- owner: teach page
+TEACH_COLLECTION = "teach_collection"  # explorer.fewshot.ClassCollection of this session
+TEACH_JOB = "teach_job_id"  # id of this session's teach job in explorer.jobs.default_manager()
+TEACH_RESULT = "teach_result"  # {"job", "summary", "model"}: the finished job, taken into this session
+TEACH_MESSAGES = "teach_messages"  # messages about refused photos, shown once
+TEACH_SOURCE = "teach_source"  # "collect" | "zip" | "folder"
+TEACH_ZIP = "teach_zip"
+TEACH_FOLDER = "teach_folder"
+TEACH_STRATEGY = "teach_strategy"
+TEACH_LAST_K = "teach_last_k"
+TEACH_EPOCHS = "teach_epochs"
+TEACH_PREDICT_SOURCE = "teach_predict_source"  # "upload" | "camera"
+TEACH_PREDICT_UPLOAD = "teach_predict_upload"
+TEACH_PREDICT_CAMERA = "teach_predict_camera"
+TEACH_EXPLAINED = "teach_explained"  # (image key, result of explorer.fewshot.explain) of the last prediction
+
+
+def teach_key(name: str, uid: int | str) -> str:
+    """Key of one per-class widget of the teach page (``teach_key("files", 3)``); uid is the class's id."""
+    return f"teach_{name}_{uid}"

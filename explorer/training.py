@@ -9,6 +9,7 @@ grid of validation predictions and an optional ResNet-18 baseline.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import functools
 import os
@@ -25,11 +26,11 @@ import torch
 from PIL import Image
 
 from explorer.images import load_image
-from explorer.jobs import Job
+from explorer.jobs import SHUTDOWN_REASON, Job
 from explorer.models import LoadedModel, preprocessing_from_metadata
 from vitcore import VisionTransformer
 from vitcore.data import DataBundle, from_image_folder, from_zip, shapes_bundle
-from vitcore.train import replace_head
+from vitcore.train import FitOptions, replace_head
 
 __all__ = [
     "FinetuneRequest",
@@ -40,6 +41,7 @@ __all__ = [
     "checkpoint_bytes",
     "resume_request",
     "run_finetune",
+    "shapes_warming",
     "warm_shapes",
     "confusion_matrix",
 ]
@@ -67,6 +69,21 @@ class FinetuneRequest:
     probe_head: int = 0
     baseline: bool = False
     seed: int = 0
+    options: FitOptions | None = None  # the page builds one; None: from the fields above
+    eval_limit: int = 250  # validation images evaluated after each epoch; the full split once at the end
+
+    def fit_options(self) -> FitOptions:
+        """The run's validated :class:`FitOptions` (``options``, else built from the plain fields)."""
+        if self.options is not None:
+            return self.options
+        return FitOptions(strategy=self.strategy, last_k=self.last_k, epochs=self.epochs,
+                          max_seconds=self.max_seconds, lr=self.lr, seed=self.seed, augment=self.augment)
+
+    def settings(self) -> dict[str, Any]:
+        """The request as plain JSON (kept on disk with the job; data bytes and models are not)."""
+        return {"source": self.source, "shapes_classes": list(self.shapes_classes),
+                "shapes_per_class": self.shapes_per_class, "folder": self.folder, "batch_size": self.batch_size,
+                "model": self.loaded.label, "options": self.fit_options().to_dict()}
 
 
 def _data_root(root: str | None = None) -> Path:
@@ -169,32 +186,117 @@ def collected_bundle(collected: dict[str, list[bytes]] | list[tuple[str, list[by
     return bundle
 
 
-@functools.lru_cache(maxsize=4)
+class _Render:
+    """One Shapes set being rendered (in its own thread) or ready, shared by every job of the server."""
+
+    def __init__(self, per_image: float, n: int) -> None:
+        self.done = threading.Event()
+        self.bundle: DataBundle | None = None
+        self.error: BaseException | None = None
+        self.started = time.monotonic()
+        self.expected = max(0.5, per_image * n)  # seconds, from a timed sample
+        self.thread: threading.Thread | None = None
+
+    def fraction(self) -> float:
+        """An estimate of how far the rendering is, in [0, 0.99] (1.0 once done)."""
+        if self.done.is_set():
+            return 1.0
+        return min(0.99, (time.monotonic() - self.started) / self.expected)
+
+
+_RENDERS: dict[tuple, _Render] = {}
+_RENDER_LOCK = threading.Lock()
+_KEEP_RENDERS = 4
+
+
+def _shapes_key(image_size, per_class: int, classes, batch_size: int, seed: int, augment: bool) -> tuple:
+    return tuple(image_size), int(per_class), tuple(classes), int(batch_size), int(seed), bool(augment)
+
+
+def _render(key: tuple) -> _Render:
+    """The render of ``key``: started in a thread on first request, shared afterwards (one per server)."""
+    with _RENDER_LOCK:
+        entry = _RENDERS.get(key)
+        if entry is not None and entry.error is None:
+            return entry
+        image_size, per_class, classes, batch_size, seed, augment = key
+        entry = _Render(_seconds_per_image(image_size), per_class * len(classes) * 6 // 5)
+        _RENDERS[key] = entry
+        for old in list(_RENDERS)[:-_KEEP_RENDERS]:
+            if _RENDERS[old].done.is_set():
+                del _RENDERS[old]
+
+    def work() -> None:
+        try:
+            per_val = max(10, per_class // 5)
+            entry.bundle = shapes_bundle(image_size, per_class, per_val, classes, batch_size, seed, augment=augment)
+        except BaseException as exc:  # reported to the job that waits for it
+            entry.error = exc
+        finally:
+            entry.done.set()
+
+    entry.thread = threading.Thread(target=work, name="render-shapes", daemon=True)
+    entry.thread.start()
+    return entry
+
+
+@functools.cache
+def _seconds_per_image(image_size: tuple[int, int]) -> float:
+    from vitcore.shapes import ShapesDataset
+
+    t0 = time.perf_counter()
+    ShapesDataset(10, image_size)
+    return (time.perf_counter() - t0) / 10
+
+
 def _shapes(image_size: tuple[int, int], per_class: int, classes: tuple[str, ...], batch_size: int, seed: int,
-            augment: bool) -> DataBundle:
-    """Shapes are deterministic: render each set once per server and share it between jobs."""
-    per_val = max(10, per_class // 5)
-    return shapes_bundle(image_size, per_class, per_val, classes, batch_size, seed, augment=augment)
+            augment: bool, job: Job | None = None) -> DataBundle:
+    """Shapes are deterministic: render each set once per server and share it between jobs.
+
+    While the set is still being rendered (the page warms it up when it opens) a waiting job says so,
+    with an estimated fraction, and can be stopped.
+    """
+    entry = _render(_shapes_key(image_size, per_class, classes, batch_size, seed, augment))
+    while not entry.done.wait(0.25):
+        if job is not None:
+            job.check()
+            job.update(message="preparing the Shapes set (rendered once per server)…", warmup=entry.fraction())
+    if entry.error is not None:
+        raise entry.error
+    if job is not None:
+        job.update(warmup=1.0)
+    return entry.bundle
+
+
+def shapes_warming(image_size: tuple[int, int] = (32, 32)) -> float | None:
+    """How far the default Shapes set of this size is rendered (None: not started, 1.0: ready)."""
+    entry = _RENDERS.get(_default_shapes_key(image_size))
+    return None if entry is None else entry.fraction()
+
+
+def _default_shapes_key(image_size) -> tuple:
+    defaults = FinetuneRequest.__dataclass_fields__
+    return _shapes_key(image_size, defaults["shapes_per_class"].default, defaults["shapes_classes"].default,
+                       defaults["batch_size"].default, 0, False)
 
 
 def warm_shapes(image_size: tuple[int, int] = (32, 32)) -> None:
     """Render the default Shapes set in the background so the first fine-tune starts at once."""
-    global _WARMING
-    with _WARM_LOCK:
-        if _WARMING:
-            return
-        _WARMING = True
-    defaults = FinetuneRequest.__dataclass_fields__
-    args = (tuple(image_size), defaults["shapes_per_class"].default, defaults["shapes_classes"].default,
-            defaults["batch_size"].default, 0, False)
-    threading.Thread(target=_shapes, args=args, name="warm-shapes", daemon=True).start()
+    _render(_default_shapes_key(image_size))
 
 
-_WARMING = False
-_WARM_LOCK = threading.Lock()
+def _join_renders(timeout: float = 20.0) -> None:
+    """At exit: let renders finish so no thread is inside PyTorch while the interpreter ends."""
+    deadline = time.monotonic() + timeout
+    for entry in list(_RENDERS.values()):
+        if entry.thread is not None:
+            entry.thread.join(max(0.0, deadline - time.monotonic()))
 
 
-def build_bundle(request: FinetuneRequest, workdir: Path) -> DataBundle:
+atexit.register(_join_renders)
+
+
+def build_bundle(request: FinetuneRequest, workdir: Path, job: Job | None = None) -> DataBundle:
     """The request's data source as a DataBundle at the model's image size and normalisation."""
     size = request.loaded.image_size
     norm = (tuple(request.loaded.mean), tuple(request.loaded.std))
@@ -204,7 +306,7 @@ def build_bundle(request: FinetuneRequest, workdir: Path) -> DataBundle:
                              f"{request.loaded.config.in_channels}; fine-tune it on a zip, a folder or collected "
                              "images (read as grey)")
         return _shapes(tuple(size), request.shapes_per_class, tuple(request.shapes_classes), request.batch_size,
-                       request.seed, request.augment)
+                       request.seed, request.augment, job)
     if request.source == "zip":
         if not request.zip_bytes:
             raise ValueError("upload a .zip of class folders first")
@@ -279,13 +381,6 @@ def probe_attention(model: VisionTransformer, x: torch.Tensor, head: int) -> dic
             "probs": trace.logits[0].softmax(-1).numpy()}
 
 
-def _probe_tensor(request: FinetuneRequest) -> torch.Tensor | None:
-    """The probe photo as the model reads it, (1, C, H, W): the model's own preprocessing record."""
-    if request.probe_image is None:
-        return None
-    return request.loaded.preprocessing(request.probe_image)[None]
-
-
 def resume_request(previous: FinetuneRequest, checkpoint: bytes) -> FinetuneRequest:
     """The same fine-tune, continuing from a checkpoint of an earlier (stopped) run."""
     from vitcore.checkpoint import load_checkpoint
@@ -303,11 +398,12 @@ def run_finetune(job: Job, request: FinetuneRequest) -> dict[str, Any]:
     when it fails or is stopped.
     """
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    options = request.fit_options()  # invalid settings fail the job with FitOptions' message
     job.update(message="preparing the data…", progress=0.0)
     with tempfile.TemporaryDirectory(prefix="vit-explorer-") as tmp:  # collected images; removed at the end
-        data = build_bundle(request, Path(tmp))
+        data = build_bundle(request, Path(tmp), job)
         try:
-            return _train_and_publish(job, request, data)
+            return _train_and_publish(job, request, options, data)
         finally:
             _release(data)
 
@@ -319,41 +415,89 @@ def _release(data: DataBundle) -> None:
         keepalive.cleanup()
 
 
-def _train_and_publish(job: Job, request: FinetuneRequest, data: DataBundle) -> dict[str, Any]:
+def _bounded_val(data: DataBundle, limit: int) -> DataBundle:
+    """The bundle with at most ``limit`` validation images (evenly spaced, so every class stays in),
+    evaluated after each epoch; the full split is evaluated once when training ends."""
+    datasets = data.datasets or {split: loader.dataset for split, loader in data.dataloaders.items()}
+    val = datasets["val"]
+    if len(val) <= limit:
+        return data
+    stride = len(val) / limit
+    subset = torch.utils.data.Subset(val, [int(i * stride) for i in range(limit)])
+    return replace(data, datasets={**datasets, "val": subset})
+
+
+@torch.no_grad()
+def final_evaluation(model: torch.nn.Module, loader, num_classes: int, normalization,
+                     limit: int = 16) -> dict[str, Any]:
+    """One pass over the validation split: confusion matrix, accuracy and a grid of predictions."""
+    model.eval()
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    grid: list[dict[str, Any]] = []
+    for images, labels in loader:
+        preds = model(images).argmax(-1)
+        np.add.at(matrix, (labels.numpy(), preds.numpy()), 1)
+        for x, y, p in zip(images, labels, preds):
+            if len(grid) < limit:
+                grid.append({"image": _denormalize(x, normalization), "true": int(y), "pred": int(p)})
+    total = int(matrix.sum())
+    return {"confusion": matrix, "grid": grid, "val_accuracy": float(np.trace(matrix)) / max(total, 1)}
+
+
+def _probe(request: FinetuneRequest, data: DataBundle) -> tuple[torch.Tensor, np.ndarray]:
+    """The probe image, as the model reads it (1, C, H, W) and as shown (H, W, 3) uint8.
+
+    A photo given with the request is used as it is; otherwise the first validation image of the
+    run's own data (a Shapes run probes a Shapes image).
+    """
+    if request.probe_image is not None:
+        x = request.loaded.preprocessing(request.probe_image)[None]
+        return x, np.asarray(request.loaded.preprocessing.fit_image(request.probe_image).convert("RGB"))
+    datasets = data.datasets or {split: loader.dataset for split, loader in data.dataloaders.items()}
+    x, _ = datasets["val"][0]
+    return x[None], _denormalize(x, data.normalization)
+
+
+def _train_and_publish(job: Job, request: FinetuneRequest, options: FitOptions, data: DataBundle) -> dict[str, Any]:
     from vitcore.train import fit
 
     job.check()
     names = list(data.class_names)
     norm = data.normalization
     model = replace_head(copy.deepcopy(request.loaded.model), len(names))
-    probe_x = _probe_tensor(request)
-    timeline: list[dict[str, Any]] = []
-    if probe_x is not None:
-        timeline.append({"epoch": 0, **probe_attention(model, probe_x, request.probe_head)})
-    job.update(message=f"training ({request.strategy}) on {data.dataset_sizes['train']} images…",
-               class_names=names, timeline=list(timeline))
+    probe_x, probe_image = _probe(request, data)
+    timeline: list[dict[str, Any]] = [{"epoch": 0, **probe_attention(model, probe_x, request.probe_head)}]
+    job.update(message=f"training ({options.strategy}) on {data.dataset_sizes['train']} images…",
+               class_names=names, timeline=list(timeline), probe=probe_image,
+               budget=options.max_seconds, train_started=_job_elapsed(job))
     started = time.monotonic()
     best = {"acc": -1.0}
+    logged = {"epochs": 0}
+    max_seconds = options.max_seconds or float("inf")
+
+    def on_epoch(event: dict[str, Any]) -> None:
+        job.log({k: v for k, v in event.items() if k != "event"} | {"kind": "epoch"})
+        logged["epochs"] += 1
+        timeline.append({"epoch": event["epoch"], **probe_attention(model, probe_x, request.probe_head)})
+        job.update(timeline=list(timeline))
+        if event["val_accuracy"] > best["acc"]:
+            best["acc"] = event["val_accuracy"]
+            job.update(best_checkpoint=_safe_checkpoint(model, names, norm, event))
 
     def on_event(event: dict[str, Any]) -> None:
         if event["event"] == "step":
             job.log({k: event[k] for k in ("step", "epoch", "loss", "accuracy", "lr", "images_per_second",
                                            "seconds")} | {"kind": "step"})
         else:
-            job.log({k: v for k, v in event.items() if k != "event"} | {"kind": "epoch"})
-            if probe_x is not None:
-                timeline.append({"epoch": event["epoch"], **probe_attention(model, probe_x, request.probe_head)})
-                job.update(timeline=list(timeline))
-            if event["val_accuracy"] > best["acc"]:
-                best["acc"] = event["val_accuracy"]
-                job.update(best_checkpoint=_safe_checkpoint(model, names, norm, event))
-        by_time = (time.monotonic() - started) / request.max_seconds
-        by_epoch = (event["epoch"] - 1 + (1.0 if event["event"] == "epoch" else 0.5)) / request.epochs
+            on_epoch(event)
+        by_time = (time.monotonic() - started) / max_seconds
+        by_epoch = (event["epoch"] - 1 + (1.0 if event["event"] == "epoch" else 0.5)) / options.epochs
         job.update(progress=min(0.99, max(by_time, by_epoch)))
 
-    result = fit(model, data, strategy=request.strategy, last_k=request.last_k, epochs=request.epochs,
-                 max_seconds=request.max_seconds, lr=request.lr, callbacks=[on_event],
-                 stop=lambda: job.stop_requested, seed=request.seed, augment=request.augment)
+    result = fit(model, _bounded_val(data, request.eval_limit), options, callbacks=[on_event],
+                 stop=lambda: job.stop_requested)
+    for event in result.history[logged["epochs"]:]:  # a partial epoch evaluated after a stop: no callback ran
+        on_epoch(event)
     trained = result.model
     summary: dict[str, Any] = {
         "stop_reason": result.stop_reason,
@@ -364,17 +508,28 @@ def _train_and_publish(job: Job, request: FinetuneRequest, data: DataBundle) -> 
         "trainable_params": result.trainable_params,
     }
     final_ckpt = checkpoint_bytes(trained, names, norm, {"val_accuracy": result.best_val_accuracy,
-                                                          "strategy": request.strategy})
-    job.update(best_checkpoint=final_ckpt, message="evaluating…")
-    summary["confusion"] = confusion_matrix(trained, data.dataloaders["val"], len(names))
-    summary["grid"] = prediction_grid(trained, data.dataloaders["val"], norm)
-    if probe_x is not None:
-        summary["after"] = probe_attention(trained, probe_x, request.probe_head)
-        summary["before"] = timeline[0]
+                                                          "strategy": options.strategy})
+    job.update(best_checkpoint=final_ckpt)
+    if job.message == SHUTDOWN_REASON:  # the server is going down: the checkpoint is what matters
+        job.update(summary=summary)
+        return summary
+    job.update(message="evaluating on the full validation split…")
+    t0 = time.monotonic()
+    datasets = data.datasets or {split: loader.dataset for split, loader in data.dataloaders.items()}
+    val_loader = torch.utils.data.DataLoader(datasets["val"], batch_size=max(64, data.batch_size), shuffle=False)
+    summary.update(final_evaluation(trained, val_loader, len(names), norm))
+    summary["after"] = probe_attention(trained, probe_x, request.probe_head)
+    summary["before"] = timeline[0]
+    summary["evaluation_seconds"] = time.monotonic() - t0
     if request.baseline and not job.stop_requested:
         summary["baseline"] = _baseline(job, data, request)
     job.update(summary=summary, message=result.message or f"done: {result.stop_reason}")
     return summary
+
+
+def _job_elapsed(job: Job) -> float:
+    """Seconds since the job started (0 before)."""
+    return time.monotonic() - job.started if job.started else 0.0
 
 
 def _safe_checkpoint(model, names, norm, event) -> bytes | None:
@@ -408,7 +563,84 @@ def _baseline(job: Job, data: DataBundle, request: FinetuneRequest) -> dict[str,
     job.update(message="training the ResNet-18 baseline…")
     cnn = resnet18(num_classes=len(data.class_names))
     _seeded_resnet_init(cnn, request.seed)
-    result = fit(cnn, data, strategy="full", epochs=request.epochs, max_seconds=request.max_seconds,
-                 stop=lambda: job.stop_requested, seed=request.seed)
+    options = request.fit_options()
+    result = fit(cnn, _bounded_val(data, request.eval_limit), strategy="full", epochs=options.epochs,
+                 max_seconds=options.max_seconds, stop=lambda: job.stop_requested, seed=options.seed)
     return {"best_val_accuracy": result.best_val_accuracy, "seconds": result.seconds,
             "params": sum(p.numel() for p in cnn.parameters())}
+
+
+# --------------------------------------------------------------------------- the page's logic (no Streamlit)
+def session_code(state: Any, params: Any) -> str | None:
+    """This browser session's code: kept in session state, else read (strictly checked) from the URL."""
+    from explorer import state as S
+    from explorer.jobs import check_code
+
+    code = check_code(state.get(S.SESSION_CODE))
+    if code is None:
+        raw = params.get("code") if hasattr(params, "get") else None
+        code = check_code(raw[-1] if isinstance(raw, list) and raw else raw)
+        if code is not None:
+            state[S.SESSION_CODE] = code
+    return code
+
+
+def restore_session(state: Any, store: Any, code: str | None) -> None:
+    """After a reload or a restart: the session's fine-tuned models come back from the data directory."""
+    from explorer import state as S
+
+    if code is None or store is None or state.get(S.SESSION_RESTORED) == code:
+        return
+    models = dict(state.get(S.SESSION_MODELS) or {})
+    for name, data in store.models(code).items():
+        models.setdefault(name, data)
+    state[S.SESSION_MODELS] = models
+    state[S.SESSION_RESTORED] = code
+
+
+def use_session_model(state: Any, store: Any, code: str | None, name: str, data: bytes) -> None:
+    """Make a fine-tuned checkpoint the model of every page (sidebar included) and keep it on disk."""
+    from explorer import state as S
+
+    models = dict(state.get(S.SESSION_MODELS) or {})
+    models[name] = data
+    state[S.SESSION_MODELS] = models
+    state[S.SESSION_MODEL_NAME] = name
+    state[S.MODEL_KIND] = "session"
+    if store is not None and code is not None:
+        store.add_model(code, name, data)
+
+
+def request_from_record(record: dict[str, Any], loaded: LoadedModel) -> FinetuneRequest:
+    """A request rebuilt from a job record on disk (after a restart), on ``loaded``'s weights.
+
+    Only Shapes and server folders can be read again; zips and collected images were not kept.
+    """
+    settings = record.get("settings") or {}
+    source = settings.get("source", "shapes")
+    if source not in ("shapes", "folder"):
+        raise ValueError("this job trained on uploaded images, which were not kept: upload them again and press "
+                         "Start (or use the checkpoint as it is)")
+    options = FitOptions.build(None, **(settings.get("options") or {}))
+    return FinetuneRequest(loaded=loaded, source=source, shapes_classes=tuple(settings.get("shapes_classes") or
+                                                                              FinetuneRequest.shapes_classes),
+                           shapes_per_class=int(settings.get("shapes_per_class", 1000)),
+                           folder=str(settings.get("folder", "")), batch_size=int(settings.get("batch_size", 64)),
+                           options=options)
+
+
+def time_left(snap: dict[str, Any]) -> float | None:
+    """Seconds of training left: never more than the budget, None before training starts."""
+    artifacts = snap.get("artifacts", {})
+    budget = artifacts.get("budget")
+    if budget is None or "train_started" not in artifacts or snap.get("status") != "running":
+        return None
+    by_budget = budget - (snap["elapsed"] - artifacts["train_started"])
+    left = min(by_budget, snap["eta"]) if snap.get("eta") is not None else by_budget
+    return float(min(budget, max(0.0, left)))
+
+
+def last_val_accuracy(history: list[dict[str, Any]]) -> float | None:
+    """The last measured validation accuracy (also of a partial epoch evaluated after a stop)."""
+    epochs = [h for h in history if h.get("kind") == "epoch"]
+    return float(epochs[-1]["val_accuracy"]) if epochs else None
