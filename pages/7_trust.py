@@ -51,7 +51,7 @@ left, mid, right = st.columns([2, 1, 1])
 target = int(left.selectbox("Class to explain", range(len(names)), index=int(np.argmax(probs)), key="trust_class",
                             format_func=lambda i: f"{names[i]} ({probs[i]:.1%})"))
 fill = mid.radio("Removed patches show", T.FILLS, horizontal=True, key="trust_fill",
-                 format_func={"mean": "dataset mean", "blur": "blur", "zero": "black"}.get)
+                 format_func={"mean": "mean colour", "blur": "blurred", "zero": "black"}.get)
 steps = int(right.slider("Steps per curve", 2, 32, 10, key="trust_steps"))
 
 run = (spec, key, target, fill, steps)
