@@ -171,10 +171,11 @@ def test_converted_model_owns_its_weights():
         ("vit_small_patch16_224", dict(act_layer="gelu_tanh"), r"exact nn.GELU"),
         ("vit_giant_patch14_dinov2", dict(img_size=28, embed_dim=48, depth=1, num_heads=2), r"SwiGLU MLP"),
         ("deit_tiny_distilled_patch16_224", dict(num_classes=0), r"num_classes=0 with a distillation token"),
+        ("vit_tiny_r_s16_p8_224", dict(img_size=32, depth=1), r"patch embedding HybridEmbed"),
     ],
 )
 def test_unsupported_options_are_refused_by_name(name, kwargs, message):
-    args = {**SMALL, **kwargs} if "patch14" not in name else kwargs
+    args = {**SMALL, **kwargs} if "patch14" not in name and "_r_" not in name else kwargs
     with pytest.raises(ValueError, match=message):
         from_timm(name, **args)
 

@@ -71,8 +71,10 @@ def _check_timm_vit(tm: nn.Module) -> None:
     if tm.pos_embed is None:
         _refuse("no learned position embedding (pos_embed='none')")
     pe = tm.patch_embed
-    if type(pe) is not PatchEmbed or not _is_identity(pe.norm):
-        _refuse(f"a patch embedding {type(pe).__name__} with norm {type(pe.norm).__name__}")
+    if type(pe) is not PatchEmbed:
+        _refuse(f"the patch embedding {type(pe).__name__} (e.g. a convolutional hybrid stem)")
+    if not _is_identity(pe.norm):
+        _refuse(f"a norm in the patch embedding ({type(pe.norm).__name__})")
     if pe.dynamic_img_pad:
         _refuse("dynamic_img_pad=True (padding images to a multiple of the patch)")
     for i, block in enumerate(tm.blocks):
