@@ -82,7 +82,7 @@ with st.container(border=True):
     augment = s6.checkbox("Augment training images", key="ft_augment")
     baseline = s7.checkbox("Also train a ResNet-18 baseline", key="ft_baseline")
     warming = T.shapes_warming(cfg.image_size)
-    start = st.button("Start training", type="primary", disabled=busy, key="ft_start",
+    start = st.button("Start fine-tuning", type="primary", disabled=busy, key="ft_start",
                       help="Disabled while this session's job runs or waits.")
 
 if start and not busy:
@@ -179,7 +179,7 @@ def live() -> None:
         if record is not None:
             interrupted(record)
         else:
-            st.info("Set up the data and press **Start training**. Training runs in the background; "
+            st.info("Set up the data and press **Start fine-tuning**. Training runs in the background; "
                     "you can keep using the other pages.")
         return
     job.touch()
