@@ -371,6 +371,12 @@ def artifact_tokens(
     ``cls_share`` is the CLS token's attention (mean over the heads the trace kept) in block
     ``attention_layer`` (default last) on the outliers; compare it with ``area_share``.
     ``prefix_share`` shows what the CLS row spends on CLS itself and on registers (if any).
+
+    At ``layer=0`` (the embeddings, before any block) the rule can fire on patches with extreme
+    pixels (flat bright areas); those are not the paper's artifacts. Measured on
+    ``vitcore.dinov2_small()`` (ViT-S/14) with skimage's photos at 224 to 518 px: no outliers at
+    the output, largest patch norm at most 1.5x the median, and the 1 % highest-norm patches draw
+    about 1 % of the CLS attention; the paper reports the artifacts for large models (ViT-L and up).
     """
     _check_trace(trace, "artifact_tokens")
     norms_all = token_norms(trace)  # (L+1, B, T)
