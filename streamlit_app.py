@@ -30,6 +30,7 @@ PAGES = [
     st.Page("pages/4_playground.py", title="4 · Architecture playground", icon="🛠️", url_path="playground"),
     st.Page("pages/5_predict.py", title="5 · Predict", icon="🎯", url_path="predict"),
     st.Page("pages/6_finetune.py", title="6 · Fine-tune", icon="🏋️", url_path="finetune"),
+    st.Page("pages/6_teach.py", title="6 · Teach it your classes", icon="🍎", url_path="teach"),
     st.Page("pages/7_trust.py", title="7 · Trust", icon="⚖️", url_path="trust"),
 ]
 

@@ -6,7 +6,10 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-__all__ = ["PATCH_SIZES", "POS_INTERPOLATIONS", "PRESETS", "TOKEN_MIXERS", "ViTConfig", "divisors", "valid_patch_sizes"]
+__all__ = [
+    "PATCH_SIZES", "POOLS", "POS_INTERPOLATIONS", "PRESETS", "TOKEN_MIXERS",
+    "ViTConfig", "divisors", "valid_patch_sizes",
+]
 
 
 def divisors(n: int) -> list[int]:
@@ -31,6 +34,10 @@ PATCH_SIZES: tuple[int, ...] = (2, 4, 7, 8, 14, 16, 28, 32, 56)
 # "bicubic": F.interpolate to the new grid size (Hugging Face ViT / DeiT, timm);
 # "bicubic_antialias": the same with antialias=True (Hugging Face DINOv2 when shrinking the grid).
 POS_INTERPOLATIONS = ("bicubic", "bicubic_antialias")
+
+# What the head reads: "cls" the CLS token (the paper), "mean" the mean of the patch tokens,
+# "cls+mean" both concatenated, (B, 2D) (a linear probe on DINOv2 features, Oquab et al. 2023).
+POOLS = ("cls", "mean", "cls+mean")
 
 # Token mixers a block can use (vitcore.mixers): softmax attention as in the paper, and the
 # alternatives the tutorial asks about.
@@ -63,7 +70,7 @@ class ViTConfig:
     dropout: float = 0.0  # dropout after embeddings and inside the MLP / attention output
     attention_dropout: float = 0.0  # dropout on the attention matrix
     qkv_bias: bool = True
-    pool: str = "cls"  # "cls": head reads the CLS token; "mean": mean of patch tokens
+    pool: str = "cls"  # see POOLS: what the head reads (CLS, mean of patch tokens, or both concatenated)
     layer_norm_eps: float = 1e-6
     fused_attention: bool = True  # default attention path (switchable per model at run time)
     distilled: bool = False  # DeiT: an extra distillation token (attends like any token)
@@ -121,7 +128,11 @@ class ViTConfig:
                 isinstance(value, (int, float)) and 0.0 <= value < 1.0,
                 f"{name}={value!r} must be in [0, 1)",
             )
-        _check(self.pool in ("cls", "mean"), f"pool={self.pool!r} must be 'cls' or 'mean'")
+        _check(self.pool in POOLS, f"pool={self.pool!r} must be one of {list(POOLS)}")
+        _check(
+            not (self.pool == "cls+mean" and self.distilled and self.distilled_head),
+            "pool='cls+mean' has no DeiT distillation head (it reads one token); set distilled_head=False",
+        )
         _check(
             isinstance(self.layer_norm_eps, (int, float)) and 0 < self.layer_norm_eps < 1,
             f"layer_norm_eps={self.layer_norm_eps!r} must be a small positive number such as 1e-6",
@@ -142,6 +153,11 @@ class ViTConfig:
     def grid_size(self) -> tuple[int, int]:
         """Patch grid (gh, gw) = (H / P, W / P)."""
         return self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size
+
+    @property
+    def pool_dim(self) -> int:
+        """Width of what the head reads: D, or 2D for ``pool="cls+mean"``."""
+        return 2 * self.dim if self.pool == "cls+mean" else self.dim
 
     @property
     def num_patches(self) -> int:

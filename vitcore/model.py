@@ -307,7 +307,7 @@ class VisionTransformer(nn.Module):
         self.pos_drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
         self.norm = nn.LayerNorm(D, eps=config.layer_norm_eps)
-        self.head = nn.Linear(D, config.num_classes) if config.num_classes else nn.Identity()
+        self.head = nn.Linear(config.pool_dim, config.num_classes) if config.num_classes else nn.Identity()
         has_dist_head = config.distilled and config.distilled_head and config.num_classes
         self.head_dist = nn.Linear(D, config.num_classes) if has_dist_head else None
         self.reset_parameters()
@@ -473,9 +473,11 @@ class VisionTransformer(nn.Module):
         return out
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The representation the head reads: CLS token or mean of patch tokens, (B, D)."""
+        """The representation the head reads: CLS token or mean of patch tokens, (B, D); both, (B, 2D)."""
         if self.config.pool == "mean":
             return tokens[:, self.num_prefix_tokens :].mean(dim=1)  # (B, D)
+        if self.config.pool == "cls+mean":
+            return torch.cat([tokens[:, 0], tokens[:, self.num_prefix_tokens :].mean(dim=1)], dim=-1)  # (B, 2D)
         return tokens[:, 0]  # (B, D)
 
     def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
