@@ -236,6 +236,11 @@ def _job_temp_folders(tmp_path, monkeypatch):
     return temp
 
 
+def _left_in(temp) -> list[str]:
+    """What jobs left in the temp folder (torch's own compile cache, torchinductor_*, is not ours)."""
+    return sorted(p.name for p in temp.iterdir() if not p.name.startswith("torchinductor"))
+
+
 def test_temporary_folders_are_removed_when_a_job_ends(tmp_path, monkeypatch, micro):
     import io
     import zipfile
@@ -253,13 +258,20 @@ def test_temporary_folders_are_removed_when_a_job_ends(tmp_path, monkeypatch, mi
     job = manager.submit("s", lambda j: run_finetune(j, failing))
     wait(job)
     assert job.status == "failed" and "strategy" in job.message
-    assert list(temp.iterdir()) == []
+    assert _left_in(temp) == []
+    # a class named '..' once made the job write its images into the temp folder's parent, where they stayed
+    dots = FinetuneRequest(loaded=micro, source="collected", collected={"..": [_png((9, 9, 9))] * 2,
+                                                                        "dog": [_png((90, 9, 9))] * 2})
+    job = manager.submit("s", lambda j: run_finetune(j, dots))
+    wait(job)
+    assert job.status == "failed" and "class name '..' is not allowed" in job.message
+    assert _left_in(temp) == []
     collected = {"red": [_png((220, 0, 0))] * 3, "blue": [_png((0, 0, 220))] * 3}
     ok = FinetuneRequest(loaded=micro, source="collected", collected=collected, epochs=1, batch_size=4)
     job = manager.submit("s", lambda j: run_finetune(j, ok))
     wait(job)
     assert job.status == "done", job.message
-    assert list(temp.iterdir()) == []
+    assert _left_in(temp) == []
 
 
 def test_grey_and_backbone_models_fine_tune_in_the_app(tmp_path):
@@ -273,6 +285,13 @@ def test_grey_and_backbone_models_fine_tune_in_the_app(tmp_path):
                                 class_names=[f"c{i}" for i in range(5)], normalization=((0.5,), (0.5,)))
     grey = build_model(ModelSpec("checkpoint"), grey_path.read_bytes())
     assert grey.preprocessing.channels == 1 and len(grey.class_names) == 5
+    from explorer.images import to_tensor
+
+    x = to_tensor(Image.new("RGB", (40, 30), (255, 0, 0)), grey.image_size, grey.mean, grey.std)
+    assert x.shape == (1, 1, 32, 32)  # an RGB photo becomes the grey image a 1-channel model reads
+    torch.testing.assert_close(x, torch.full_like(x, (76 / 255 - 0.5) / 0.5), atol=0.01, rtol=0)  # L = .299 R
+    with pytest.raises(ValueError, match="one value per channel"):
+        to_tensor(Image.new("RGB", (8, 8)), (8, 8), (0.5, 0.5), (0.5, 0.5))
     with pytest.raises(ValueError, match=r"Shapes set is in colour .* this model reads 1"):
         build_bundle(FinetuneRequest(loaded=grey), tmp_path / "w")
     collected = {"light": [_png((230, 230, 230))] * 3, "dark": [_png((20, 20, 20))] * 3}
@@ -319,3 +338,76 @@ def test_resnet_baseline_is_seeded_without_touching_the_global_rng():
     fan_out = 64 * 7 * 7  # kaiming_normal_(mode="fan_out", relu), as torchvision initialises
     assert abs(pa["conv1.weight"].std().item() - (2 / fan_out) ** 0.5) < 0.1 * (2 / fan_out) ** 0.5
     assert pa["fc.bias"].abs().max() <= 1 / 512**0.5
+
+
+# --------------------------------------------------------------------------- issue 15: what the page shows
+def test_a_stop_at_the_time_limit_inside_epoch_1_still_reports_its_val_accuracy(micro):
+    from explorer.training import last_val_accuracy, time_left
+
+    manager = JobManager(max_running=1)
+    # 2000 images per class: the first epoch cannot end within the 3 s budget
+    request = FinetuneRequest(loaded=micro, shapes_per_class=2000, epochs=15, max_seconds=3, batch_size=64)
+    job = manager.submit("s", lambda j: run_finetune(j, request))
+    seen_left = []
+    end = time.monotonic() + 600
+    while job.status not in ("done", "stopped", "failed"):
+        job.touch()
+        left = time_left(job.snapshot())
+        if left is not None:
+            seen_left.append(left)
+        assert time.monotonic() < end
+        time.sleep(0.05)
+    snap = job.snapshot()
+    assert snap["status"] == "done", snap["message"]
+    summary = snap["artifacts"]["summary"]
+    assert summary["stop_reason"] == "max_seconds"
+    epochs = [h for h in snap["history"] if h["kind"] == "epoch"]
+    assert len(epochs) == 1 and not epochs[0]["complete"]  # the partial epoch, evaluated after the stop
+    assert last_val_accuracy(snap["history"]) == pytest.approx(summary["best_val_accuracy"])
+    assert len(snap["artifacts"]["timeline"]) == 2 and snap["artifacts"]["best_checkpoint"]
+    assert seen_left and max(seen_left) <= 3.0  # the time left never exceeds the budget
+    # the probe matches the data: a Shapes validation image, not a photo from the sidebar
+    assert snap["artifacts"]["probe"].shape == (32, 32, 3)
+    assert summary["confusion"].sum() == 5 * 400  # the full validation split, once, at the end
+
+
+def test_evaluation_during_training_uses_a_bounded_subset_with_every_class():
+    from explorer.training import _bounded_val, _shapes
+
+    data = _shapes((32, 32), 200, ("circle", "square", "triangle", "cross", "star"), 64, 0, False)
+    assert len(data.datasets["val"]) == 200
+    small = _bounded_val(data, 50)
+    labels = [small.datasets["val"][i][1] for i in range(len(small.datasets["val"]))]
+    assert len(labels) == 50 and sorted(set(labels)) == [0, 1, 2, 3, 4]
+    assert small.datasets["train"] is data.datasets["train"] and _bounded_val(data, 500) is data
+
+
+def test_use_this_model_switches_every_page_and_survives_a_reload(tmp_path, micro):
+    from explorer import state as S
+    from explorer.jobs import JobStore
+    from explorer.specs import spec_from_state
+    from explorer.training import checkpoint_bytes, restore_session, use_session_model
+
+    store = JobStore(tmp_path)
+    data = checkpoint_bytes(micro.model, micro.class_names, (micro.mean, micro.std))
+    state: dict = {S.MODEL_KIND: "auto", S.SESSION_MODELS: {}}
+    use_session_model(state, store, "ABCDEFGH", "fine-tune #3 (done)", data)
+    spec, raw = spec_from_state(state)  # what the sidebar and every page load
+    assert spec.kind == "session" and spec.name == "fine-tune #3 (done)" and raw == data
+    reloaded: dict = {S.MODEL_KIND: "session", S.SESSION_MODEL_NAME: "fine-tune #3 (done)", S.SESSION_MODELS: {}}
+    restore_session(reloaded, store, "ABCDEFGH")
+    assert spec_from_state(reloaded)[1] == data
+
+
+def test_a_restarted_job_can_resume_from_its_record(micro):
+    from explorer.training import request_from_record
+    from vitcore.train import FitOptions
+
+    options = FitOptions(strategy="last_k", last_k=1, epochs=4, max_seconds=30.0, lr=2e-3)
+    original = FinetuneRequest(loaded=micro, shapes_per_class=120, options=options)
+    again = request_from_record({"settings": original.settings()}, micro)
+    assert again.fit_options() == options and again.shapes_per_class == 120
+    with pytest.raises(ValueError, match="upload them again"):
+        request_from_record({"settings": {"source": "zip"}}, micro)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        FinetuneRequest(loaded=micro, strategy="everything").fit_options()
