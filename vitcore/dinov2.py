@@ -285,11 +285,10 @@ def _convert_graph(graph: _Graph, config: ViTConfig) -> dict[str, torch.Tensor]:
 
 
 def _build(config: ViTConfig, state: dict[str, torch.Tensor]) -> VisionTransformer:
-    """A model holding exactly ``state`` (built on the meta device: no random initialisation first)."""
+    """A model holding exactly ``state``, which it takes over (built on the meta device: no random init, no copy)."""
     with torch.device("meta"):
         model = VisionTransformer(config)
-    model = model.to_empty(device="cpu")
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict({k: v.contiguous() for k, v in state.items()}, strict=True, assign=True)
     return model.eval()
 
 
