@@ -1,7 +1,7 @@
 """Faithfulness scoreboard: every explanation method against a random and a centre-bias map, measured.
 
     python benchmarks/faithfulness.py [--images 200] [--steps 10] [--fill mean] [--threads 2]
-        [--timing-threads 2] [--randomization-images N] [--lfw-checkpoint PATH --lfw-data DIR] [--skip-vits]
+        [--timing-threads 2] [--randomization-images N] [--lfw-checkpoint PATH [--lfw-data DIR]] [--skip-vits]
 
 On Shapes validation images with the bundled model (assets/shapes_micro.safetensors), each method
 (vitcore.faithfulness.METHODS) explains the model's predicted class; per method the mean and a 95 %
@@ -18,9 +18,10 @@ deletion and insertion (the same test is reported against the centre-bias map). 
 show `--fill` (reported, it changes the numbers; Rong et al. 2022). Nothing is tuned to make a
 method win: settings are the library defaults.
 
-`--lfw-checkpoint PATH` (a vitcore checkpoint with a few-shot head on LFW faces) with `--lfw-data`
-(a folder of class folders, its validation split is used) adds the same table for that model (no
-masks there: no localisation), and the last line is then its
+`--lfw-checkpoint PATH` (a vitcore checkpoint with a few-shot head on LFW faces, e.g. DINOv2
+ViT-S/14 + vitcore.fewshot.attach_head) adds the same table for that model on scikit-image's LFW
+subset (or `--lfw-data`, a folder of class folders; its validation split), preprocessed with the
+checkpoint's own record; no masks there, so no localisation. The last line is then its
 ``deletion AUC gradient-rollout/random: 0.NN`` (ratio of the two means; below 1 = better than
 random). Without it the last line reports the same ratio for the Shapes model, labelled so.
 
@@ -202,13 +203,22 @@ def shapes_samples(n: int):
     return [(ds.tensors[i], int(ds.targets[i]), ds.masks[i]) for i in range(n)]
 
 
-def lfw_samples(model, meta, folder: str, n: int):
-    norm = meta.get("normalization") or {"mean": (0.5,) * 3, "std": (0.5,) * 3}
-    normalization = (tuple(norm["mean"]), tuple(norm["std"]))
-    data = vitcore.from_image_folder(folder, image_size=model.config.image_size, normalization=normalization,
-                                     augment=False)
-    val = data.datasets["val"]
-    return [(val[i][0], int(val[i][1]), None) for i in range(min(n, len(val)))], normalization
+def lfw_samples(meta, folder: str | None, n: int):
+    """(image, label, None) from an image folder's validation split, or scikit-image's LFW subset when no folder."""
+    from vitcore.images import Preprocessing
+
+    pre = Preprocessing.from_dict(meta["preprocessing"])  # load_checkpoint fills it in for old checkpoints
+    normalization = (tuple(pre.mean), tuple(pre.std))
+    if folder:
+        data = vitcore.from_image_folder(folder, image_size=pre.crop_size, normalization=normalization,
+                                         augment=False)
+        val = data.datasets["val"]
+        return [(val[i][0], int(val[i][1]), None) for i in range(min(n, len(val)))], normalization
+    from vitcore.fewshot import lfw_subset
+
+    images, labels, _ = lfw_subset()  # 100 faces, then 100 non-faces
+    order = [i for pair in zip(range(100), range(100, 200)) for i in pair]  # alternate, so any n is balanced
+    return [(pre(images[i]), labels[i], None) for i in order[:n]], normalization
 
 
 def forward_seconds(model, x: torch.Tensor, images: int, batch_size: int = 64) -> float:
@@ -258,12 +268,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--randomization-images", type=int, default=None,
                         help="images for the randomisation check (default: all)")
     parser.add_argument("--lfw-checkpoint", help="vitcore checkpoint with a few-shot head on LFW faces")
-    parser.add_argument("--lfw-data", help="folder of LFW class folders (its validation split is scored)")
+    parser.add_argument("--lfw-data", help="folder of class folders to score the lfw head on (its validation "
+                        "split); default: scikit-image's LFW subset (faces / not faces)")
+    parser.add_argument("--lfw-images", type=int, default=40,
+                        help="images for the lfw head (a ViT-S/14 needs ~600 forwards per image; the subset has 200)")
+    parser.add_argument("--lfw-randomization-images", type=int, default=5,
+                        help="images for the lfw head's randomisation check (14 stages x every method)")
     parser.add_argument("--skip-vits", action="store_true", help="skip the ViT-S/14 timing")
     parser.add_argument("--vits-reps", type=int, default=2, help="repetitions of the ViT-S/14 timing")
     args = parser.parse_args(argv)
-    if args.lfw_checkpoint and not args.lfw_data:
-        parser.error("--lfw-checkpoint needs --lfw-data, the folder of face images to explain")
     torch.set_num_threads(args.threads)
     rand_n = args.images if args.randomization_images is None else args.randomization_images
 
@@ -281,9 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.lfw_checkpoint:
         lfw_model, lfw_meta = vitcore.load_checkpoint(args.lfw_checkpoint)
         lfw_model.eval()
-        samples, lfw_norm = lfw_samples(lfw_model, lfw_meta, args.lfw_data, args.images)
+        samples, lfw_norm = lfw_samples(lfw_meta, args.lfw_data, args.lfw_images)
         lfw = score_model(lfw_model, samples, steps=args.steps, fill=args.fill, normalization=lfw_norm,
-                          randomization_images=min(rand_n, 20), label="lfw")
+                          randomization_images=args.lfw_randomization_images, label="lfw")
         lfw_verdicts = print_tables(lfw, f"LFW few-shot head ({args.lfw_checkpoint})", args.fill, args.steps)
         summary(lfw, lfw_verdicts, "LFW")
 
