@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint checkpoint bench clean
+.PHONY: run test lint checkpoint bench clean serve-class
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,15 @@ $(DEV_STAMP): $(STAMP) requirements-dev.txt
 
 run: $(STAMP)
 	$(BIN)/streamlit run streamlit_app.py
+
+# A larger class: PROCESSES app processes on ports BASE_PORT.. behind nginx (sticky sessions) on PORT.
+# Needs nginx (Debian: apt-get install nginx-light); see README "Serving a larger class".
+PROCESSES ?= 2
+PORT ?= 8501
+BASE_PORT ?= 8601
+ADDRESS ?= 0.0.0.0
+serve-class: $(STAMP)
+	$(BIN)/python deploy/serve_class.py --processes $(PROCESSES) --port $(PORT) --base-port $(BASE_PORT) --address $(ADDRESS)
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .

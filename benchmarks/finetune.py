@@ -8,6 +8,15 @@
 3. while that job trains, N other sessions (AppTest, each its own session) change the query
    patch on the Attention page again and again: p50 / p95 server time per interaction
    (target p95 <= 1 s with 5 sessions), compared with the same interactions with no training.
+
+    python benchmarks/finetune.py --polling [--pollers 30] [--budget 20]
+
+4. (issue 15) what the Fine-tune page's polling costs the training thread: images/s of plain
+   ``fit`` (as benchmarks/train.py runs it), of the same job alone, with N browsers polling the
+   way the page used to (every poll copies the whole history, rebuilds and serialises every figure,
+   and Streamlit's post-run ``gc.collect(2)`` runs), and with N browsers polling the way it does
+   now (thinned snapshot, figures rebuilt only when the job's version changed, no forced GC).
+   Also the evaluation's share of the training time (target <= 10 %).
 """
 
 from __future__ import annotations
@@ -87,12 +96,102 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
+def poll_once(job, old: bool, cache: dict) -> None:
+    """One poll of the page's live fragment: the old way (everything, every time) or the new way."""
+    import gc
+
+    from explorer import figures as F
+
+    job.touch()
+    snap = job.snapshot() if old else job.snapshot(steps=300)
+    if old or cache.get("version") != snap["version"]:
+        steps = [h for h in snap["history"] if h.get("kind") == "step"]
+        epochs = [h for h in snap["history"] if h.get("kind") == "epoch"]
+        cache["figs"] = [F.curves_figure(steps, ("loss",), "loss", x="step"),
+                         F.curves_figure(epochs, ("accuracy", "val_accuracy"), "accuracy")]
+        cache["json"] = [fig.to_json() for fig in cache["figs"]]
+        cache["version"] = snap["version"]
+    if old:
+        gc.collect(2)  # Streamlit's runner.postScriptGC after every (fragment) run
+
+
+def polling_cost(budget: float, pollers: int) -> None:
+    """Training images/s alone, with old-style polling and with new-style polling (same run)."""
+    import copy
+
+    import torch
+
+    from explorer.jobs import JobManager
+    from explorer.models import ModelSpec, build_model
+    from explorer.training import FinetuneRequest, _shapes, run_finetune
+    from vitcore.train import FitOptions, fit
+
+    loaded = build_model(ModelSpec("preset", preset="micro"))
+    classes = FinetuneRequest.__dataclass_fields__["shapes_classes"].default
+    data = _shapes((32, 32), 1000, classes, 64, 0, False)
+    options = FitOptions(epochs=15, lr=3e-3, max_seconds=budget)
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    plain = fit(copy.deepcopy(loaded.model), data, options, device="cpu")
+    print(f"plain fit (benchmarks/train.py's way): {plain.images_per_second:.0f} images/s over {plain.seconds:.0f} s")
+
+    def run(label: str, mode: str | None) -> float:
+        manager = JobManager(max_running=1)
+        request = FinetuneRequest(loaded=loaded, options=options)
+        start = time.monotonic()
+        job = manager.submit("bench", lambda j: run_finetune(j, request), max_seconds=budget * 3 + 60)
+        stop = threading.Event()
+        polls: list[float] = []
+
+        def browser(k: int) -> None:
+            cache: dict = {}
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                if mode is None:
+                    job.touch()
+                else:
+                    poll_once(job, mode == "old", cache)
+                polls.append(time.perf_counter() - t0)
+                time.sleep(max(0.0, 1.0 - (time.perf_counter() - t0)))  # run_every=1 s
+
+        threads = [threading.Thread(target=browser, args=(k,), daemon=True) for k in range(pollers if mode else 1)]
+        for t in threads:
+            t.start()
+        while job.status not in ("done", "stopped", "failed"):
+            time.sleep(0.2)
+        wall = time.monotonic() - start
+        stop.set()
+        for t in threads:
+            t.join()
+        summary = job.snapshot()["artifacts"].get("summary", {})
+        ips = summary.get("images_per_second", 0.0)
+        steps = sum(1 for h in job.history if h.get("kind") == "step")
+        step_seconds = steps * data.batch_size / max(ips, 1e-9)  # time inside training steps
+        during = max(0.0, summary.get("seconds", 0.0) - step_seconds)
+        final = summary.get("evaluation_seconds", 0.0)
+        print(f"{label}: {ips:.0f} images/s ({ips / plain.images_per_second:.0%} of plain fit), "
+              f"wall {wall:.0f} s, evaluation + per-epoch work {during:.1f} s + final pass {final:.1f} s = "
+              f"{(during + final) / max(step_seconds, 1e-9):.0%} of training time; "
+              f"poll p50 {statistics.median(polls) * 1e3:.0f} ms ({job.status}: {job.message})")
+        return ips
+
+    alone = run("job alone (one heartbeat)", None)
+    old = run(f"{pollers} browsers polling the old way", "old")
+    new = run(f"{pollers} browsers polling the new way", "new")
+    print(f"with {pollers} polling browsers: old {old / alone:.0%} of alone, new {new / alone:.0%} of alone "
+          "(target: polling costs the trainer little; >= 80 % of the benchmark's images/s)")
+
+
 def main() -> None:
     """Print the figures."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sessions", type=int, default=5)
     parser.add_argument("--budget", type=float, default=60.0)
+    parser.add_argument("--polling", action="store_true", help="only measure what polling costs the trainer")
+    parser.add_argument("--pollers", type=int, default=30)
     args = parser.parse_args()
+    if args.polling:
+        polling_cost(args.budget, args.pollers)
+        return
 
     from explorer.jobs import JobManager
     from explorer.models import ModelSpec, build_model
