@@ -50,7 +50,11 @@ for (side, config), col in zip(configs.items(), cols):
     if config is None:
         continue
     cost = cost_summary(config)
-    result = cached_playground(config)
+    try:
+        result = cached_playground(config)  # the guard first: refused settings say why and build nothing
+    except ValueError as exc:
+        col.error(f"{side.upper()}: {exc}")
+        continue
     col.markdown(f"**{side.upper()}: P={config.patch_size}, D={config.dim}, {config.depth} blocks × "
                  f"{config.heads} heads, {config.image_size[0]} px**")
     m1, m2, m3 = col.columns(3)

@@ -1,25 +1,55 @@
-"""Thin ``st.cache_resource`` wrappers around explorer functions: one shared result per key.
+"""The shared caches: one result per key for all sessions, within one byte budget.
 
-Everything cached here is shared by all sessions and read-only: models are only read
-(``forward_intermediates``), traces and maps are detached tensors / arrays. The leading
-underscore arguments are not hashed; the named ones identify the entry.
+Models, traces, figures and maps live in :func:`explorer.budget.shared_cache`, a least-recently
+used cache bounded by ``EXPLORER_CACHE_MB`` (sizes: parameter bytes, ``Trace.nbytes()``, figure
+JSON length, ``ndarray.nbytes``); :mod:`explorer.guard` refuses work that could not fit before it
+starts. Only the sample gallery and decoded uploads stay in ``st.cache_resource`` (small, counted).
+
+Everything cached is shared and read-only: models are only read (``forward_intermediates``),
+traces and maps are detached tensors / arrays, figures are only serialised. The leading
+underscore arguments are not part of the key; the named ones identify the entry.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import streamlit as st
 import torch
 
+from explorer import guard
+from explorer.budget import shared_cache
 from explorer.models import LoadedModel, ModelSpec, build_model
 from vitcore import ViTConfig
 
 
-@st.cache_resource(max_entries=16, show_spinner="Loading model…")
+def _cached(key: Hashable, compute: Callable[[], Any], size: Callable[[Any], int], spinner: str = "") -> Any:
+    """``compute()`` once per key in the shared byte cache (a spinner while it runs, if given)."""
+    cache = shared_cache()
+    missing = object()
+    value = cache.get(key, missing)
+    if value is not missing:
+        return value
+    if not spinner:
+        return cache.get_or_compute(key, compute, size)
+    with st.spinner(spinner):
+        return cache.get_or_compute(key, compute, size)
+
+
+def _array_bytes(value: Any) -> int:
+    return int(getattr(value, "nbytes", 0)) + 64
+
+
+def _model_bytes(loaded: LoadedModel) -> int:
+    return sum(p.numel() * p.element_size() for p in loaded.model.parameters()) + sum(
+        b.numel() * b.element_size() for b in loaded.model.buffers())
+
+
 def cached_model(spec: ModelSpec, _data: bytes | None = None) -> LoadedModel:
-    """One shared, read-only model per spec (uploads keyed by their digest in ``spec``)."""
-    return build_model(spec, _data)
+    """One shared, read-only model per spec (uploads keyed by their digest in ``spec``), guard first."""
+    guard.estimate_spec(spec)  # raises ValueError with the numbers before anything is built
+    return _cached(("model", spec), lambda: build_model(spec, _data), _model_bytes, "Loading model…")
 
 
 @st.cache_resource(max_entries=1, show_spinner=False)
@@ -38,60 +68,115 @@ def cached_upload(key: str, _data: bytes) -> Any:
     return decode_upload(_data)
 
 
-@st.cache_resource(max_entries=64, show_spinner="Running the model and recording every stage…")
+def trace_guard(loaded: LoadedModel, size: tuple[int, int]) -> guard.Estimate:
+    """The checked cost of recording one image of ``size`` through ``loaded`` (ValueError when refused)."""
+    config = loaded.config
+    est = guard.estimate(config, size, what=f"{loaded.label}, P={config.patch_size} at {size[0]} px")
+    return guard.check(est, config=config, image_size=size, fixed_patch=True)
+
+
 def cached_trace(spec: ModelSpec, image_key: str, size: tuple[int, int], _loaded: LoadedModel, _x: torch.Tensor):
-    """Full capture of one image through one model, computed once and shared read-only."""
+    """Capture of one image through one model (all layers' maps, no q/k/v), computed once, shared read-only.
+
+    Refused by the guard (ValueError) when it could not fit the budget; the maps are float16 for
+    large token counts.
+    """
     from explorer.traces import trace_image
 
-    return trace_image(_loaded, _x)
+    trace_guard(_loaded, size)
+    dtype = guard.attention_dtype(_loaded.config, size)
+    return _cached(("trace", spec, image_key, tuple(size)),
+                   lambda: trace_image(_loaded, _x, qkv=False, attention_dtype=dtype),
+                   lambda t: t.nbytes(), "Running the model and recording every stage…")
 
 
-@st.cache_resource(max_entries=64, show_spinner="Computing the class-specific relevance…")
+def cached_steps(spec: ModelSpec, image_key: str, size: tuple[int, int], layer: int, head: int, query_token: int,
+                 _loaded: LoadedModel, _x: torch.Tensor):
+    """The attention arithmetic of one (layer, head, query), from q/k/v of that layer and head only.
+
+    q/k/v are computed on demand (one forward pass keeping one layer and head) and cached per
+    (layer, head); the steps themselves are a few arrays of T numbers.
+    """
+    from explorer.traces import attention_steps, layer_qkv
+
+    def compute():
+        qkv = _cached(("qkv", spec, image_key, tuple(size), layer, head), lambda: layer_qkv(_loaded, _x, layer, head),
+                      lambda t: t.nbytes(), "Computing q, k and v of this layer…")
+        return attention_steps(qkv, layer, head, query_token)
+
+    return _cached(("steps", spec, image_key, tuple(size), layer, head, query_token), compute,
+                   lambda s: s.scores.nbytes * 4 + 512)
+
+
+def cached_figure(key: Hashable, build: Callable[[], Any]) -> Any:
+    """A plotly figure built once per key and shared (read-only: Streamlit only serialises it).
+
+    Counted by the bytes of its JSON, which is what every rerun would otherwise rebuild and send.
+    """
+    import plotly.io
+
+    return _cached(("figure", *key) if isinstance(key, tuple) else ("figure", key), build,
+                   lambda fig: len(plotly.io.to_json(fig, validate=False)))
+
+
 def cached_gradient_rollout(spec: ModelSpec, image_key: str, _loaded: LoadedModel, _x: torch.Tensor, target: int):
     """Chefer et al. relevance map for one class (numpy (gh, gw)); gradients via autograd.grad, no copy."""
     from vitcore.analysis import gradient_rollout
 
-    return gradient_rollout(_loaded.model, _x, target)[0].detach().numpy()
+    size = tuple(_x.shape[-2:])
+    return _cached(("gradient_rollout", spec, image_key, size, int(target)),
+                   lambda: gradient_rollout(_loaded.model, _x, target)[0].detach().numpy(), _array_bytes,
+                   "Computing the class-specific relevance…")
 
 
-@st.cache_resource(max_entries=64, show_spinner="Masking every patch in turn…")
 def cached_occlusion_map(spec: ModelSpec, image_key: str, _loaded: LoadedModel, _x: torch.Tensor, target: int):
     """Occlusion sensitivity (gh, gw) of one class (batched forward passes of the shared model)."""
     from vitcore.analysis import occlusion_map
 
-    return occlusion_map(_loaded.model, _x, target).detach().numpy()
+    size = tuple(_x.shape[-2:])
+    return _cached(("occlusion", spec, image_key, size, int(target)),
+                   lambda: occlusion_map(_loaded.model, _x, target).detach().numpy(), _array_bytes,
+                   "Masking every patch in turn…")
 
 
-@st.cache_resource(max_entries=32, show_spinner="Building and timing the model…")
+def playground_guard(config: ViTConfig) -> guard.Estimate:
+    """The checked cost of the playground's model: built, timed over 4 passes, last layer's maps kept."""
+    est = guard.estimate(config, all_layers=False, passes=5)
+    return guard.check(est, config=config)
+
+
 def cached_playground(config: ViTConfig) -> dict[str, Any]:
-    """A random model for a playground config and its measured latency."""
+    """A random model for a playground config and its measured latency (guard first)."""
     from explorer.playground import playground_model
 
-    return playground_model(config)
+    playground_guard(config)
+    return _cached(("playground", config), lambda: playground_model(config),
+                   lambda r: _model_bytes_of(r["model"]), "Building and timing the model…")
 
 
-@st.cache_resource(max_entries=64, show_spinner=False)
+def _model_bytes_of(model: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
 def cached_playground_attention(config: ViTConfig, image_key: str, _image: Any):
     """Last-layer CLS attention (gh, gw) of a playground model on one image, computed once."""
     from explorer.playground import cls_attention_map
 
-    return cls_attention_map(cached_playground(config)["model"], _image)
+    return _cached(("playground_attention", config, image_key),
+                   lambda: cls_attention_map(cached_playground(config)["model"], _image), _array_bytes)
 
 
-@st.cache_resource(max_entries=128, show_spinner=False)
 def cached_rollout(spec: ModelSpec, image_key: str, fusion: str, discard: float, _trace: Any):
     """Attention rollout of a cached trace (numpy (gh, gw)); depends only on the trace and settings."""
-    from vitcore.analysis import attention_rollout
+    from explorer.traces import rollout_map
 
-    out = attention_rollout(_trace.attention, head_fusion=fusion, discard_ratio=discard, grid=tuple(_trace.grid),
-                            num_prefix_tokens=_trace.num_prefix_tokens)
-    return out[0].numpy()
+    return _cached(("rollout", spec, image_key, tuple(_trace.grid), fusion, float(discard)),
+                   lambda: rollout_map(_trace, fusion, float(discard)), _array_bytes)
 
 
-@st.cache_resource(max_entries=64, show_spinner=False)
 def cached_distance(spec: ModelSpec, image_key: str, patch_size: int, _trace: Any):
     """Mean attention distance (L, H) of a cached trace, in pixels."""
-    from vitcore.analysis import mean_attention_distance
+    from explorer.traces import distance_map
 
-    return mean_attention_distance(_trace.attention, tuple(_trace.grid), patch_size,
-                                   num_prefix_tokens=_trace.num_prefix_tokens).numpy()
+    return _cached(("distance", spec, image_key, tuple(_trace.grid), int(patch_size)),
+                   lambda: distance_map(_trace, patch_size), _array_bytes)

@@ -12,7 +12,7 @@ from typing import Any
 import streamlit as st
 import torch
 
-from explorer import specs
+from explorer import guard, specs
 from explorer import state as S
 from explorer.images import ImageError
 from explorer.models import LoadedModel, ModelSpec
@@ -27,6 +27,7 @@ from pages._cache import (  # noqa: F401  (re-exported for the pages)
     cached_samples,
     cached_trace,
     cached_upload,
+    trace_guard,
 )
 from pages._sidebar import sidebar, sync_url  # noqa: F401
 
@@ -46,7 +47,13 @@ def current_model() -> tuple[ModelSpec, LoadedModel] | None:
     """The selected model (shared, read-only), or None after showing why it could not load."""
     try:
         spec, data = current_spec()
+        before = guard.estimate_spec(spec)  # refuses, with the numbers, before anything loads
+        if before is not None and spec.kind in ("torchvision", "hf"):
+            st.sidebar.caption(f"{spec.name}: {before.params / 1e6:.0f} M parameters, "
+                               f"{before.model_bytes / 2**30:.2f} GB in memory, about "
+                               f"{before.load_bytes / 2**30:.1f} GB while loading")
         loaded = cached_model(spec, data)
+        trace_guard(loaded, tuple(loaded.preprocessing.crop_size))  # uploads: known once the file is read
     except (ValueError, OSError, RuntimeError) as exc:
         show_error(exc, "Model")
         return None
