@@ -394,7 +394,7 @@ def checkpoint_bytes(model: VisionTransformer, class_names: list[str], preproces
 
 
 def explain(model: VisionTransformer, backbone: VisionTransformer, preprocessing: Preprocessing,
-            image: Image.Image, occlusion_block: int = 2) -> dict[str, Any]:
+            image: Image.Image, occlusion_block: int = 4) -> dict[str, Any]:
     """Prediction and explanations of one photo.
 
     ``probs`` (C,) of the taught ``model``; for its predicted class the gradient rollout (Chefer et

@@ -234,7 +234,7 @@ if shot is not None:
         h3.plotly_chart(F.heatmap_over_image(view, out["cls_attention"], name="attention",
                                              title="DINOv2 CLS attention (no class)"), key="teach_cls")
         st.caption("Left and middle: what the taught head uses for this class (Chefer et al. relevance; the logit "
-                   "drop when 2×2 patches are hidden). Right: where the frozen backbone's CLS token looks in its "
+                   "drop when each block of 4×4 patches is hidden). Right: where the frozen backbone's CLS token looks in its "
                    "last layer, the same for every class: the features the head reads.")
 
 st.subheader("5 · Keep it")

@@ -1,0 +1,129 @@
+"""Real-browser test of the Teach page: upload photos for two classes, press Start, see a prediction.
+
+Debian Chromium driven by Playwright against the app on 127.0.0.1 (the same set-up as
+tests/test_browser.py); skipped where Chromium is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = ROOT / "tests" / "artifacts"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
+         "--no-first-run", "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed (.ci/run installs it with apt-get)")
+    pytest.importorskip("playwright")
+    port = free_port()
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = open(ARTIFACTS / "teach_server.log", "w")  # noqa: SIM115 - closed when the server stops
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "EXPLORER_MAX_TRAINING_JOBS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"), "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+         "--client.showErrorDetails", "full"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail("the app did not start within 60 s")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.set_default_timeout(120_000)
+        yield page
+        browser.close()
+
+
+def wait_idle(page) -> None:
+    """Wait until Streamlit has finished the current script run."""
+    page.wait_for_timeout(300)
+    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=180_000)
+
+
+def photos(folder: Path, name: str, colour, count: int) -> list[str]:
+    from PIL import Image
+
+    paths = []
+    for k in range(count):
+        rng = np.random.default_rng(zlib.crc32(f"{name}{k}".encode()))
+        arr = np.clip(np.array(colour) + rng.integers(-30, 30, (120, 160, 3)), 0, 255).astype(np.uint8)
+        path = folder / f"{name}{k}.png"
+        Image.fromarray(arr).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def uploader(page, label: str):
+    return page.locator('[data-testid="stFileUploader"]').filter(has_text=label).locator('input[type="file"]')
+
+
+def test_upload_two_classes_train_and_predict(server, page, tmp_path):
+    page.goto(f"{server}/teach")
+    page.get_by_text("Teach it your classes").first.wait_for()
+    wait_idle(page)
+    for i, (name, colour) in enumerate((("tomato", (210, 40, 30)), ("lime", (60, 200, 40))), start=1):
+        box = page.get_by_label(f"Class {i} name")
+        box.fill(name)
+        box.press("Enter")
+        wait_idle(page)
+        uploader(page, f"Photos of class {i}").set_input_files(photos(tmp_path, name, colour, 6))
+        wait_idle(page)
+    page.get_by_text("6 photo(s) · ready").nth(1).wait_for()
+    page.get_by_role("button", name="Start", exact=True).click()
+    page.get_by_text("validation accuracy").wait_for(timeout=600_000)  # DINOv2 features on a busy CPU
+    wait_idle(page)
+    page.screenshot(path=str(ARTIFACTS / "teach_trained.png"), full_page=True)
+
+    new = photos(tmp_path, "new", (205, 45, 35), 1)
+    uploader(page, "A new photo").set_input_files(new)
+    page.get_by_text("Prediction: tomato").wait_for(timeout=300_000)
+    page.get_by_text("gradient rollout for tomato").first.wait_for()
+    page.screenshot(path=str(ARTIFACTS / "teach_prediction.png"), full_page=True)
