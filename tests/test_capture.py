@@ -316,7 +316,7 @@ peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
 print(peak - one, model_bytes)
 """
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=1200, check=True)
     growth, model_bytes = (int(v) for v in out.stdout.split())
     mib = 2**20
     assert growth < model_bytes, f"20 traces grew peak RSS by {growth / mib:.0f} MiB (model {model_bytes / mib:.0f})"

@@ -399,11 +399,24 @@ def capture(
     param = next(model.parameters(), None)
     if param is not None:
         images = images.to(param.device)
+    B, T = images.shape[0], model.num_prefix_tokens + model.grid_for(*images.shape[-2:])[0] * model.grid_for(
+        *images.shape[-2:])[1]
+    direct = (
+        bool(layer_ids) and len(head_ids) == model.config.heads and attention_dtype == torch.float32
+        and model.config.token_mixer == "attention" and images.dtype == torch.float32
+    )
+    slab = None
+    if direct:  # the softmax writes straight into the trace's tensor: no copy of the maps
+        slab = torch.empty((len(layer_ids), B, model.config.heads, T, T), device=images.device)  # (L, B, H, T, T)
+        _advise_huge_pages(slab)
     with torch.no_grad():
         out = model.forward_intermediates(
-            images, layers=list(layer_ids), heads=list(head_ids), attention=bool(layer_ids), qkv=qkv, mlp=mlp
+            images, layers=list(layer_ids), heads=list(head_ids), attention=bool(layer_ids), qkv=qkv, mlp=mlp,
+            attention_out=slab,
         )
         pos = model.token_pos_embedding(out.grid)[0]  # (T, D)
+    attention = _cpu(slab) if direct else _stack(out.attention, attention_dtype)
+    out.attention.clear()
     P = model.config.patch_size
     return Trace(
         logits=_cpu(out.logits),
@@ -414,7 +427,7 @@ def capture(
         patch_embeddings=_cpu(out.patch_embeddings),
         pos_embedding=_cpu(pos).clone(),
         tokens=[_cpu(t) for t in out.tokens],
-        attention=_stack(out.attention, attention_dtype),
+        attention=attention,
         layers=layer_ids,
         heads=head_ids,
         q=_stack(out.q),

@@ -161,10 +161,15 @@ class Attention(nn.Module):
         qkv = self.qkv(x)  # (B, T, 3D)
         return rearrange(qkv, "b t (three h d) -> three b h t d", three=3, h=self.heads)  # 3 x (B, H, T, d)
 
-    def attention_matrix(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """softmax(q k^T / sqrt(d)) through the probe, (B, H, T, T); rows sum to 1."""
-        scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, T, T)
-        return self.probe(scores.softmax(dim=-1))  # (B, H, T, T)
+    def attention_matrix(self, q: torch.Tensor, k: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """softmax(q k^T / sqrt(d)) through the probe, (B, H, T, T); rows sum to 1.
+
+        ``out`` (B, H, T, T) receives the softmax directly (capture's preallocated slab: no copy).
+        """
+        scores = (q @ k.transpose(-2, -1)).mul_(self.scale)  # (B, H, T, T)
+        if out is None or torch.is_grad_enabled():
+            return self.probe(scores.softmax(dim=-1))  # (B, H, T, T)
+        return self.probe(torch.softmax(scores, dim=-1, out=out))  # (B, H, T, T), written into the slab
 
     def merge_heads(self, out: torch.Tensor, dropout: bool = True) -> torch.Tensor:
         """Concatenate the heads (B, H, T, d) and project: (B, T, D)."""
@@ -181,11 +186,18 @@ class Attention(nn.Module):
         return self.merge_heads(out)  # (B, T, D)
 
     def forward_explicit(
-        self, x: torch.Tensor, grid: tuple[int, int] | None = None, dropout: bool = False
+        self,
+        x: torch.Tensor,
+        grid: tuple[int, int] | None = None,
+        dropout: bool = False,
+        out: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Output (B, T, D), attention (B, H, T, T) and (q, k, v), each (B, H, T, d), on the explicit path."""
+        """Output (B, T, D), attention (B, H, T, T) and (q, k, v), each (B, H, T, d), on the explicit path.
+
+        ``out``: where to write the attention (B, H, T, T) (no grad mode only).
+        """
         q, k, v = self.split_heads(x)  # 3 x (B, H, T, d)
-        attn = self.attention_matrix(q, k)  # (B, H, T, T)
+        attn = self.attention_matrix(q, k, out)  # (B, H, T, T)
         out = (self.attn_drop(attn) if dropout else attn) @ v  # (B, H, T, d)
         return self.merge_heads(out, dropout), attn, (q, k, v)
 
@@ -236,10 +248,20 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))  # (B, T, D)   z  = MLP(LN(z')) + z'
 
     def forward_explicit(
-        self, x: torch.Tensor, grid: tuple[int, int] | None = None, dropout: bool = False
+        self,
+        x: torch.Tensor,
+        grid: tuple[int, int] | None = None,
+        dropout: bool = False,
+        out: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, tuple | None, torch.Tensor]:
-        """Output (B, T, D), the mixing matrix (B, H, T, T) or None, (q, k, v) or None, MLP hidden (B, T, M)."""
-        mixed, matrix, qkv = self.attn.forward_explicit(self.norm1(x), grid, dropout)  # (B, T, D), ...
+        """Output (B, T, D), the mixing matrix (B, H, T, T) or None, (q, k, v) or None, MLP hidden (B, T, M).
+
+        ``out`` (attention only): a preallocated (B, H, T, T) tensor the matrix is written into.
+        """
+        if out is not None and isinstance(self.attn, Attention):
+            mixed, matrix, qkv = self.attn.forward_explicit(self.norm1(x), grid, dropout, out)
+        else:
+            mixed, matrix, qkv = self.attn.forward_explicit(self.norm1(x), grid, dropout)  # (B, T, D), ...
         x = x + mixed  # (B, T, D)   z' = MSA(LN(z)) + z
         out, hidden = self.mlp.forward_explicit(self.norm2(x), dropout)  # (B, T, D), (B, T, M)
         return x + out, matrix, qkv, hidden  # z = MLP(LN(z')) + z'
@@ -424,6 +446,7 @@ class VisionTransformer(nn.Module):
         mlp: bool = False,
         head: bool = True,
         dropout: bool = False,
+        attention_out: torch.Tensor | None = None,
     ) -> Intermediates:
         """One forward pass that returns every block's tokens and, when asked, its internals.
 
@@ -435,6 +458,9 @@ class VisionTransformer(nn.Module):
         no hook is added, so any number of threads may call this on one shared model. Dropout runs
         only with ``dropout=True`` (and the modules in training mode); grad mode is the caller's,
         so ``torch.autograd.grad(score, out.attention)`` gives gradients of the attention maps.
+
+        ``attention_out``: a preallocated (len(layers), B, H, T, T) float tensor (all heads kept, no
+        grad) that the softmax writes into, so storing the maps costs no copy (:func:`vitcore.capture`).
         """
         _check_images(images, self.config.patch_size, self.config.in_channels)
         depth = len(self.blocks)
@@ -453,10 +479,14 @@ class VisionTransformer(nn.Module):
         x = self.embed_patches(patch_embeddings, grid, dropout)  # (B, T, D)
         out = Intermediates(grid=grid, patch_embeddings=patch_embeddings, layers=tuple(sorted(selected)),
                             heads=head_ids)
+        if attention_out is not None and (subset is not None or not attention or torch.is_grad_enabled()):
+            raise ValueError("attention_out needs attention=True, all heads and no grad mode")
+        slots = {layer: slot for slot, layer in enumerate(out.layers)}
         for i, block in enumerate(self.blocks):
             out.tokens.append(x)  # (B, T, D) z_i, input of block i
             if explicit and i in selected:
-                x, matrix, qkv_i, hidden = block.forward_explicit(x, grid, dropout)  # (B, T, D), ...
+                slab = attention_out[slots[i]] if attention_out is not None else None  # (B, H, T, T)
+                x, matrix, qkv_i, hidden = block.forward_explicit(x, grid, dropout, slab)  # (B, T, D), ...
                 if attention and matrix is not None:
                     out.attention.append(keep(matrix))  # (B, H', T, T)
                 if qkv and qkv_i is not None:
