@@ -11,7 +11,9 @@
 
 Targets (issue 11, 2 threads): full trace <= 1.5 s at 224, <= 6 s at 448. Times are medians of
 ``--reps`` runs after one warm-up; the load average is printed because the project machines are
-shared (a load above the core count slows every number here).
+shared (a load above the core count slows every number here). On an oversubscribed machine,
+OpenMP's default spin-waiting makes 2-thread runs many times slower than 1 thread; run with
+``OMP_WAIT_POLICY=PASSIVE`` to see what the model costs rather than what the queue costs.
 """
 
 from __future__ import annotations
