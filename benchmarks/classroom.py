@@ -1,0 +1,209 @@
+"""A class of students against real app servers: 1 process vs N processes behind nginx (issue 15).
+
+    python benchmarks/classroom.py [--students 30] [--seconds 60] [--processes 1 2] [--no-finetune]
+
+For each process count, `deploy/serve_class.py` starts the app (nginx in front when it is
+installed and more than one process runs). Simulated students are websocket clients, as a browser
+is: each opens the Attention page, then asks for a rerun every ``--think`` seconds and records the
+server time until the run finished (p50 / p95). One more session opens the Fine-tune page and
+presses Start (the default: micro-size model on Shapes, 60 s). Printed per process count: the
+students' latency alone and while the fine-tune runs, the fine-tune's images/s alone and with
+the students (from its job record in the data directory), and the ratio of N processes to 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import glob
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+class Session:
+    """One browser tab: a websocket to the app (through nginx with its route cookie)."""
+
+    def __init__(self, port: int, cookie: str) -> None:
+        self.port, self.cookie = port, cookie
+        self.ws = None
+        self.widgets: dict[str, str] = {}  # user key -> widget id, from the elements the server sent
+
+    async def open(self) -> None:
+        import websockets
+
+        self.ws = await websockets.connect(f"ws://127.0.0.1:{self.port}/_stcore/stream", subprotocols=["streamlit"],
+                                           additional_headers={"Cookie": f"vit_route={self.cookie}"},
+                                           max_size=None, open_timeout=120)
+
+    async def run(self, page: str, trigger: str | None = None) -> float:
+        """Ask for a script run of ``page`` (pressing the button ``trigger``); seconds until it finished."""
+        from streamlit.proto.BackMsg_pb2 import BackMsg
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+        msg = BackMsg()
+        msg.rerun_script.query_string = ""
+        msg.rerun_script.page_name = page
+        if trigger is not None:
+            state = msg.rerun_script.widget_states.widgets.add()
+            state.id, state.trigger_value = self.widgets[trigger], True
+        start = time.perf_counter()
+        await self.ws.send(msg.SerializeToString())
+        while True:
+            reply = ForwardMsg.FromString(await asyncio.wait_for(self.ws.recv(), 600))
+            kind = reply.WhichOneof("type")
+            if kind == "delta" and reply.delta.WhichOneof("type") == "new_element":
+                element = reply.delta.new_element
+                inner = getattr(element, element.WhichOneof("type") or "", None)
+                widget_id = getattr(inner, "id", "")
+                if isinstance(widget_id, str) and widget_id:
+                    self.widgets[widget_id.rsplit("-", 1)[-1]] = widget_id
+            # 0 FINISHED_SUCCESSFULLY, 1 compile error; 2 (a st.rerun follows) and 3 (a fragment) are not the end
+            if kind == "script_finished" and reply.script_finished in (0, 1):
+                return time.perf_counter() - start
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+async def student(port: int, k: int, until: float, think: float, latencies: list[float]) -> None:
+    session = Session(port, f"student{k}")
+    await session.open()
+    await session.run("attention")
+    await asyncio.sleep(think * (k % 10) / 10)  # students do not click in step
+    while time.monotonic() < until:
+        latencies.append(await session.run("attention"))
+        await asyncio.sleep(think)
+    await session.close()
+
+
+def job_speed(data_dir: Path) -> tuple[float, str]:
+    """Median images/s of the fine-tune's steps and its status, from its job record on disk."""
+    records = [json.loads(Path(p).read_text()) for p in glob.glob(str(data_dir / "sessions" / "*" / "job.json"))]
+    if not records:
+        return 0.0, "no job"
+    record = max(records, key=lambda r: r.get("written", 0))
+    steps = [h["images_per_second"] for h in record.get("history", []) if h.get("kind") == "step"]
+    return (statistics.median(steps[len(steps) // 4:]) if steps else 0.0), record.get("status", "?")
+
+
+async def scenario(port: int, data_dir: Path, students: int, seconds: float, think: float,
+                   finetune: bool) -> tuple[list[float], float, str]:
+    latencies: list[float] = []
+    trainer = None
+    if finetune:
+        trainer = Session(port, "teacher")
+        await trainer.open()
+        await trainer.run("finetune")
+        await trainer.run("finetune", trigger="ft_start")
+    until = time.monotonic() + seconds
+    tasks = [student(port, k, until, think, latencies) for k in range(students)]
+
+    async def keep_polling() -> None:  # the teacher's tab stays open: its page polls (heartbeat)
+        while time.monotonic() < until:
+            await trainer.run("finetune")
+            await asyncio.sleep(1.0)
+
+    if trainer is not None:
+        tasks.append(keep_polling())
+    await asyncio.gather(*tasks)
+    speed, status = job_speed(data_dir) if finetune else (0.0, "")
+    if trainer is not None:
+        await trainer.close()
+    return latencies, speed, status
+
+
+def serve(processes: int, data_dir: Path) -> tuple[subprocess.Popen, int]:
+    port, base = free_port(), free_port()
+    cmd = [sys.executable, str(ROOT / "deploy" / "serve_class.py"), "--processes", str(processes), "--port",
+           str(port), "--base-port", str(base), "--run-dir", str(data_dir / "serve")]
+    if processes == 1:  # one process needs no proxy: students reach it directly
+        cmd.append("--no-proxy")
+        port = base
+    env = {**os.environ, "EXPLORER_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=3) as r:
+                if r.status == 200:
+                    return proc, port
+        except OSError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise SystemExit(f"the app with {processes} process(es) did not start")
+        time.sleep(0.5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--students", type=int, default=30)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--think", type=float, default=2.0, help="seconds between a student's clicks")
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--no-finetune", action="store_true")
+    args = parser.parse_args()
+    results = {}
+    for n in args.processes:
+        with tempfile.TemporaryDirectory(prefix="vit-classroom-") as tmp:
+            data = Path(tmp)
+            proc, port = serve(n, data)
+            try:
+                asyncio.run(scenario(port, data, min(n, args.students), 5.0, args.think, False))  # warm each process
+                quiet, _, _ = asyncio.run(scenario(port, data, args.students, args.seconds, args.think, False))
+                busy, speed, status = [], 0.0, ""
+                if not args.no_finetune:
+                    busy, speed, status = asyncio.run(scenario(port, data, args.students, args.seconds, args.think,
+                                                               True))
+                    for p in glob.glob(str(data / "sessions" / "*" / "job.json")):
+                        Path(p).unlink()
+                    _, alone, _ = asyncio.run(scenario(port, data, 0, args.seconds / 2, args.think, True))
+                else:
+                    alone = 0.0
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                code = proc.wait(timeout=180)
+            results[n] = (quiet, busy, speed, alone)
+            line = (f"{n} process(es), {args.students} students: p50 {statistics.median(quiet):.2f} s, "
+                    f"p95 {pct(quiet, 0.95):.2f} s ({len(quiet)} runs)")
+            if busy:
+                line += (f"; while a fine-tune runs p50 {statistics.median(busy):.2f} s, p95 {pct(busy, 0.95):.2f} s; "
+                         f"fine-tune {speed:.0f} images/s with the class vs {alone:.0f} alone "
+                         f"({speed / max(alone, 1e-9):.0%}; job {status})")
+            print(line + f"; server exit code {code}", flush=True)
+    if 1 in results and len(results) > 1:
+        for n, (quiet, busy, speed, _) in results.items():
+            if n == 1:
+                continue
+            q1, b1 = results[1][0], results[1][1]
+            line = f"{n} processes vs 1: p95 {pct(quiet, 0.95) / pct(q1, 0.95):.2f}x"
+            if busy and b1:
+                line += (f", p95 while training {pct(busy, 0.95) / pct(b1, 0.95):.2f}x, fine-tune speed "
+                         f"{speed / max(results[1][2], 1e-9):.2f}x")
+            print(line + " (targets: p95 <= 2 s, fine-tune >= 50 % of its speed alone)")
+
+
+if __name__ == "__main__":
+    main()
