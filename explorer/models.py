@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from vitcore import VisionTransformer, ViTConfig
-from vitcore.images import HALF_NORMALIZATION, IMAGENET_NORMALIZATION, Preprocessing
+from vitcore.images import HALF_NORMALIZATION, Preprocessing
 
 __all__ = [
     "ASSETS",
@@ -182,24 +182,41 @@ def _pretrained(spec: ModelSpec) -> LoadedModel:
     from vitcore import pretrained
 
     if spec.kind == "torchvision":
+        from torchvision.models import get_model_weights
+
         if pretrained.torchvision_weights_cached(spec.name):
             model, meta = pretrained.from_torchvision(spec.name, "DEFAULT")
             reference = pretrained.load_torchvision(spec.name, "DEFAULT")
         else:  # no weights offline: a random model, converted from the very reference it is checked against
             reference = pretrained.load_torchvision(spec.name)
             model, meta = pretrained.from_torchvision(reference)
-            meta["notes"] = "random weights: the ImageNet weights are not in the local torch hub cache"
-        default_norm = IMAGENET_NORMALIZATION
+            meta["notes"] = ("random weights: the ImageNet weights are not in the local torch hub cache "
+                             "(download them with the button above when online)")
+        pre = Preprocessing.from_torchvision(get_model_weights(spec.name).DEFAULT.transforms())
     else:
-        reference = pretrained.load_hf(spec.name)
-        model, meta = pretrained.from_hf(reference)
-        default_norm = HALF_NORMALIZATION
+        # a hub id (local cache only) or a folder under EXPLORER_MODELS_ROOT; no other server path is read
+        model, meta, reference = pretrained.from_hf_source(spec.name, pretrained.models_root_from_env())
+        pre = _hf_preprocessing(meta, model.config)
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(1, model.config.in_channels, *model.config.image_size, generator=generator)
     meta["reproduction_max_diff"] = pretrained.verify(model, reference, images)
     del reference
-    pre = preprocessing_from_metadata(meta, model.config, default_norm)
+    meta["preprocessing"] = pre.to_dict()
     return LoadedModel(model.eval(), _class_names(meta, model), pre, spec.label(), meta)
+
+
+def _hf_preprocessing(meta: dict[str, Any], config: ViTConfig) -> Preprocessing:
+    """The record of a Hugging Face processor: stretch to a fixed size (ViT) or resize + centre crop (DINOv2)."""
+    norm = meta.get("normalization") or HALF_NORMALIZATION
+    mean, std = (norm["mean"], norm["std"]) if isinstance(norm, dict) else norm
+    resize = meta.get("resize_size")
+    crop = tuple(meta.get("image_size") or config.image_size)
+    if isinstance(resize, int):
+        return Preprocessing(crop_size=crop, resize_size=max(resize, min(crop)), interpolation="bicubic",
+                             mean=mean, std=std, fit="crop")
+    if resize:
+        return Preprocessing(crop_size=tuple(resize), interpolation="bilinear", mean=mean, std=std, fit="stretch")
+    return Preprocessing.for_model(config.image_size, (mean, std))
 
 
 @functools.lru_cache(maxsize=1)

@@ -7,6 +7,7 @@ set) is decided here, on any mapping (``st.session_state`` in the app, a dict in
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
@@ -33,6 +34,7 @@ HEADS = [1, 2, 3, 4, 6, 8, 12, 16]
 MAX_DEPTH = 12
 DINO_SIZES = [224, 336, 448]  # 16x16, 24x24 and 32x32 patch grids at P = 14
 SHAPES_PREFIX = "shapes:"  # gallery names of the Shapes samples (explorer.samples)
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")  # org/name on the Hugging Face hub
 TORCHVISION_NAMES = ["vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14"]
 
 

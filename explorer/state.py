@@ -32,6 +32,7 @@ CHECKPOINT_UPLOAD = "checkpoint_upload"
 SESSION_MODELS = "session_models"  # name -> checkpoint bytes fine-tuned in this session
 SESSION_MODEL_NAME = "session_model_name"
 TORCHVISION_NAME = "torchvision_name"
+DOWNLOAD = "download_weights"  # button: fetch the selected torchvision / Hugging Face weights
 HF_SOURCE = "hf_source"
 
 # page widgets

@@ -7,7 +7,7 @@ import streamlit as st
 from explorer import specs
 from explorer import state as S
 from explorer.models import MODEL_KINDS
-from pages._cache import cached_samples
+from pages._cache import cached_model, cached_samples
 from vitcore import PRESETS
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"]
@@ -64,13 +64,45 @@ def sidebar() -> None:
             else:
                 st.info("No model fine-tuned in this session yet: use the Fine-tune page.")
         elif kind == "torchvision":
-            st.selectbox("Architecture", specs.TORCHVISION_NAMES, key=S.TORCHVISION_NAME)
+            name = st.selectbox("Architecture", specs.TORCHVISION_NAMES, key=S.TORCHVISION_NAME)
             st.caption("Uses weights from the local torch hub cache when present, random weights otherwise.")
+            _download_controls(f"torchvision:{name}")
         elif kind == "hf":
-            st.text_input("Hub id or local folder", key=S.HF_SOURCE, placeholder="google/vit-base-patch16-224")
+            text = st.text_input("Hub id, or a folder under EXPLORER_MODELS_ROOT", key=S.HF_SOURCE,
+                                 placeholder="google/vit-base-patch16-224")
+            if specs.HUB_ID.fullmatch((text or "").strip()):
+                _download_controls(f"hf:{text.strip()}")
     shared = [S.MODEL_KIND] + ([S.SAMPLE_NAME] if source == "sample" else [])
     shared += [S.PRESET_NAME] if kind == "preset" else []
     sync_url(*shared)
+
+
+def _download_controls(source: str) -> None:
+    """A download button for weights not in the local cache: size first, then a progress bar."""
+    from vitcore.pretrained import cached_path, download, download_size
+
+    try:
+        if cached_path(source) is not None:
+            return
+    except ValueError:
+        return
+    if not st.button("Download the weights", key=S.DOWNLOAD, help="Needs a network; saved in the standard cache"):
+        return
+    try:
+        size = download_size(source)
+        total = f"{size / 1e6:.0f} MB" if size else "size unknown"
+        bar = st.progress(0.0, text=f"Downloading {source} ({total})…")
+
+        def progress(done: int, whole: int | None) -> None:
+            share = min(done / whole, 1.0) if whole else 0.0
+            bar.progress(share, text=f"Downloading {source}: {done / 1e6:.0f} MB of {total}")
+
+        download(source, progress=progress)
+    except ValueError as exc:
+        st.error(str(exc))
+        return
+    cached_model.clear()  # the entry built with random weights is rebuilt from the downloaded ones
+    st.success(f"Downloaded {source}.")
 
 
 def _apply_preset() -> None:

@@ -51,8 +51,9 @@ def test_torchvision_entry_carries_its_reproduction_check():
     assert loaded.mean == (0.485, 0.456, 0.406)
 
 
-def test_hugging_face_local_folder_entry(tmp_path):
+def test_hugging_face_local_folder_entry(tmp_path, monkeypatch):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("EXPLORER_MODELS_ROOT", str(tmp_path))
     from transformers import ViTConfig as HFConfig
     from transformers import ViTForImageClassification
 
@@ -61,9 +62,13 @@ def test_hugging_face_local_folder_entry(tmp_path):
                                             num_attention_heads=2, intermediate_size=64, num_labels=3,
                                             id2label={0: "ant", 1: "bee", 2: "wasp"},
                                             label2id={"ant": 0, "bee": 1, "wasp": 2}))
-    hf.save_pretrained(tmp_path)
-    loaded = build_model(ModelSpec("hf", name=str(tmp_path)))
+    hf.save_pretrained(tmp_path / "ants")
+    loaded = build_model(ModelSpec("hf", name="ants"))  # a folder under the models root, named relative to it
     assert loaded.class_names == ["ant", "bee", "wasp"]
     assert loaded.metadata["reproduction_max_diff"] < 1e-4
+    assert loaded.preprocessing.crop_size == (32, 32)  # no preprocessor_config.json: fitted to the model
     with pytest.raises(ValueError):
         build_model(ModelSpec("hf", name="someone/not-cached-anywhere"))
+    with pytest.raises(ValueError) as outside:
+        build_model(ModelSpec("hf", name=str(tmp_path.parent)))  # a server path outside the root
+    assert str(tmp_path.parent) not in str(outside.value)
