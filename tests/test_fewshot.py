@@ -24,6 +24,7 @@ from vitcore.fewshot import (
     extract_features,
     lfw_subset,
     logistic_loss,
+    minimize_lbfgs,
     pooled_features,
     train_linear_head,
     with_views,
@@ -128,8 +129,6 @@ def test_linear_head_is_deterministic_and_separates_separable_features():
 
 def test_cached_features_give_the_same_head_as_training_through_the_backbone(backbone, pre):
     """Frozen backbone: the objective on cached features is the objective through the backbone."""
-    from scipy.optimize import minimize
-
     images, labels = coloured_set([(200, 40, 40), (40, 200, 40), (40, 40, 200)], per_class=4)
     cached = train_linear_head(extract_features(backbone, images, pre), labels, 3, weight_decay=1e-2,
                                standardize=False)
@@ -145,16 +144,24 @@ def test_cached_features_give_the_same_head_as_training_through_the_backbone(bac
         return logistic_loss(params, f, np.asarray(labels), 3, 1e-2)
 
     D2 = 2 * TINY.dim
-    result = minimize(through_the_backbone, np.zeros(3 * D2 + 3), jac=True, method="L-BFGS-B",
-                      options={"maxiter": 300, "gtol": 1e-9, "ftol": 1e-15})
+    params, _, _ = minimize_lbfgs(through_the_backbone, np.zeros(3 * D2 + 3), max_iter=300)
     assert len(calls) > 5
-    W, b = result.x[: 3 * D2].reshape(3, D2), result.x[3 * D2 :]
+    W, b = params[: 3 * D2].reshape(3, D2), params[3 * D2 :]
     assert np.allclose(cached.head.weight.detach().numpy(), W, atol=1e-4)
     assert np.allclose(cached.head.bias.detach().numpy(), b, atol=1e-4)
     with torch.no_grad():
         assert torch.allclose(model.pool(model.forward_features(x)) @ torch.from_numpy(W).float().T
                               + torch.from_numpy(b).float(), cached.head(model.pool(model.forward_features(x))),
                               atol=1e-3)
+
+
+def test_lbfgs_finds_the_minimum_of_a_convex_quadratic():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(20, 20))
+    hessian, target = a @ a.T + np.eye(20), rng.normal(size=20)
+    x, f, iterations = minimize_lbfgs(lambda x: (0.5 * (x - target) @ hessian @ (x - target), hessian @ (x - target)),
+                                      np.zeros(20), max_iter=500, gtol=1e-10)
+    assert np.allclose(x, target, atol=1e-6) and f < 1e-10 and iterations < 500
 
 
 def test_logistic_gradient_matches_finite_differences():
@@ -309,9 +316,10 @@ def test_block_occlusion_of_one_patch_is_vitcores_occlusion_map(backbone, pre):
     assert coarse.shape == (4, 4) and coarse[0, 0] == coarse[1, 1]
 
 
-def test_deeper_strategy_fine_tunes_a_private_copy(backbone, pre):
+@pytest.mark.parametrize("strategy", ["last_k", "lora", "full"])
+def test_deeper_strategies_fine_tune_a_private_copy(backbone, pre, strategy):
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
-    request = request_for(backbone, pre, [(220, 30, 30), (30, 30, 220)], ["r", "b"], strategy="last_k", last_k=1,
+    request = request_for(backbone, pre, [(220, 30, 30), (30, 30, 220)], ["r", "b"], strategy=strategy, last_k=1,
                           epochs=2)
     job = T.submit_teach(JobManager(max_running=1), "s", request)
     wait(job)
@@ -319,6 +327,10 @@ def test_deeper_strategy_fine_tunes_a_private_copy(backbone, pre):
     model = job.snapshot()["artifacts"]["model"]
     assert isinstance(model, VisionTransformer) and model.config.num_classes == 2
     assert all(torch.equal(v, before[k]) for k, v in backbone.state_dict().items())
+    loaded, _ = load_checkpoint(T.checkpoint_bytes(model, ["r", "b"], pre))  # LoRA merged: a plain checkpoint
+    x = pre(photo((220, 30, 30)))[None]
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-5)
 
 
 def test_two_sessions_at_once_see_only_their_own_classes_and_models(backbone, pre):
