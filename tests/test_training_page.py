@@ -412,3 +412,46 @@ def test_a_restarted_job_can_resume_from_its_record(micro):
         request_from_record({"settings": {"source": "zip"}}, micro)
     with pytest.raises(ValueError, match="unknown strategy"):
         FinetuneRequest(loaded=micro, strategy="everything").fit_options()
+
+
+@pytest.mark.slow
+def test_start_is_disabled_exactly_while_the_sessions_job_runs_or_waits():
+    """AppTest: Start is disabled while the session's job runs, enabled once it has ended (also after a stop)."""
+    import threading
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from explorer import state as S
+    from explorer.jobs import default_manager
+
+    page = "pages/6_finetune.py"
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "streamlit_app.py"), default_timeout=180)
+    at.run()
+    at.switch_page(page).run()
+
+    def start_disabled() -> bool:
+        at.switch_page(page).run()
+        assert not at.exception, [e.value for e in at.exception]
+        return next(b for b in at.button if b.key == "ft_start").disabled
+
+    assert start_disabled() is False
+    manager = default_manager()
+    gate = threading.Event()
+    blocker = manager.submit("someone-else", lambda j: gate.wait(60))  # holds the trainer: ours waits
+    mine = manager.submit("me", lambda j: None)
+    at.session_state[S.TRAIN_JOB] = mine.id
+    assert start_disabled() is True  # waiting counts as busy
+    assert any("place 1 in line" in w.value for w in at.warning)
+    mine.stop()  # Stop on a waiting job ends it at once
+    assert start_disabled() is False and mine.status == "stopped"
+    second = manager.submit("me", lambda j: gate.wait(60))
+    at.session_state[S.TRAIN_JOB] = second.id
+    assert start_disabled() is True
+    gate.set()
+    end = time.monotonic() + 30
+    while not (blocker.status == "done" and second.status == "done"):
+        second.touch()
+        assert time.monotonic() < end
+        time.sleep(0.05)
+    assert start_disabled() is False
