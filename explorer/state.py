@@ -52,6 +52,7 @@ MASKED_PATCHES = "predict_masked"
 PRED_CLICK = "pred_click"  # Predict: clickable image that masks patches
 PRED_FILL = "pred_fill"
 PRED_TARGET = "pred_target"
+DINO_OTHER = "dino_other"  # DINO views: the second photo of the joint PCA
 
 
 def playground_key(side: str, name: str) -> str:

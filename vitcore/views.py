@@ -219,17 +219,29 @@ def _split_patches(tokens: torch.Tensor, num_prefix_tokens: int, grid: tuple[int
     return tokens[:, num_prefix_tokens:].detach().float().cpu()  # (B, N, D)
 
 
-def _pca_views(patches: list[torch.Tensor], grids: list[tuple[int, int]], threshold: float) -> list[PCAView]:
-    """The PCA view of several images whose patch features (N_i, D) share one fit (jointly)."""
-    x = torch.cat(patches)  # (sum N_i, D)
+def _first_component(x: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """First principal component of one image's patch features (N, D), signed so the object is positive."""
     mean, axes, explained = _principal_axes(x, 1)
-    first = ((x.double() - mean) @ axes[:, 0]).float()  # (sum N_i,)
+    first = ((x.double() - mean) @ axes[:, 0]).float()  # (N,)
     # The sign of a principal axis is arbitrary. The object rarely touches every border, so the
     # side the border patches lean to is called background (DINOv2 keeps "positive" patches).
-    border = torch.cat([_border(g) for g in grids])  # (sum N_i,) bool
+    border = _border(grid)  # (N,) bool
     inner = first[~border].mean() if bool((~border).any()) else torch.tensor(0.0)
     if first[border].mean() > inner:
         first = -first
+    return first, explained
+
+
+def _pca_views(patches: list[torch.Tensor], grids: list[tuple[int, int]], threshold: float) -> list[PCAView]:
+    """PCA views of several images: foreground per image, the RGB parts fitted on all foregrounds together.
+
+    Each image's own first component separates its object from its background (fitted jointly on
+    two different photos, the first component would separate the photos instead); the second PCA
+    runs on the union of the foregrounds, so the same part gets the same colour in every image.
+    """
+    firsts, explained_first = zip(*(_first_component(p, g) for p, g in zip(patches, grids)))
+    first = torch.cat(firsts)  # (sum N_i,)
+    x = torch.cat(patches)  # (sum N_i, D)
     fg = first > threshold  # (sum N_i,)
     rgb = torch.zeros(len(first), 3)
     explained_rgb = torch.zeros(3, dtype=torch.float64)
@@ -240,7 +252,7 @@ def _pca_views(patches: list[torch.Tensor], grids: list[tuple[int, int]], thresh
         rgb[fg, : comp.shape[1]] = (comp - lo) / (hi - lo).clamp_min(1e-12)  # each component to [0, 1]
         explained_rgb = torch.cat([explained_rgb, explained_rgb.new_zeros(3 - len(explained_rgb))])
     views, start = [], 0
-    for g in grids:
+    for g, explained in zip(grids, explained_first):
         n = g[0] * g[1]
         sl = slice(start, start + n)
         views.append(PCAView(
@@ -280,8 +292,9 @@ def pca_foreground(
     ``num_prefix_tokens`` prefix tokens first (CLS, registers), e.g. ``model.forward_features(x)``
     (the final LayerNorm output, what DINOv2 shows) or ``trace.tokens[-1]``.
 
-    ``joint=False`` fits one PCA per image; ``joint=True`` fits both PCAs on all B images' patches
-    together, so the same part gets the same colour in every image (DINOv2's cross-image matching).
+    The foreground always comes from each image's own first component. ``joint=False`` fits the
+    RGB PCA per image; ``joint=True`` fits it on all B images' foreground patches together, so the
+    same part gets the same colour in every image (DINOv2's cross-image matching).
     The sign of the first component is chosen so that border patches lean negative (background).
     Returns one :class:`PCAView` per image; RGB components are scaled to [0, 1] over the fitted
     foreground (all images' when joint).
