@@ -61,7 +61,8 @@ def shape_flow(model: VisionTransformer, images: torch.Tensor) -> list[Stage]:
             f"a {gh}×{gw} grid of {P}×{P} patches, each flattened to {C}·{P}·{P} = {C * P * P} numbers",
         ),
         Stage("patch embeddings", "[B, N, D]", tuple(emb.shape), f"each patch mapped linearly to D = {cfg.dim}"),
-        Stage("+ CLS", "[B, N+1, D]", tuple(with_cls.shape), f"a learned CLS token in front: T = {T} tokens"),
+        Stage("+ CLS", "[B, N+1, D]", tuple(with_cls.shape), f"a learned CLS token in front: T = {T} tokens"
+              + (f" (+ {cfg.num_registers} registers after the position embedding)" if cfg.num_registers else "")),
         Stage("+ position", "[B, N+1, D]", tuple(x.shape), "a learned position vector added to every token"),
         Stage(
             "blocks",
@@ -70,7 +71,10 @@ def shape_flow(model: VisionTransformer, images: torch.Tensor) -> list[Stage]:
             f"{cfg.depth} blocks of {cfg.heads}-head attention + MLP; attention maps [B, {cfg.heads}, {T}, {T}]",
         ),
         Stage("CLS", "[B, D]", tuple(pooled.shape), f"the {pool_name}, after the final LayerNorm"),
-        Stage("logits", "[B, C]", tuple(logits.shape), f"one score per class ({logits.shape[-1]})"),
+        Stage("logits", "[B, C]", tuple(logits.shape), f"one score per class ({logits.shape[-1]})")
+        if cfg.num_classes else
+        Stage("features", "[B, D]", tuple(logits.shape), "no classifier head: the model's output is this feature "
+              "vector (a head can be trained on it in seconds, see the Teach page)"),
     ]
 
 

@@ -8,7 +8,7 @@ from vitcore.data import SHAPE_CLASSES, ShapesDataset, sample_images
 __all__ = ["gallery", "shapes_samples"]
 
 
-def shapes_samples(per_class: int = 1, image_size: int = 32, seed: int = 1234) -> dict[str, SampleImage]:
+def shapes_samples(per_class: int = 1, image_size: int = 64, seed: int = 1234) -> dict[str, SampleImage]:
     """Shapes images (one per class by default) with their ground-truth masks, from a fixed seed."""
     classes = SHAPE_CLASSES
     ds = ShapesDataset(len(classes) * per_class, image_size=image_size, seed=seed)

@@ -49,12 +49,21 @@ TOUR = [
     ("pages/3_attention.py", "Attention",
      "click a patch and see where every head looks; follow the CLS token, rollout and the q·k/√d "
      "arithmetic with real numbers."),
+    ("pages/9_dino.py", "DINO views",
+     "what a ViT that learned from photos without labels finds: object masks per head, parts in colour across "
+     "two photos, and whether it has artifact tokens."),
     ("pages/4_playground.py", "Architecture playground",
      "change patch size, heads, depth and width: parameters, FLOPs, memory and latency, two models side by side."),
     ("pages/5_predict.py", "Predict",
      "top classes, and which patches the prediction depends on: mask them by clicking, or see the occlusion map."),
-    ("pages/6_finetune.py", "Fine-tune",
-     "train in about a minute with live curves and watch the attention move from epoch to epoch."),
+    ("pages/6_teach.py", "Teach it your classes",
+     "photograph a few things per class and teach the real ViT in seconds, then see what it looks at."),
+    ("pages/7_trust.py", "Can you trust the map?",
+     "deletion and insertion curves, the randomisation check and baselines for every explanation."),
+    ("pages/8_beyond.py", "Beyond the CLS token",
+     "segment and locate with the patch tokens, and swap attention for its alternatives."),
+    ("pages/6_finetune.py", "Train from scratch",
+     "train a small ViT on Shapes in about a minute with live curves and the attention timeline."),
 ]
 for number, (path, title, what) in enumerate(TOUR, start=1):
     cols = st.columns([1, 4])
