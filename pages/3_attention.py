@@ -52,7 +52,12 @@ def index_slider(label: str, state_key: str, count: int, container) -> int:
 
 @st.fragment
 def query_view() -> None:
-    """Everything a click on a patch, a layer or a head changes; a click reruns only this part."""
+    """Everything a click on a patch, a layer or a head changes; a click reruns only this part.
+
+    The trace is looked up again (a cache hit) rather than held by this function: a session that
+    sits idle must not keep an evicted trace alive outside the byte budget.
+    """
+    trace = trace_for(spec, loaded, key, image)
     c1, c2, c3 = st.columns(3)
     layer = index_slider("Layer", S.LAYER, cfg.depth, c1)
     head = index_slider("Head", S.HEAD, cfg.heads, c2)
@@ -167,3 +172,5 @@ with st.expander("The MLP and its activation: GELU vs ReLU vs ELU", expanded=Fal
         "and the activation BERT and ViT use."
     )
     st.plotly_chart(cached_figure(("activations",), F.activation_curves), key="attn_activations")
+
+del trace  # the cache holds it; the page's globals (kept by the fragment) must not

@@ -75,8 +75,11 @@ def trace_guard(loaded: LoadedModel, size: tuple[int, int]) -> guard.Estimate:
     return guard.check(est, config=config, image_size=size, fixed_patch=True)
 
 
-def cached_trace(spec: ModelSpec, image_key: str, size: tuple[int, int], _loaded: LoadedModel, _x: torch.Tensor):
+def cached_trace(spec: ModelSpec, image_key: str, size: tuple[int, int], _loaded: LoadedModel,
+                 _x: torch.Tensor | Callable[[], torch.Tensor]):
     """Capture of one image through one model (all layers' maps, no q/k/v), computed once, shared read-only.
+
+    ``_x``: the model input, or a function that makes it (only called on a miss).
 
     Refused by the guard (ValueError) when it could not fit the budget; the maps are float16 for
     large token counts.
@@ -86,7 +89,7 @@ def cached_trace(spec: ModelSpec, image_key: str, size: tuple[int, int], _loaded
     trace_guard(_loaded, size)
     dtype = guard.attention_dtype(_loaded.config, size)
     return _cached(("trace", spec, image_key, tuple(size)),
-                   lambda: trace_image(_loaded, _x, qkv=False, attention_dtype=dtype),
+                   lambda: trace_image(_loaded, _x() if callable(_x) else _x, qkv=False, attention_dtype=dtype),
                    lambda t: t.nbytes(), "Running the model and recording every stage…")
 
 

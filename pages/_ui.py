@@ -99,8 +99,8 @@ def model_view(loaded: LoadedModel, image: Any) -> Any:
 
 def trace_for(spec: ModelSpec, loaded: LoadedModel, image_key: str, image: Any):
     """Cached full trace of the current image through the current model."""
-    x = model_input(loaded, image)
-    return cached_trace(spec, image_key, tuple(loaded.preprocessing.crop_size), loaded, x)
+    return cached_trace(spec, image_key, tuple(loaded.preprocessing.crop_size), loaded,
+                        lambda: model_input(loaded, image))  # the input is made only on a cache miss
 
 
 def clickable(fig: Any, chart_key: str, target_key: str, container: Any = st) -> None:
