@@ -102,3 +102,13 @@ def test_torchvision_weights_transforms_become_the_record():
     pre = Preprocessing.from_torchvision(ViT_B_16_Weights.IMAGENET1K_V1.transforms())
     assert pre.crop_size == (224, 224) and pre.resize_size == 256 and pre.interpolation == "bilinear"
     assert pre.mean == IMAGENET_NORMALIZATION[0] and pre.fit == "crop"
+
+
+@pytest.mark.slow
+def test_cli_fine_tunes_the_offline_dinov2_at_its_usual_input_size(tmp_path):
+    out = tmp_path / "dino"
+    assert main(["train", "--data", "shapes", "--per-class-train", "4", "--per-class-val", "2", "--epochs", "1",
+                 "--strategy", "head", "--from", "dinov2_small", "--out", str(out), "--quiet"]) == 0
+    model, meta = load_checkpoint(out / "model.safetensors")
+    assert model.config.dim == 384 and model.config.num_classes == 5 and model.config.patch_size == 14
+    assert Preprocessing.from_dict(meta["preprocessing"]).crop_size == (224, 224)

