@@ -6,9 +6,9 @@ For each process count, `deploy/serve_class.py` starts the app (nginx in front w
 installed and more than one process runs). Simulated students are websocket clients, as a browser
 is: each opens the Attention page, then asks for a rerun every ``--think`` seconds and records the
 server time until the run finished (p50 / p95). One more session opens the Fine-tune page and
-presses Start (the default: micro-size model on Shapes, 60 s). Printed per process count: the
-students' latency alone and while the fine-tune runs, the fine-tune's images/s alone and with
-the students (from its job record in the data directory), and the ratio of N processes to 1.
+presses Start (the bundled micro model on Shapes, the page's defaults: full, 60 s). Printed per process count: the
+students' latency alone and while the fine-tune runs, the fine-tune's images/s in its first 15 s
+alone and then with the students (from its job record in the data directory), and the ratio of N processes to 1.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ def pct(values: list[float], q: float) -> float:
 class Session:
     """One browser tab: a websocket to the app (through nginx with its route cookie)."""
 
-    def __init__(self, port: int, cookie: str) -> None:
-        self.port, self.cookie = port, cookie
+    def __init__(self, port: int, cookie: str, query: str = "") -> None:
+        self.port, self.cookie, self.query = port, cookie, query
         self.ws = None
         self.widgets: dict[str, str] = {}  # user key -> widget id, from the elements the server sent
 
@@ -63,7 +63,7 @@ class Session:
         from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
         msg = BackMsg()
-        msg.rerun_script.query_string = ""
+        msg.rerun_script.query_string = self.query
         msg.rerun_script.page_name = page
         if trigger is not None:
             state = msg.rerun_script.widget_states.widgets.add()
@@ -98,40 +98,64 @@ async def student(port: int, k: int, until: float, think: float, latencies: list
     await session.close()
 
 
-def job_speed(data_dir: Path) -> tuple[float, str]:
-    """Median images/s of the fine-tune's steps and its status, from its job record on disk."""
-    records = [json.loads(Path(p).read_text()) for p in glob.glob(str(data_dir / "sessions" / "*" / "job.json"))]
+def job_rows(data_dir: Path) -> list[dict]:
+    """The step rows of the newest job record in the data directory (thinned to about 200 when written)."""
+    records = []
+    for path in glob.glob(str(data_dir / "sessions" / "*" / "job.json")):
+        try:
+            records.append(json.loads(Path(path).read_text()))
+        except (OSError, ValueError):
+            continue
     if not records:
-        return 0.0, "no job"
+        return []
     record = max(records, key=lambda r: r.get("written", 0))
-    steps = [h["images_per_second"] for h in record.get("history", []) if h.get("kind") == "step"]
-    return (statistics.median(steps[len(steps) // 4:]) if steps else 0.0), record.get("status", "?")
+    return [h for h in record.get("history", []) if h.get("kind") == "step"]
 
 
-async def scenario(port: int, data_dir: Path, students: int, seconds: float, think: float,
-                   finetune: bool) -> tuple[list[float], float, str]:
+def rate(rows: list[dict], batch: int = 64) -> float:
+    """Training images per second of wall time between the first and the last of ``rows``."""
+    if len(rows) < 2 or rows[-1]["seconds"] <= rows[0]["seconds"]:
+        return 0.0
+    return batch * (rows[-1]["step"] - rows[0]["step"]) / (rows[-1]["seconds"] - rows[0]["seconds"])
+
+
+async def students_only(port: int, students: int, seconds: float, think: float) -> list[float]:
     latencies: list[float] = []
-    trainer = None
-    if finetune:
-        trainer = Session(port, "teacher")
-        await trainer.open()
-        await trainer.run("finetune")
-        await trainer.run("finetune", trigger="ft_start")
     until = time.monotonic() + seconds
-    tasks = [student(port, k, until, think, latencies) for k in range(students)]
+    await asyncio.gather(*(student(port, k, until, think, latencies) for k in range(students)))
+    return latencies
 
-    async def keep_polling() -> None:  # the teacher's tab stays open: its page polls (heartbeat)
+
+async def with_finetune(port: int, data_dir: Path, students: int, alone: float, together: float,
+                        think: float) -> tuple[list[float], float, float]:
+    """Press Start in a teacher's tab (the page's defaults: 60 s); the job trains ``alone`` seconds,
+    then the students click for ``together`` seconds. Returns their latencies and both speeds."""
+    trainer = Session(port, "teacher", query="model_kind=bundled")  # the micro model trained on Shapes
+    await trainer.open()
+    await trainer.run("finetune")
+    await trainer.run("finetune", trigger="ft_start")
+    deadline = time.monotonic() + 900
+    while len(job_rows(data_dir)) < 2:  # the Shapes set may still be rendering
+        if time.monotonic() > deadline:
+            raise SystemExit("the fine-tune did not start within 15 minutes")
+        await trainer.run("finetune")  # the tab's polling keeps the job's heartbeat
+        await asyncio.sleep(1.0)
+
+    async def keep_polling(until: float) -> None:
         while time.monotonic() < until:
             await trainer.run("finetune")
             await asyncio.sleep(1.0)
 
-    if trainer is not None:
-        tasks.append(keep_polling())
-    await asyncio.gather(*tasks)
-    speed, status = job_speed(data_dir) if finetune else (0.0, "")
-    if trainer is not None:
-        await trainer.close()
-    return latencies, speed, status
+    await keep_polling(time.monotonic() + alone)
+    boundary = job_rows(data_dir)[-1]["seconds"]
+    latencies: list[float] = []
+    until = time.monotonic() + together
+    await asyncio.gather(keep_polling(until), *(student(port, k, until, think, latencies) for k in range(students)))
+    rows = job_rows(data_dir)
+    speed_alone = rate([r for r in rows if r["seconds"] <= boundary])
+    speed_busy = rate([r for r in rows if r["seconds"] >= boundary])
+    await trainer.close()
+    return latencies, speed_alone, speed_busy
 
 
 def serve(processes: int, data_dir: Path) -> tuple[subprocess.Popen, int]:
@@ -157,6 +181,10 @@ def serve(processes: int, data_dir: Path) -> tuple[subprocess.Popen, int]:
         time.sleep(0.5)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # run the clean-up (stop the servers)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--students", type=int, default=30)
@@ -165,23 +193,19 @@ def main() -> None:
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--no-finetune", action="store_true")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _interrupt)
     results = {}
     for n in args.processes:
         with tempfile.TemporaryDirectory(prefix="vit-classroom-") as tmp:
             data = Path(tmp)
             proc, port = serve(n, data)
             try:
-                asyncio.run(scenario(port, data, min(n, args.students), 5.0, args.think, False))  # warm each process
-                quiet, _, _ = asyncio.run(scenario(port, data, args.students, args.seconds, args.think, False))
-                busy, speed, status = [], 0.0, ""
+                asyncio.run(students_only(port, n, 5.0, args.think))  # every process loads its model once
+                quiet = asyncio.run(students_only(port, args.students, args.seconds, args.think))
+                busy, alone, speed = [], 0.0, 0.0
                 if not args.no_finetune:
-                    busy, speed, status = asyncio.run(scenario(port, data, args.students, args.seconds, args.think,
-                                                               True))
-                    for p in glob.glob(str(data / "sessions" / "*" / "job.json")):
-                        Path(p).unlink()
-                    _, alone, _ = asyncio.run(scenario(port, data, 0, args.seconds / 2, args.think, True))
-                else:
-                    alone = 0.0
+                    busy, alone, speed = asyncio.run(with_finetune(port, data, args.students, 15.0,
+                                                                   min(args.seconds, 40.0), args.think))
             finally:
                 proc.send_signal(signal.SIGTERM)
                 code = proc.wait(timeout=180)
@@ -191,7 +215,7 @@ def main() -> None:
             if busy:
                 line += (f"; while a fine-tune runs p50 {statistics.median(busy):.2f} s, p95 {pct(busy, 0.95):.2f} s; "
                          f"fine-tune {speed:.0f} images/s with the class vs {alone:.0f} alone "
-                         f"({speed / max(alone, 1e-9):.0%}; job {status})")
+                         f"({speed / max(alone, 1e-9):.0%})")
             print(line + f"; server exit code {code}", flush=True)
     if 1 in results and len(results) > 1:
         for n, (quiet, busy, speed, _) in results.items():

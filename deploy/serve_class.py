@@ -32,6 +32,10 @@ TEMPLATE = Path(__file__).resolve().parent / "nginx.conf.template"
 APP_FLAGS = ["--server.headless", "true", "--browser.gatherUsageStats", "false", "--runner.postScriptGC", "false"]
 
 
+class _Stopping(Exception):  # noqa: N818 - a signal arrived
+    """Raised by the signal handler to leave the start-up or the wait."""
+
+
 def nginx_config(ports: list[int], listen: int, run_dir: Path, address: str = "127.0.0.1",
                  listen_address: str = "127.0.0.1") -> str:
     """The nginx configuration for app processes on ``ports``, nginx listening on ``listen_address:listen``."""
@@ -110,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def on_signal(signum, frame) -> None:
         stopping["signal"] = True
+        raise _Stopping  # also while still waiting for the processes to start
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -127,7 +132,11 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         while not stopping["signal"] and all(child.poll() is None for child in children):
             time.sleep(0.2)
+    except _Stopping:
+        pass
     finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):  # a second signal must not interrupt the clean stop
+            signal.signal(signum, lambda *_: stopping.update(signal=True))
         for child in reversed(children):  # nginx first, then the apps
             if child.poll() is None:
                 child.send_signal(signal.SIGQUIT if child.args[0] == nginx else signal.SIGTERM)

@@ -321,7 +321,7 @@ class Job:
                 self.message = message
             self.artifacts.update(artifacts)
             self.version += 1
-        self._changed("best_checkpoint" in artifacts or message is not None)
+        self._changed("best_checkpoint" in artifacts)  # a new checkpoint goes to disk at once
 
     def log(self, metrics: dict[str, Any]) -> None:
         """Append one row of metrics to the job's history."""
