@@ -257,3 +257,11 @@ def test_fit_options_are_validated_once_and_shared_by_both_loops(micro, tiny_dat
     assert a.strategy == b.strategy == "head" and a.stop_reason == b.stop_reason == "max_steps"
     for pa, pb in zip(a.model.parameters(), b.model.parameters()):
         assert torch.equal(pa, pb)
+
+
+def test_seed_none_leaves_the_global_rng_alone(micro, tiny_data):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    fit(copy.deepcopy(micro), tiny_data, strategy="head", epochs=1, max_steps=2, seed=None)
+    assert torch.equal(torch.rand(3), expected)  # no reseeding: the caller's random stream is where it was

@@ -28,7 +28,9 @@ class FitOptions:
     after a linear ``warmup`` (a fraction of the steps in [0, 1), or a step count) and followed by a
     cosine decay to 0 over ``epochs``. ``augment`` None uses the data bundle's setting;
     ``cache_features`` None caches the frozen backbone's features for strategy "head" without
-    augmentation. ``seed`` seeds torch (dropout, augmentation, LoRA init) and the data order.
+    augmentation. ``seed`` seeds torch's global RNG (dropout, augmentation, LoRA init) and the data
+    order; ``seed=None`` leaves the global RNG alone, as code in a server thread must (other
+    sessions draw from it too), and shuffles the data with a private generator.
     """
 
     strategy: str = "full"  # "full" | "head" | "last_k" | "lora"
@@ -41,7 +43,7 @@ class FitOptions:
     warmup: float | int = 0.05
     label_smoothing: float = 0.0
     device: str | None = None  # None / "auto": cuda, then mps, then cpu
-    seed: int = 0
+    seed: int | None = 0
     bf16: bool = False  # bfloat16 autocast
     augment: bool | None = None
     cache_features: bool | None = None
@@ -75,7 +77,7 @@ class FitOptions:
               f"label_smoothing={self.label_smoothing!r} must be in [0, 1), e.g. 0.1")
         check(self.device is None or isinstance(self.device, str),
               f"device={self.device!r} must be a string such as 'cpu', 'cuda' or 'auto'")
-        check(_is_int(self.seed), f"seed={self.seed!r} must be an integer")
+        check(self.seed is None or _is_int(self.seed), f"seed={self.seed!r} must be an integer or None")
         for name in ("bf16", "restore_best"):
             check(isinstance(getattr(self, name), bool), f"{name}={getattr(self, name)!r} must be True or False")
         for name in ("augment", "cache_features"):

@@ -90,7 +90,10 @@ def _setup(model: nn.Module, data: DataBundle, options: FitOptions, log_dir: str
     device = resolve_device(o.device)
     if distributed and device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
-    torch.manual_seed(seed)
+    if seed is None:  # leave torch's global RNG alone (a server thread); the data order is still seeded privately
+        seed = int.from_bytes(os.urandom(7), "little")
+    else:
+        torch.manual_seed(seed)  # dropout, augmentation and LoRA init draw from the global RNG
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     model.to(device)
 

@@ -88,7 +88,8 @@ def _cache_features(model: nn.Module, dataset: Dataset, batch_size: int, device:
     was_training = model.training
     model.eval()
     feats, labels = [], []
-    loader = DataLoader(dataset, batch_size=max(batch_size, 64), shuffle=False, num_workers=0)
+    loader = DataLoader(dataset, batch_size=max(batch_size, 64), shuffle=False, num_workers=0,
+                        generator=torch.Generator().manual_seed(0))  # a private generator: global RNG untouched
     for x, y in loader:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             feats.append(_backbone_features(model, x.to(device)).float().cpu())
