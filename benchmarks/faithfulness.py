@@ -195,11 +195,11 @@ def summary(scores: Scores, verdicts: dict[str, str], title: str) -> None:
         print(f"{title}: unchanged by a random head (class-agnostic): {', '.join(agnostic) or 'none'}")
 
 
-def shapes_samples(n: int):
+def shapes_samples(n: int, image_size: tuple[int, int]):
     from vitcore.data import ShapesDataset
 
     # the validation split of vitcore.shapes_bundle (seed 0 + 10007), rendered alone: no training images needed
-    ds = ShapesDataset(n, 32, seed=10_007)
+    ds = ShapesDataset(n, image_size, seed=10_007)
     return [(ds.tensors[i], int(ds.targets[i]), ds.masks[i]) for i in range(n)]
 
 
@@ -285,9 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     norm = meta["normalization"]
     normalization = (tuple(norm["mean"]), tuple(norm["std"]))
     print(f"Faithfulness scoreboard; torch {torch.__version__}, {torch.get_num_threads()} threads")
-    shapes = score_model(model, shapes_samples(args.images), steps=args.steps, fill=args.fill,
+    shapes = score_model(model, shapes_samples(args.images, model.config.image_size), steps=args.steps, fill=args.fill,
                          normalization=normalization, randomization_images=rand_n, label="shapes")
-    verdicts = print_tables(shapes, "Shapes micro ViT (bundled)", args.fill, args.steps)
+    h, w = model.config.image_size
+    gh, gw = model.config.grid_size
+    verdicts = print_tables(shapes, f"Shapes micro ViT (bundled, {h}x{w}, {gh}x{gw} patches)", args.fill, args.steps)
     summary(shapes, verdicts, "Shapes")
 
     lfw = None
@@ -301,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         summary(lfw, lfw_verdicts, "LFW")
 
     torch.set_num_threads(args.timing_threads)
-    timing = shapes_samples(min(args.images, 5))
+    timing = shapes_samples(min(args.images, 5), model.config.image_size)
     curve_times = []
     for i, (x, _, _) in enumerate(timing):
         maps = FA.relevance_maps(model, x, None, FA.ALL_METHODS, seed=i)
@@ -312,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nTiming, one image, all {len(FA.ALL_METHODS)} maps' deletion + insertion curves "
           f"({args.steps} steps, batched, {torch.get_num_threads()} threads, load average {load}):")
     curves_s = statistics.median(curve_times)
-    print(f"  Shapes micro 32x32: curves {curves_s:.3f} s (target <= 3 s: {'met' if curves_s <= 3 else 'MISSED'}; "
+    h, w = model.config.image_size
+    print(f"  Shapes micro {h}x{w}: curves {curves_s:.3f} s (target <= 3 s: {'met' if curves_s <= 3 else 'MISSED'}; "
           f"median of {len(curve_times)} images); during the scoreboard ({args.threads} threads) curves took "
           f"{statistics.median(shapes.curve_seconds):.3f} s and the maps {statistics.median(shapes.map_seconds):.3f} s")
     plain = statistics.median(forward_seconds(model, x, curve_forwards(args.steps)) for x, _, _ in timing)
