@@ -6,8 +6,8 @@ playground sliders, a shared URL, an uploaded checkpoint once its config is read
 
 - tokens T = N + prefix, attention entries T² per head and H·T² per layer;
 - the trace the Attention page keeps (``trace_bytes``): attention of every layer, in float16
-  once the float32 maps would pass ``FLOAT16_ABOVE``, plus tokens of every block (no q/k/v: the
-  page computes those for the one layer it shows);
+  once the float32 maps would pass ``FLOAT16_ABOVE``, plus tokens of every block, plus q/k/v of
+  every layer while the maps stay float32 (beyond, the page computes them for the one layer shown);
 - the peak while recording it: the packed maps, one layer's float32 maps and softmax working
   memory, and the rollout's float64 (T, T) temporaries;
 - parameters and their float32 bytes; FLOPs from :func:`explorer.pipeline.cost_summary`, turned
@@ -33,7 +33,7 @@ from vitcore import ViTConfig
 from vitcore.config import valid_patch_sizes
 
 __all__ = ["Estimate", "FLOAT16_ABOVE", "attention_dtype", "check", "estimate", "estimate_spec",
-           "flops_per_second", "max_seconds", "spec_config", "TORCHVISION_CONFIGS"]
+           "flops_per_second", "keeps_qkv", "max_seconds", "spec_config", "TORCHVISION_CONFIGS"]
 
 FLOAT16_ABOVE = 64 * 2**20  # float32 attention maps above this are stored in float16 (half the bytes)
 DEFAULT_MAX_SECONDS = 120.0  # one recorded forward pass; EXPLORER_MAX_SECONDS changes it
@@ -77,6 +77,13 @@ def attention_dtype(config: ViTConfig, image_size: tuple[int, int] | None = None
     """float32 for the maps of small settings (exact arithmetic on the page), float16 for large ones."""
     cost = cost_summary(config, image_size)
     return torch.float16 if cost["attention_mib"] * 2**20 > FLOAT16_ABOVE else torch.float32
+
+
+def keeps_qkv(config: ViTConfig, image_size: tuple[int, int] | None = None) -> bool:
+    """Whether the page's trace keeps q/k/v of every layer: yes while its maps stay float32 (a few MB
+    for the presets at P=16, so a new layer or head costs no forward pass); large settings compute
+    them for the one layer shown."""
+    return attention_dtype(config, image_size) == torch.float32
 
 
 @dataclass(frozen=True)
@@ -133,6 +140,8 @@ def estimate(config: ViTConfig, image_size: tuple[int, int] | int | None = None,
     f32_maps = kept_layers * H * T * T * 4
     attn_bytes = f32_maps // 2 if f32_maps > FLOAT16_ABOVE else f32_maps
     tokens_bytes = (L + 2) * T * D * 4 + N * config.in_channels * config.patch_size**2 * 4 + N * D * 4
+    if all_layers and attn_bytes == f32_maps:  # small settings keep q, k, v of every layer (keeps_qkv)
+        tokens_bytes += 3 * L * T * D * 4
     trace_bytes = attn_bytes + tokens_bytes + 4 * max(config.num_classes, D)
     # one layer's scores + softmax, its qkv / MLP activations, and the rollout's float64 (T, T) temporaries
     working = max(2 * H * T * T * 4, 4 * T * T * 8) + 4 * T * max(3 * D, config.mlp_dim) * 4

@@ -77,19 +77,20 @@ def trace_guard(loaded: LoadedModel, size: tuple[int, int]) -> guard.Estimate:
 
 def cached_trace(spec: ModelSpec, image_key: str, size: tuple[int, int], _loaded: LoadedModel,
                  _x: torch.Tensor | Callable[[], torch.Tensor]):
-    """Capture of one image through one model (all layers' maps, no q/k/v), computed once, shared read-only.
+    """Capture of one image through one model (all layers' maps), computed once, shared read-only.
 
     ``_x``: the model input, or a function that makes it (only called on a miss).
 
-    Refused by the guard (ValueError) when it could not fit the budget; the maps are float16 for
-    large token counts.
+    Refused by the guard (ValueError) when it could not fit the budget; for large token counts the
+    maps are float16 and q/k/v are left out (:func:`cached_steps` computes one layer's).
     """
     from explorer.traces import trace_image
 
     trace_guard(_loaded, size)
     dtype = guard.attention_dtype(_loaded.config, size)
+    qkv = guard.keeps_qkv(_loaded.config, size)
     return _cached(("trace", spec, image_key, tuple(size)),
-                   lambda: trace_image(_loaded, _x() if callable(_x) else _x, qkv=False, attention_dtype=dtype),
+                   lambda: trace_image(_loaded, _x() if callable(_x) else _x, qkv=qkv, attention_dtype=dtype),
                    lambda t: t.nbytes(), "Running the model and recording every stage…")
 
 
@@ -97,12 +98,16 @@ def cached_steps(spec: ModelSpec, image_key: str, size: tuple[int, int], layer: 
                  _loaded: LoadedModel, _x: torch.Tensor):
     """The attention arithmetic of one (layer, head, query), from q/k/v of that layer and head only.
 
-    q/k/v are computed on demand (one forward pass keeping one layer and head) and cached per
-    (layer, head); the steps themselves are a few arrays of T numbers.
+    From the page's trace when it holds q/k/v; for large settings they are computed on demand
+    (one forward pass keeping one layer and head) and cached per (layer, head). The steps
+    themselves are a few arrays of T numbers.
     """
     from explorer.traces import attention_steps, layer_qkv
 
     def compute():
+        trace = cached_trace(spec, image_key, size, _loaded, _x)
+        if trace.q is not None:  # small settings: the page's trace has q/k/v of every layer
+            return attention_steps(trace, layer, head, query_token)
         qkv = _cached(("qkv", spec, image_key, tuple(size), layer, head), lambda: layer_qkv(_loaded, _x, layer, head),
                       lambda t: t.nbytes(), "Computing q, k and v of this layer…")
         return attention_steps(qkv, layer, head, query_token)

@@ -32,7 +32,8 @@ def test_trace_estimate_matches_the_recorded_trace(patch, depth):
     est = guard.estimate(config)
     loaded = LoadedModel(seeded_model(config), [], Preprocessing.for_model(config.image_size), "t")
     dtype = guard.attention_dtype(config)
-    trace = trace_image(loaded, torch.randn(1, 3, 224, 224), qkv=False, attention_dtype=dtype)
+    trace = trace_image(loaded, torch.randn(1, 3, 224, 224), qkv=guard.keeps_qkv(config), attention_dtype=dtype)
+    assert (trace.q is not None) == (patch == 16)  # q/k/v of every layer only while the maps are float32
     assert trace.attention.dtype == dtype == (torch.float16 if patch == 8 else torch.float32)
     assert est.tokens == trace.attention.shape[-1]
     assert abs(est.trace_bytes - trace.nbytes()) / trace.nbytes() < 0.02
