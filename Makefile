@@ -44,7 +44,8 @@ checkpoint: $(STAMP)
 	$(BIN)/python -m vitcore.bundle
 
 bench: $(DEV_STAMP)
-	for b in forward capture train app finetune; do $(BIN)/python benchmarks/$$b.py || exit 1; done
+	for b in forward capture train app finetune dinov2 fewshot faithfulness mixers; do \
+		$(BIN)/python benchmarks/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info
