@@ -2,10 +2,35 @@
 
 from __future__ import annotations
 
-from explorer.images import SampleImage
-from vitcore.data import SHAPE_CLASSES, ShapesDataset, sample_images
+import numpy as np
+from PIL import Image
 
-__all__ = ["gallery", "shapes_samples"]
+from explorer.images import SampleImage
+from vitcore.shapes import SHAPE_CLASSES, ShapesDataset
+
+__all__ = ["gallery", "sample_images", "shapes_samples"]
+
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "hubble_deep_field", "immunohistochemistry")
+
+
+def sample_images(names: tuple[str, ...] = SKIMAGE_PHOTOS) -> dict[str, Image.Image]:
+    """Real RGB photos bundled with scikit-image (astronaut, chelsea, coffee, …); missing ones are skipped."""
+    try:
+        from skimage import data as skdata
+    except ImportError:
+        return {}
+    photos: dict[str, Image.Image] = {}
+    for name in names:
+        loader = getattr(skdata, name, None)
+        if loader is None:
+            continue
+        try:
+            array = loader()
+        except Exception:  # files fetched on demand are absent offline
+            continue
+        if array.ndim == 3 and array.shape[2] >= 3:
+            photos[name] = Image.fromarray(np.ascontiguousarray(array[..., :3]))
+    return photos
 
 
 def shapes_samples(per_class: int = 1, image_size: int = 64, seed: int = 1234) -> dict[str, SampleImage]:

@@ -35,7 +35,6 @@ __all__ = [
     "DataBundle",
     "from_image_folder",
     "from_zip",
-    "sample_images",
     "train_transform",
     "val_transform",
 ]
@@ -546,29 +545,6 @@ def _check_image(target: Path, path: PurePosixPath, max_pixels: int) -> None:
 
 
 # --------------------------------------------------------------------------- sample photos
-_SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "hubble_deep_field", "immunohistochemistry")
-
-
-def sample_images(names: tuple[str, ...] = _SKIMAGE_PHOTOS) -> dict[str, Image.Image]:
-    """Real RGB photos bundled with scikit-image (astronaut, chelsea, coffee, …); missing ones are skipped."""
-    try:
-        from skimage import data as skdata
-    except ImportError:
-        return {}
-    photos: dict[str, Image.Image] = {}
-    for name in names:
-        loader = getattr(skdata, name, None)
-        if loader is None:
-            continue
-        try:
-            array = loader()
-        except Exception:  # files fetched on demand are absent offline
-            continue
-        if array.ndim == 3 and array.shape[2] >= 3:
-            photos[name] = Image.fromarray(np.ascontiguousarray(array[..., :3]))
-    return photos
-
-
 # --------------------------------------------------------------------------- backwards compatibility
 _MOVED_TO_SHAPES = frozenset({"SHAPE_CLASSES", "SHAPES_NORMALIZATION", "ShapesDataset", "shapes_bundle"})
 
