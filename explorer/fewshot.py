@@ -340,7 +340,7 @@ def run_teach(job: Job, request: TeachRequest) -> dict[str, Any]:
         "head": fitted.head,  # small: C x 2D
     }
     job.update(summary=summary, model=model, progress=1.0,
-               message=f"done: validation accuracy {summary['val_accuracy']:.0%} in {summary['seconds']:.1f} s")
+               message=f"validation accuracy {summary['val_accuracy']:.0%} in {summary['seconds']:.1f} s")
     return {k: v for k, v in summary.items() if k != "head"}
 
 

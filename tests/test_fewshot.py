@@ -180,7 +180,10 @@ def test_attached_model_equals_head_on_features_and_round_trips_as_a_checkpoint(
     images, labels = coloured_set([(220, 30, 30), (30, 30, 220)], per_class=5)
     feats = extract_features(backbone, images, pre)
     head = train_linear_head(feats, labels, 2).head
+    rng = torch.get_rng_state()
     model = attach_head(backbone, head, ["red", "blue"])
+    assert torch.equal(torch.get_rng_state(), rng)  # no random initialisation drawn from the global RNG
+    assert all(p.requires_grad for p in model.parameters())  # trainable further (last k, LoRA, full)
     assert model.config.pool == "cls+mean" and model.config.num_classes == 2
     x = pre.batch(images)
     with torch.no_grad():

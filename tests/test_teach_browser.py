@@ -105,7 +105,20 @@ def uploader(page, label: str):
     return page.locator('[data-testid="stFileUploader"]').filter(has_text=label).locator('input[type="file"]')
 
 
-def test_upload_two_classes_train_and_predict(server, page, tmp_path):
+@pytest.fixture
+def shoot_on_failure(page):
+    """A screenshot of the page when the test fails (tests/artifacts/teach_failure.png)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        if failed:
+            page.screenshot(path=str(ARTIFACTS / "teach_failure.png"), full_page=True)
+
+
+def test_upload_two_classes_train_and_predict(server, page, tmp_path, shoot_on_failure):
     page.goto(f"{server}/teach")
     page.get_by_text("Teach it your classes").first.wait_for()
     wait_idle(page)
@@ -116,7 +129,7 @@ def test_upload_two_classes_train_and_predict(server, page, tmp_path):
         wait_idle(page)
         uploader(page, f"Photos of class {i}").set_input_files(photos(tmp_path, name, colour, 6))
         wait_idle(page)
-    page.get_by_text("6 photo(s) · ready").nth(1).wait_for()
+    page.get_by_text("6 photo(s) · ready").nth(1).wait_for(timeout=300_000)
     page.get_by_role("button", name="Start", exact=True).click()
     page.get_by_text("validation accuracy").wait_for(timeout=600_000)  # DINOv2 features on a busy CPU
     wait_idle(page)

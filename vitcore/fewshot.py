@@ -18,7 +18,6 @@ only read (``forward_features`` under ``no_grad``); nothing on it is copied, swi
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -274,14 +273,16 @@ def attach_head(backbone: VisionTransformer, head: nn.Linear, class_names: Seque
     if class_names is not None and len(class_names) != head.out_features:
         raise ValueError(f"{len(class_names)} class names for a head with {head.out_features} outputs")
     config = backbone.config.replace(num_classes=head.out_features, pool="cls+mean", distilled_head=False)
-    with torch.random.fork_rng(devices=[]):  # construction draws initial weights; leave the global RNG alone
+    with torch.device("meta"):  # shapes only: no random initialisation of weights that are overwritten anyway
         model = VisionTransformer(config)
-    state = {k: v for k, v in backbone.state_dict().items() if not k.startswith(("head.", "head_dist."))}
-    state["head.weight"], state["head.bias"] = head.weight.detach(), head.bias.detach()
-    model.load_state_dict(copy.deepcopy(state))
-    model.fused_attention = backbone.fused_attention
     param = next(backbone.parameters())
-    return model.to(param.device, param.dtype).eval()
+    state = {k: v.detach().clone() for k, v in backbone.state_dict().items()
+             if not k.startswith(("head.", "head_dist."))}
+    state["head.weight"] = head.weight.detach().to(param.device, param.dtype).clone()
+    state["head.bias"] = head.bias.detach().to(param.device, param.dtype).clone()
+    model.load_state_dict(state, assign=True)  # the copies become the new model's parameters
+    model.fused_attention = backbone.fused_attention
+    return model.eval()
 
 
 def lfw_subset(size: int = 64) -> tuple[list[Image.Image], list[int], list[str]]:
