@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import io
 import threading
 
@@ -246,11 +247,16 @@ def distance_figure(distance: np.ndarray, patch_size: int) -> go.Figure:
     return fig
 
 
+def plain_label(text: str) -> str:
+    """A user's label shown as typed: plotly renders <b>, <a>, ... in labels, so the markup is escaped."""
+    return html.escape(str(text), quote=False)
+
+
 def topk_bars(probs: np.ndarray, names: list[str], k: int = 5, title: str = "top predictions") -> go.Figure:
     """Horizontal bars of the k most probable classes."""
     p = np.asarray(probs, dtype=np.float64)
     order = np.argsort(-p)[:k]
-    fig = go.Figure(go.Bar(x=p[order][::-1], y=[names[i] for i in order][::-1], orientation="h",
+    fig = go.Figure(go.Bar(x=p[order][::-1], y=[plain_label(names[i]) for i in order][::-1], orientation="h",
                            hovertemplate="%{y}: %{x:.2%}<extra></extra>"))
     fig.update_layout(xaxis=dict(range=[0, 1], tickformat=".0%"), margin=dict(l=0, r=0, t=30, b=0),
                       height=60 + 35 * len(order), title=title)
@@ -287,6 +293,7 @@ def curves_figure(history: list[dict], keys: tuple[str, ...], title: str, x: str
 def confusion_figure(matrix: np.ndarray, names: list[str]) -> go.Figure:
     """Confusion matrix, true classes down, predicted across."""
     m = np.asarray(matrix)
+    names = [plain_label(n) for n in names]
     fig = go.Figure(go.Heatmap(z=m, x=names, y=names, colorscale="Blues", text=m, texttemplate="%{text}",
                                hovertemplate="true %{y}<br>predicted %{x}<br>%{z}<extra></extra>"))
     fig.update_yaxes(autorange="reversed", title="true")

@@ -69,3 +69,13 @@ def test_activation_curves_gelu_relu_elu():
     i = int(np.argmin(np.abs(x - 1.0)))
     assert fig.data[0].y[i] == pytest.approx(0.8413, abs=1e-3)  # GELU(1) = Φ(1)
     assert fig.data[2].y[0] == pytest.approx(np.expm1(-4.0))
+
+
+def test_class_names_with_markup_are_shown_as_typed():
+    from explorer.figures import confusion_figure, topk_bars
+
+    names = ["<b>bold</b>", "a & b"]
+    bars = topk_bars(np.array([0.3, 0.7]), names, k=2)
+    assert list(bars.data[0].y) == ["&lt;b&gt;bold&lt;/b&gt;", "a &amp; b"]  # least probable first (bottom)
+    conf = confusion_figure(np.eye(2, dtype=int), names)
+    assert list(conf.data[0].x) == ["&lt;b&gt;bold&lt;/b&gt;", "a &amp; b"]
