@@ -151,13 +151,30 @@ class ClassCollection:
         cls.images[key] = CollectedImage(image, thumb, source)
         return None
 
-    def add_many(self, index: int, items: list[tuple[str, str, bytes]]) -> list[str]:
-        """Add (key, file name, bytes) items; the messages of those that were refused."""
-        messages = []
+    def wants(self, index: int, key: str) -> bool:
+        """Whether a photo with this key would be added (new, not deleted): read an upload's bytes only then."""
+        cls = self.classes[index]
+        return key not in cls.images and key not in cls.removed
+
+    def add_many(self, index: int, items: list[tuple[str, str, Any]]) -> list[str]:
+        """Add (key, file name, bytes or a function returning them) items; messages for those refused.
+
+        Photos over the per-class limit are counted in one message; their bytes are not read.
+        """
+        messages, over = [], 0
         for key, name, data in items:
-            message = self.add(index, key, data, name)
+            if not self.wants(index, key):
+                continue
+            if len(self.classes[index].images) >= MAX_IMAGES_PER_CLASS:
+                over += 1
+                self.classes[index].removed.add(key)  # not offered again on the next run
+                continue
+            message = self.add(index, key, data() if callable(data) else data, name)
             if message:
                 messages.append(message)
+        if over:
+            messages.append(f"{over} photo(s) were not added to class {index + 1}: it keeps at most "
+                            f"{MAX_IMAGES_PER_CLASS} photos. Delete some to make room, or upload fewer.")
         return messages
 
     def remove(self, index: int, key: str) -> None:

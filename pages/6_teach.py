@@ -98,7 +98,7 @@ for i, cls in enumerate(collection.classes):
         files = st.file_uploader(f"Photos of class {i + 1}", type=["png", "jpg", "jpeg", "webp", "bmp", "gif"],
                                  accept_multiple_files=True, key=S.teach_key("files", cls.uid))
         if files:
-            messages += collection.add_many(i, [(f"upload:{f.file_id}", f.name, f.getvalue()) for f in files])
+            messages += collection.add_many(i, [(f"upload:{f.file_id}", f.name, f.getvalue) for f in files])
         if st.toggle("Use the camera", key=S.teach_key("use_camera", cls.uid)):
             st.camera_input(f"Photo for class {i + 1}", key=S.teach_key("camera", cls.uid))
             st.button("Add this photo", key=S.teach_key("add_shot", cls.uid), on_click=add_camera_shot,
@@ -234,8 +234,8 @@ if shot is not None:
         h3.plotly_chart(F.heatmap_over_image(view, out["cls_attention"], name="attention",
                                              title="DINOv2 CLS attention (no class)"), key="teach_cls")
         st.caption("Left and middle: what the taught head uses for this class (Chefer et al. relevance; the logit "
-                   "drop when each block of 4×4 patches is hidden). Right: where the frozen backbone's CLS token looks in its "
-                   "last layer, the same for every class: the features the head reads.")
+                   "drop when each block of 4×4 patches is hidden). Right: where the frozen backbone's CLS token "
+                   "looks in its last layer, the same for every class: the features the head reads.")
 
 st.subheader("5 · Keep it")
 

@@ -255,6 +255,9 @@ def test_collection_caps_photos_per_class_and_decodes_big_photos_small():
         assert c.add(0, f"s{k}", small) is None
     message = c.add(0, "one-too-many", small, "extra.png")
     assert message and str(T.MAX_IMAGES_PER_CLASS) in message and c.counts()[0] == T.MAX_IMAGES_PER_CLASS
+    read = []
+    messages = c.add_many(0, [(f"x{k}", f"x{k}.jpg", lambda: read.append(1) or small) for k in range(40)])
+    assert len(messages) == 1 and messages[0].startswith("40 photo(s) were not added") and not read
 
 
 def test_a_zip_of_class_folders_becomes_a_collection(tmp_path):
