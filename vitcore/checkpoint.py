@@ -34,11 +34,9 @@ from .model import VisionTransformer
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "FORMAT",
-    "load",
     "load_checkpoint",
     "load_state_dict_checked",
     "model_memory_bytes",
-    "save",
     "save_checkpoint",
 ]
 
@@ -527,6 +525,3 @@ def load_checkpoint(
     load_state_dict_checked(model, state)
     return model.eval(), metadata
 
-
-save = save_checkpoint
-load = load_checkpoint
