@@ -11,9 +11,10 @@ shared machine hits every variant alike), the median wall time of:
     HF ViTModel eager, plain                      same sizes, random weights, no download
     HF ViTModel eager, output_attentions=True
 
-Overhead of capture = capture / explicit - 1 (the fair comparison: capturing needs the explicit
-matrix); also reported against fused. HF overhead = output_attentions / its plain eager forward - 1.
-Targets (issue 3): capture overhead <= 8% on tiny, <= 3% on base, and below the HF overhead.
+Capture runs ``forward_intermediates`` (no flag, no hook: the model is shared read-only), with the
+softmax written straight into the trace's preallocated tensor. Targets (issue 10), at batch 1:
+capture <= 8 % over the plain fused forward on tiny and <= 3 % on base, and no slower than Hugging
+Face's eager ``output_attentions=True`` forward of the same configuration. Batch 8 is reported too.
 """
 
 from __future__ import annotations
@@ -65,25 +66,25 @@ def interleaved_times(fns: dict[str, Callable[[], object]], reps: int, warmup: i
 def cell(config: ViTConfig, model: VisionTransformer, hf: torch.nn.Module, batch: int, reps: int, warmup: int):
     """Timings of the five variants on one (model, batch) cell."""
     x = torch.randn(batch, 3, *config.image_size)
+    explicit = VisionTransformer(config.replace(fused_attention=False)).eval()
+    explicit.load_state_dict(model.state_dict())
 
-    def plain(fused: bool) -> torch.Tensor:
-        model.fused_attention = fused
+    def plain(net: VisionTransformer) -> torch.Tensor:
         with torch.no_grad():
-            return model(x)
+            return net(x)
 
     def hf_forward(attentions: bool) -> object:
         with torch.no_grad():
             return hf(pixel_values=x, output_attentions=attentions)
 
     fns = {
-        "fused": lambda: plain(True),
-        "explicit": lambda: plain(False),
+        "fused": lambda: plain(model),
+        "explicit": lambda: plain(explicit),
         "capture": lambda: capture(model, x),
         "hf": lambda: hf_forward(False),
         "hf_attn": lambda: hf_forward(True),
     }
     times = interleaved_times(fns, reps, warmup)
-    model.fused_attention = True
     return times, capture(model, x).nbytes() / 1e6
 
 
@@ -120,10 +121,11 @@ def main() -> None:
             def overhead(a: str, b: str, med=med, best=best) -> tuple[float, float]:
                 return med[a] / med[b] - 1, best[a] / best[b] - 1
 
-            vs_explicit, vs_fused, hf_overhead = (
+            vs_explicit, vs_fused, hf_overhead, vs_hf = (
                 overhead("capture", "explicit"),
                 overhead("capture", "fused"),
                 overhead("hf_attn", "hf"),
+                overhead("capture", "hf_attn"),
             )
             pair = "{:>+10.1%} ({:+.1%})".format
             ms = {k: f"{v * 1e3:>9.1f}" for k, v in med.items()}
@@ -132,10 +134,11 @@ def main() -> None:
                 f"{pair(*vs_fused):>19} {ms['hf']}{ms['hf_attn']}{pair(*hf_overhead):>19}{megabytes:>10.1f}"
             )
             target = 0.08 if name == "tiny" else 0.03
-            ok = vs_explicit[0] <= target and vs_explicit[0] < hf_overhead[0]
+            ok = vs_fused[0] <= target and vs_hf[0] <= 0.0
             verdicts.append(
-                f"{name} batch {batch}: capture {vs_explicit[0]:+.1%} vs explicit (target <= {target:.0%}), "
-                f"HF output_attentions {hf_overhead[0]:+.1%} -> {'ok' if ok else 'MISSED'}"
+                f"{name} batch {batch}: capture {vs_fused[0]:+.1%} vs fused forward (target <= {target:.0%}"
+                f"{'' if batch == 1 else ', batch 1 only'}), capture / HF output_attentions {1 + vs_hf[0]:.2f}x "
+                f"(target <= 1.00x) -> {'ok' if ok else 'MISSED'}"
             )
     print()
     print("\n".join(verdicts))
