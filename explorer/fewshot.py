@@ -469,7 +469,11 @@ def block_occlusion(model: VisionTransformer, x: torch.Tensor, target: int, bloc
 
 def submit_teach(manager: Any, owner: str, request: TeachRequest) -> Job:
     """Queue a teach job for this session's owner id (what the Start button does)."""
-    limit = 300.0 if request.strategy == "linear" else 900.0
+    photos = sum(len(images) for images in request.images)
+    views = 3 if min(len(images) for images in request.images) < AUGMENT_BELOW else 1
+    limit = 120.0 + 2.0 * photos * views  # ~0.1 s a photo on 2 idle cores; room for a busy server
+    if request.strategy != "linear":
+        limit += 60.0 * request.epochs
     return manager.submit(owner, lambda job, r=request: run_teach(job, r), max_seconds=limit)
 
 

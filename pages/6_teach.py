@@ -149,9 +149,11 @@ def live() -> None:
     """Polls this session's teach job; takes its result into the session when it is done."""
     job = manager.get(ss.get(S.TEACH_JOB))
     if job is None:
-        st.info("Collect at least 5 photos per class and press **Start**. Training runs in the background queue.")
+        st.info("Collect at least 5 photos per class and press **Start**. Training runs in the shared background "
+                "queue; stay on this page until it is done (a closed page stops its job).")
         return
     job.touch()
+    manager.sweep()
     snap = job.snapshot()
     if snap["status"] == "queued":
         st.warning(f"Waiting for the trainer: place {manager.position(job)} in line.")
