@@ -128,7 +128,7 @@ class ViTConfig:
                 isinstance(value, (int, float)) and 0.0 <= value < 1.0,
                 f"{name}={value!r} must be in [0, 1)",
             )
-        _check(self.pool in POOLS, f"pool={self.pool!r} must be one of {list(POOLS)}")
+        _check(self.pool in POOLS, f"pool={self.pool!r} must be 'cls' or 'mean', or 'cls+mean' for both concatenated")
         _check(
             not (self.pool == "cls+mean" and self.distilled and self.distilled_head),
             "pool='cls+mean' has no DeiT distillation head (it reads one token); set distilled_head=False",
