@@ -151,6 +151,7 @@ class _Clock:
 
     until: float = float("inf")
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    opened: int = 0  # students whose page is up (or who gave up)
 
 
 async def _student(browser, url: str, settings: dict[str, str], think: float, clock: _Clock, seed: int,
@@ -161,10 +162,13 @@ async def _student(browser, url: str, settings: dict[str, str], think: float, cl
     rng = random.Random(seed)
     try:
         query = "&".join(f"{k}={v}" for k, v in settings.items())
-        await page.goto(f"{url}/attention?{query}")
-        await page.wait_for_function(f"() => ({TITLE_JS})().includes('where patch')", timeout=600_000)
-        box = page.get_by_label("Query patch (or click the image)")
-        limit = int(await box.get_attribute("max") or 0) or 1
+        try:
+            await page.goto(f"{url}/attention?{query}")
+            await page.wait_for_function(f"() => ({TITLE_JS})().includes('where patch')", timeout=600_000)
+            box = page.get_by_label("Query patch (or click the image)")
+            limit = int(await box.get_attribute("max") or 0) or 1
+        finally:
+            clock.opened += 1
         await clock.ready.wait()
         while time.monotonic() < clock.until:
             patch = rng.randrange(limit + 1)
@@ -201,10 +205,16 @@ async def _run_cell(server: Server, model: str, think: float, students: int, sec
     clock = _Clock()
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        warm = await browser.new_page()  # the server's first visit (Streamlit settles its page mode then)
+        await warm.goto(server.url)
+        await warm.get_by_text("The data flow, with the shapes of this run").wait_for(timeout=600_000)
+        await warm.close()
         tasks = []
         for i in range(students):  # everyone opens the page first (not timed), a little apart, as a class does
             tasks.append(asyncio.create_task(_student(browser, server.url, MODELS[model], think, clock, i, cell)))
             await asyncio.sleep(open_seconds / students)
+        while clock.opened < students:  # the clicking starts together, once every page is up
+            await asyncio.sleep(0.2)
         cpu0, t0 = server.cpu_seconds(), time.monotonic()
         server.peak_rss = 0
         clock.until = time.monotonic() + seconds
@@ -218,8 +228,8 @@ async def _run_cell(server: Server, model: str, think: float, students: int, sec
 
 def run_classroom(server: Server, model: str, think: float, students: int, seconds: float,
                   open_seconds: float | None = None) -> Cell:
-    """One cell of the table against a running server (students open the page for ``open_seconds`` first)."""
-    wait = min(10 + 2 * students, 90) if open_seconds is None else open_seconds
+    """One cell of the table against a running server (students open their pages over ``open_seconds``)."""
+    wait = min(students, 30) if open_seconds is None else open_seconds
     return asyncio.run(_run_cell(server, model, think, students, seconds, wait))
 
 

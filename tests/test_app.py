@@ -223,3 +223,18 @@ def test_finetune_page_follows_a_short_job_to_a_usable_model():
     assert meta["class_names"] == ["circle", "square", "triangle", "cross", "star"]
     assert model.config.image_size == (32, 32) and model.config.num_classes == 5
     assert [b.label for b in at.button if b.key == "ft_use"] == ["Use this model on every page"]
+
+
+def test_attention_sessions_share_one_trace_and_its_figures_within_the_budget():
+    from explorer.budget import shared_cache
+
+    def traces() -> int:
+        return sum(1 for k in list(shared_cache()._items) if k[0] == "trace")
+
+    first = app("pages/3_attention.py", **TINY)
+    before, count = shared_cache().stats(), traces()
+    second = app("pages/3_attention.py", **TINY)  # another student, same image and model
+    after = shared_cache().stats()
+    assert traces() == count >= 1  # no second trace was recorded
+    assert after.hits > before.hits and after.bytes <= after.max_bytes
+    assert charts(first)[0] == charts(second)[0]  # the same cached figure, sent as the same JSON
