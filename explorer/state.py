@@ -53,6 +53,12 @@ PRED_CLICK = "pred_click"  # Predict: clickable image that masks patches
 PRED_FILL = "pred_fill"
 PRED_TARGET = "pred_target"
 DINO_OTHER = "dino_other"  # DINO views: the second photo of the joint PCA
+TRUST_CLASS = "trust_class"  # Trust: class to explain
+TRUST_FILL = "trust_fill"  # Trust: what removed patches show
+TRUST_STEPS = "trust_steps"  # Trust: steps per curve
+TRUST_RUN = "trust_run"  # Trust: (spec, image key, class, fill, steps) of the last "compute" click
+TRUST_RANDOMIZE = "trust_randomize"  # Trust: (spec, image key, class) of the last randomisation click
+TRUST_STRIP_METHOD = "trust_strip_method"  # Trust: method shown in the randomisation strip
 
 
 def playground_key(side: str, name: str) -> str:

@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from explorer import state as S
 from explorer.figures import head_maps
 from explorer.models import LoadedModel
 from vitcore import faithfulness as FA
@@ -44,8 +45,8 @@ METHODS: tuple[str, ...] = FA.ALL_METHODS  # the methods, then the random and ce
 FILLS: tuple[str, ...] = FA.FILLS
 
 # session-state keys of the Trust page (to join the others in explorer/state.py)
-RUN_KEY = "trust_run"  # (spec, image key, class, fill, steps) of the last "compute" click
-RANDOMIZE_KEY = "trust_randomize"  # (spec, image key, class) of the last randomisation click
+RUN_KEY = S.TRUST_RUN  # (spec, image key, class, fill, steps) of the last "compute" click
+RANDOMIZE_KEY = S.TRUST_RANDOMIZE  # (spec, image key, class) of the last randomisation click
 
 INTRO = """
 **Can you trust this map?** A relevance map claims that some patches matter more than others for

@@ -8,10 +8,10 @@ import numpy as np
 import streamlit as st
 import torch
 
+from explorer import state as S
 from explorer import trust as T
-from explorer.images import to_tensor
 from explorer.models import LoadedModel, ModelSpec
-from pages._ui import page_inputs, show_error, trace_for
+from pages._ui import model_input, page_inputs, show_error, trace_for
 
 
 # ----------------------------------------------------------------------------- caches (one entry per method)
@@ -40,7 +40,7 @@ except ValueError as exc:
     show_error(exc, "Model")
     st.stop()
 
-x = to_tensor(image, loaded.image_size, loaded.mean, loaded.std)
+x = model_input(loaded, image)  # the model's own preprocessing record
 names = loaded.class_names
 probs = trace_for(spec, loaded, key, image).logits[0].softmax(-1).double().numpy()  # cached with the trace
 st.markdown(T.INTRO)
@@ -48,17 +48,17 @@ with st.expander("What each method computes"):
     st.markdown(T.METHODS_TEXT)
 
 left, mid, right = st.columns([2, 1, 1])
-target = int(left.selectbox("Class to explain", range(len(names)), index=int(np.argmax(probs)), key="trust_class",
+target = int(left.selectbox("Class to explain", range(len(names)), index=int(np.argmax(probs)), key=S.TRUST_CLASS,
                             format_func=lambda i: f"{names[i]} ({probs[i]:.1%})"))
-fill = mid.radio("Removed patches show", T.FILLS, horizontal=True, key="trust_fill",
+fill = mid.radio("Removed patches show", T.FILLS, horizontal=True, key=S.TRUST_FILL,
                  format_func={"mean": "mean colour", "blur": "blurred", "zero": "black"}.get)
-steps = int(right.slider("Steps per curve", 2, 32, 10, key="trust_steps"))
+steps = int(right.slider("Steps per curve", 2, 32, 10, key=S.TRUST_STEPS))
 
 run = (spec, key, target, fill, steps)
 if st.button("Compute every map and its curves", type="primary", key="trust_compute"):
-    st.session_state[T.RUN_KEY] = run
+    st.session_state[S.TRUST_RUN] = run
 
-if st.session_state.get(T.RUN_KEY) == run:
+if st.session_state.get(S.TRUST_RUN) == run:
     bar = st.progress(0.0, text="Computing the maps…")
     maps, curves = {}, {}
     try:
@@ -88,8 +88,8 @@ st.subheader("Sanity check: randomise the model")
 st.markdown(T.RANDOMIZATION_TEXT)
 check_run = (spec, key, target)
 if st.button("Run the randomisation check", key="trust_randomize_button"):
-    st.session_state[T.RANDOMIZE_KEY] = check_run
-if st.session_state.get(T.RANDOMIZE_KEY) == check_run:
+    st.session_state[S.TRUST_RANDOMIZE] = check_run
+if st.session_state.get(S.TRUST_RANDOMIZE) == check_run:
     bar = st.progress(0.0, text="Randomising the model block by block…")
     checks = {}
     try:
@@ -103,6 +103,6 @@ if st.session_state.get(T.RANDOMIZE_KEY) == check_run:
         st.stop()
     bar.empty()
     shown = st.selectbox("Strip of maps for", list(checks), index=list(checks).index("gradient-rollout"),
-                         key="trust_strip_method")
+                         key=S.TRUST_STRIP_METHOD)
     st.plotly_chart(T.randomization_figure(checks[shown], shown), key="trust_strip")
     st.dataframe(T.randomization_rows(checks), hide_index=True, key="trust_randomization")
