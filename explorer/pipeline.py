@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from vitcore import VisionTransformer, patchify
+from vitcore.model import parameter_count
 
 __all__ = ["Stage", "cost_summary", "param_count", "shape_flow"]
 
@@ -51,7 +52,8 @@ def shape_flow(model: VisionTransformer, images: torch.Tensor) -> list[Stage]:
     pooled = model.pool(tokens)  # (B, D)
     logits = model.forward_head(tokens)  # (B, C)
     T = with_cls.shape[1]
-    pool_name = "CLS token" if cfg.pool == "cls" else "mean of patch tokens"
+    pool_name = {"cls": "CLS token", "mean": "mean of patch tokens", "cls+mean": "CLS token and mean patch token"}[
+        cfg.pool]
     return [
         Stage("image", "[B, 3, H, W]", tuple(images.shape), f"{H}×{W} pixels, {C} channels"),
         Stage(
@@ -105,11 +107,4 @@ def cost_summary(config, image_size: tuple[int, int] | None = None) -> dict[str,
 
 def param_count(config) -> int:
     """Exact parameter count of ``VisionTransformer(config)`` without building it."""
-    D, P, C, M, L = config.dim, config.patch_size, config.in_channels, config.mlp_dim, config.depth
-    N, K = config.num_patches, config.num_classes
-    prefix = config.num_prefix_tokens
-    embed = D * C * P * P + D + prefix * D + (prefix + N) * D
-    qkv = 3 * D * D + (3 * D if config.qkv_bias else 0)
-    block = 2 * 2 * D + qkv + D * D + D + D * M + M + M * D + D
-    head = (D * K + K) * (2 if config.distilled and config.distilled_head else 1) if K else 0
-    return embed + L * block + 2 * D + head
+    return parameter_count(config)

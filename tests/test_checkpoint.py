@@ -280,12 +280,15 @@ def test_huge_configs_are_refused_before_anything_is_allocated(micro, no_model_b
 
 
 def test_memory_budget_is_a_parameter_and_counts_every_parameter(micro, tmp_path):
-    from vitcore.checkpoint import _parameter_count, model_memory_bytes
+    from vitcore.checkpoint import model_memory_bytes
+    from vitcore.model import parameter_count
 
     for config in [ViTConfig.preset("micro"), ViTConfig.preset("micro", num_classes=0, qkv_bias=False),
                    ViTConfig.preset("micro", image_size=(32, 48), distilled=True, in_channels=1, mlp_ratio=3.0),
-                   ViTConfig.preset("micro", distilled=True, distilled_head=False, pool="mean")]:
-        assert _parameter_count(config) == sum(p.numel() for p in VisionTransformer(config).parameters()), config
+                   ViTConfig.preset("micro", distilled=True, distilled_head=False, pool="mean"),
+                   ViTConfig.preset("micro", num_registers=4, pool="cls+mean"),
+                   *(ViTConfig.preset("micro", token_mixer=m) for m in ("linear", "retention", "pooling", "mlp"))]:
+        assert parameter_count(config) == sum(p.numel() for p in VisionTransformer(config).parameters()), config
     path = save_checkpoint(micro, tmp_path / "m.safetensors", class_names=NAMES, normalization=SHAPES_NORMALIZATION)
     need = model_memory_bytes(micro.config)
     with pytest.raises(ValueError, match=r"the limit is 0\.0 GB"):

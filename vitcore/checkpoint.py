@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .config import ViTConfig
-from .model import VisionTransformer
+from .model import VisionTransformer, parameter_count
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -185,23 +185,11 @@ def _config_from_json(text: Any, where: str) -> ViTConfig:
     return _config_from_dict(data, where)
 
 
-def _parameter_count(config: ViTConfig) -> int:
-    """Number of weights of ``VisionTransformer(config)``, computed from the config alone."""
-    D, C, P, M, K = config.dim, config.in_channels, config.patch_size, config.mlp_dim, config.num_classes
-    prefix = config.num_prefix_tokens
-    tokens = prefix + config.num_patches
-    embed = D * C * P * P + D + prefix * D + tokens * D  # patch conv, CLS (+ dist) token, E_pos
-    attention = 3 * D * D + (3 * D if config.qkv_bias else 0) + D * D + D  # qkv and output projection
-    block = 4 * D + attention + D * M + M + M * D + D  # two LayerNorms, attention, MLP
-    heads = (1 + int(config.distilled and config.distilled_head)) * (D * K + K) if K else 0
-    return embed + config.depth * block + 2 * D + heads
-
-
 def model_memory_bytes(config: ViTConfig) -> int:
     """Float32 bytes of the weights plus one input image plus one attention map (all heads)."""
     h, w = config.image_size
     tokens = config.num_prefix_tokens + config.num_patches
-    values = _parameter_count(config) + config.in_channels * h * w + config.heads * tokens * tokens
+    values = parameter_count(config) + config.in_channels * h * w + config.heads * tokens * tokens
     return _BYTES_PER_VALUE * values
 
 
@@ -211,7 +199,7 @@ def _check_budget(config: ViTConfig, max_bytes: int, where: str) -> None:
     if need > max_bytes:
         h, w = config.image_size
         raise ValueError(
-            f"{where}: its config needs about {need / 1e9:.1f} GB ({_parameter_count(config):,} parameters, "
+            f"{where}: its config needs about {need / 1e9:.1f} GB ({parameter_count(config):,} parameters, "
             f"{h}x{w} input, {config.num_prefix_tokens + config.num_patches:,} tokens, depth {config.depth}); "
             f"the limit is {max_bytes / 1e9:.1f} GB. If you trust this file, pass a larger max_bytes"
         )

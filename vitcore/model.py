@@ -31,6 +31,7 @@ __all__ = [
     "VisionTransformer",
     "conv_as_linear",
     "interpolate_pos_embedding",
+    "parameter_count",
     "patchify",
     "unpatchify",
 ]
@@ -265,6 +266,24 @@ class Block(nn.Module):
         x = x + mixed  # (B, T, D)   z' = MSA(LN(z)) + z
         out, hidden = self.mlp.forward_explicit(self.norm2(x), dropout)  # (B, T, D), (B, T, M)
         return x + out, matrix, qkv, hidden  # z = MLP(LN(z')) + z'
+
+
+# --------------------------------------------------------------------------- counting
+def parameter_count(config: ViTConfig) -> int:
+    """Exact number of weights of ``VisionTransformer(config)``, from the config alone (nothing is built).
+
+    Used to size a model before building it (checkpoint budgets, the app's guards and cost tables).
+    """
+    from .mixers import mixer_cost
+
+    D, C, P, M, K = config.dim, config.in_channels, config.patch_size, config.mlp_dim, config.num_classes
+    embed = D * C * P * P + D  # patch conv
+    tokens = config.num_prefix_tokens * D  # CLS, distillation and register tokens
+    positions = (config.num_pos_prefix_tokens + config.num_patches) * D  # E_pos
+    block = 2 * 2 * D + mixer_cost(config)["params"] + D * M + M + M * D + D  # two LayerNorms, mixer, MLP
+    head = config.pool_dim * K + K if K else 0
+    head_dist = D * K + K if K and config.distilled and config.distilled_head else 0
+    return embed + tokens + positions + config.depth * block + 2 * D + head + head_dist
 
 
 # --------------------------------------------------------------------------- the model
