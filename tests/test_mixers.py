@@ -226,3 +226,31 @@ def test_every_parameter_gets_a_gradient(name):
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing
+
+
+@pytest.mark.parametrize("name", ["linear", "retention", "pooling", "mlp"])
+def test_checkpoint_round_trip_keeps_the_mixer(name, tmp_path):
+    from vitcore.checkpoint import load_checkpoint, save_checkpoint
+
+    model = VisionTransformer(config(name)).eval()
+    path = save_checkpoint(model, tmp_path / "m.safetensors", class_names=list("abcde"),
+                           normalization=((0.5,) * 3, (0.5,) * 3))
+    loaded, _ = load_checkpoint(path)
+    assert loaded.config.token_mixer == name and type(loaded.blocks[0].attn) is type(model.blocks[0].attn)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TOKEN_MIXERS)
+def test_a_micro_vit_with_each_mixer_overfits_one_batch(name):
+    model = VisionTransformer(config(name)).train()
+    x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 5
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    for _ in range(150):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05
