@@ -56,12 +56,16 @@ BOX_COLOURS = {"truth": "#00e676", "CLS token": "#ff9100", "mean patch token": "
                "box of the probe's mask": "#e040fb"}
 
 
-def split_sizes(config: ViTConfig, budget_macs: float = 3e11) -> tuple[int, int]:
+def split_sizes(
+    config: ViTConfig, image_size: tuple[int, int] | None = None, budget_macs: float = 3e11
+) -> tuple[int, int]:
     """(train, val) image counts whose token extraction costs about ``budget_macs`` multiply-accumulates.
 
-    The bundled micro model gets 1000 / 200 (all in about a second); a ViT-S at 224 px 64 / 32.
+    ``image_size`` is the input the model will get (default its config's). The bundled micro model
+    gets 1000 / 200 (all in about a second); a ViT-S at 224 px 64 / 32.
     """
-    T = config.num_prefix_tokens + config.num_patches
+    h, w = image_size or config.image_size
+    T = config.num_prefix_tokens + (h // config.patch_size) * (w // config.patch_size)
     D = config.dim
     per_image = config.depth * T * (12 * D * D + 2 * T * D)
     n_train = int(min(1000, max(64, budget_macs / per_image)))
@@ -124,7 +128,7 @@ def dense_report(
 
     cfg = model.config
     size = tuple(image_size or cfg.image_size)
-    n_train, n_val = sizes or split_sizes(cfg)
+    n_train, n_val = sizes or split_sizes(cfg, size)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     say(0.0, f"Rendering {n_train} + {n_val} Shapes images at {size[0]}×{size[1]}…")
