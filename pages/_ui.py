@@ -134,8 +134,9 @@ def model_caption(loaded: LoadedModel) -> None:
         line += f" · val accuracy {float(accuracy):.1%}"
     st.sidebar.caption(line)
     for key in ("notes", "licence"):
-        if meta.get(key):
-            st.sidebar.caption(str(meta[key]))
+        value = meta.get(key)
+        if value:
+            st.sidebar.caption(" ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value))
 
 
 def enter_page() -> None:

@@ -2,65 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
-
 import pytest
+from browser_support import ARTIFACTS, CHROMIUM, FLAGS, app_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = ROOT / "tests" / "artifacts"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
-         "--no-first-run", "--disable-component-update", "--disable-sync"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server():
-    if not Path(CHROMIUM).exists():
-        pytest.skip("chromium is not installed (.ci/run installs it with apt-get)")
-    port = free_port()
-    ARTIFACTS.mkdir(exist_ok=True)
-    log = open(ARTIFACTS / "server.log", "w")  # noqa: SIM115 - closed when the server stops
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "EXPLORER_MAX_TRAINING_JOBS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"), "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
-         "--client.showErrorDetails", "full"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("the app did not start within 60 s")
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with app_server("server.log") as url:
+        yield url
 
 
 @pytest.fixture
@@ -126,6 +77,30 @@ def test_upload_open_attention_click_a_patch(server, page, tmp_path):
     patch = int(after.split("where patch ")[1].split()[0])
     assert patch >= 98 and patch % 14 >= 7  # lower-right quarter of the 14×14 grid
     page.screenshot(path=str(ARTIFACTS / "attention_after_click.png"), full_page=True)
+
+
+def test_attention_on_the_cat_with_dinov2_click_a_patch(server, page):
+    page.goto(f"{server}/attention")  # the defaults: the cat photo through DINOv2 ViT-S/14 at 224 px (16x16)
+    page.get_by_text("What the CLS token attends to").wait_for(timeout=180_000)
+    wait_idle(page)
+    assert page.locator('[data-testid="stSidebar"]').get_by_text("DINOv2 ViT-S/14 at 224 px").count() >= 1
+    before = attention_title(page)
+    chart = page.locator('[data-testid="stPlotlyChart"]').first
+    box = chart.locator(".nsewdrag").first.bounding_box()
+    x, y = box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.3  # upper-left quarter
+    page.mouse.move(x, y)
+    page.wait_for_timeout(400)
+    page.mouse.click(x, y)
+    page.wait_for_function(
+        "(before) => { const t = document.querySelector('[data-testid=\"stPlotlyChart\"] .gtitle');"
+        " return t && t.textContent !== before; }",
+        arg=before,
+        timeout=60_000,
+    )
+    wait_idle(page)
+    patch = int(attention_title(page).split("where patch ")[1].split()[0])
+    assert patch < 128 and patch % 16 < 8  # upper-left quarter of the 16x16 grid
+    page.screenshot(path=str(ARTIFACTS / "attention_dinov2_cat.png"), full_page=True)
 
 
 def test_finetune_start_curve_grows_stop(server, page):
