@@ -53,6 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .analysis import _gaussian_blur
+
 __all__ = [
     "METHODS",
     "BASELINES",
@@ -198,24 +200,12 @@ def _check_steps(steps: int) -> None:
 
 
 # --------------------------------------------------------------------------- fills
-def _blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (1, C, H, W), edges replicated."""
-    radius = max(1, math.ceil(3 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
-    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()  # (2r+1,)
-    C = image.shape[1]
-    x = F.pad(image, (radius, radius, radius, radius), mode="replicate")  # (1, C, H+2r, W+2r)
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)  # along W
-    return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)  # along H: (1, C, H, W)
-
-
 def _fill_image(x: torch.Tensor, fill: str, patch_size: int, normalization: Any = None) -> torch.Tensor:
     """What a removed patch shows, as a full (1, C, H, W) image in the model's input space."""
     if fill == "mean":
         return torch.zeros_like(x)  # the normalisation mean is 0 after normalising
     if fill == "blur":
-        return _blur(x, sigma=patch_size / 2)
+        return _gaussian_blur(x, sigma=patch_size / 2)
     if fill == "zero":
         if normalization is None:
             raise ValueError(
