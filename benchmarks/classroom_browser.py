@@ -250,7 +250,10 @@ def main() -> None:
         try:
             for think in (float(t) for t in args.think.split(",")):
                 for students in (int(n) for n in args.students.split(",")):
-                    print(run_classroom(server, model, think, students, args.seconds).row(), flush=True)
+                    cell = run_classroom(server, model, think, students, args.seconds)
+                    print(cell.row(), flush=True)
+                    for line in (cell.errors + cell.leaks)[:3]:
+                        print(f"    {line[:200]}", flush=True)
         finally:
             server.stop()
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
