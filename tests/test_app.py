@@ -75,13 +75,16 @@ def test_home_shows_live_shapes_for_tiny():
     assert shapes["CLS"] == "[1, 192]" and shapes["logits"] == "[1, 1000]"
     # the guided tour links every page
     links = [link.proto.page for link in at.get("page_link")]
-    assert len(links) == 6
+    assert len(links) == 10
 
 
-def test_home_uses_the_bundled_model_by_default():
+def test_home_uses_dinov2_for_photos_and_the_shapes_model_for_shapes_by_default():
     at = app()
     shapes = dict(zip(at.dataframe[0].value["stage"], at.dataframe[0].value["this run"]))
-    assert shapes["image"] == "[1, 3, 32, 32]" and shapes["logits"] == "[1, 5]"
+    assert shapes["image"] == "[1, 3, 224, 224]" and shapes["features"] == "[1, 384]"  # DINOv2, no head
+    at = app(**{S.SAMPLE_NAME: "shapes: star"})
+    shapes = dict(zip(at.dataframe[0].value["stage"], at.dataframe[0].value["this run"]))
+    assert shapes["image"] == "[1, 3, 64, 64]" and shapes["logits"] == "[1, 5]"
 
 
 def test_patches_page_counts_tokens_and_proves_conv_is_linear():
@@ -168,7 +171,7 @@ def test_a_real_upload_flows_through_the_model():
     at.run()
     assert not at.exception and not at.error
     shapes = dict(zip(at.dataframe[0].value["stage"], at.dataframe[0].value["this run"]))
-    assert shapes["image"] == "[1, 3, 32, 32]" and shapes["logits"] == "[1, 5]"
+    assert shapes["image"] == "[1, 3, 224, 224]" and shapes["features"] == "[1, 384]"  # a photo: DINOv2
 
 
 def test_shared_link_opens_exactly_that_view():
@@ -221,7 +224,7 @@ def test_finetune_page_follows_a_short_job_to_a_usable_model():
     assert [m.value for m in at.metric if m.label == "val accuracy"]
     model, meta = load_checkpoint(job.snapshot()["artifacts"]["best_checkpoint"])
     assert meta["class_names"] == ["circle", "square", "triangle", "cross", "star"]
-    assert model.config.image_size == (32, 32) and model.config.num_classes == 5
+    assert model.config.image_size == (64, 64) and model.config.num_classes == 5
     assert [b.label for b in at.button if b.key == "ft_use"] == ["Use this model on every page"]
 
 
