@@ -63,8 +63,9 @@ def bundled_tokens():
         pytest.skip("bundled model missing (make checkpoint)")
     model, _ = load_checkpoint(BUNDLED_CHECKPOINT)
     before = [p.detach().clone() for p in model.parameters()]
-    train = dense.shapes_split(500, 32, split="train")
-    val = dense.shapes_split(200, 32, split="val")
+    size = model.config.image_size  # the model's own input size and patch grid
+    train = dense.shapes_split(500, size, split="train")
+    val = dense.shapes_split(200, size, split="val")
     tokens = dense.extract_tokens(model, train.images), dense.extract_tokens(model, val.images)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the model was only read
     return train, val, *tokens
@@ -79,15 +80,16 @@ def test_extract_tokens_match_forward_features(bundled_tokens):
         features = model.forward_features(val.images[:8])
     torch.testing.assert_close(tokens.patches[:8], features[:, 1:], atol=1e-5, rtol=0)
     torch.testing.assert_close(tokens.cls[:8], features[:, 0], atol=1e-5, rtol=0)
-    assert tokens.cls_attention.shape == (200, 4, 17)
-    torch.testing.assert_close(tokens.cls_attention.sum(-1), torch.ones(200, 4), atol=1e-5, rtol=0)
+    T = 1 + model.config.num_patches
+    assert tokens.cls_attention.shape == (200, model.config.heads, T)
+    torch.testing.assert_close(tokens.cls_attention.sum(-1), torch.ones(200, model.config.heads), atol=1e-5, rtol=0)
 
 
 def test_segmentation_probe_reaches_miou_06_on_shapes_validation(bundled_tokens):
     train, val, tokens_train, tokens_val = bundled_tokens
     probe = dense.train_segmentation_probe(tokens_train, train.masks)
     pred = probe.predict(tokens_val.patches)
-    assert pred.shape == val.masks.shape == (200, 32, 32)
+    assert pred.shape == val.masks.shape and pred.shape[0] == 200
     scores = dense.segmentation_miou(pred, val.masks)
     print(f"segmentation probe on the bundled model: {scores}")
     assert scores["miou"] >= 0.6
@@ -102,12 +104,14 @@ def test_unsupervised_masks_have_the_input_size_and_keep_60_percent(bundled_toke
                           tokens.patch_size, tokens.num_prefix_tokens)
     pca = dense.pca_masks(tokens)
     attention = dense.attention_masks(tokens, keep=0.6)
-    assert pca.shape == attention.shape == (50, 32, 32) and pca.dtype == attention.dtype == torch.bool
+    P = tokens.patch_size
+    size = (tokens.grid[0] * P, tokens.grid[1] * P)
+    assert pca.shape == attention.shape == (50, *size) and pca.dtype == attention.dtype == torch.bool
     # whole patches: the kept ones hold >= 60 % of the head-averaged CLS attention to the patches, and
     # dropping the weakest kept patch would leave less than 60 %
     row = tokens.cls_attention.mean(1)[:, 1:]  # (n, N)
     row = row / row.sum(-1, keepdim=True)
-    patches = dense.attention_masks(tokens, keep=0.6, upsampling="nearest")[:, ::8, ::8].flatten(1)  # (n, N)
+    patches = dense.attention_masks(tokens, keep=0.6, upsampling="nearest")[:, ::P, ::P].flatten(1)  # (n, N)
     kept = (row * patches).sum(-1)
     weakest = torch.where(patches, row, torch.full_like(row, 2.0)).amin(-1)
     assert (kept >= 0.6 - 1e-5).all() and (kept - weakest < 0.6).all()
