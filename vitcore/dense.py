@@ -134,13 +134,17 @@ def extract_tokens(model: nn.Module, images: torch.Tensor, batch_size: int = 64)
     """Final patch and CLS tokens and the last block's CLS attention of ``images`` (n, C, H, W).
 
     Uses :func:`vitcore.capture` batch by batch (the model is only read; the full T x T attention
-    of one batch is dropped once its CLS row is kept).
+    of one batch is dropped once its CLS row is kept, and batches shrink so that it stays under
+    256 MiB, e.g. 10 images for DINOv2 ViT-S at 448 px).
     """
     from .capture import capture
 
     if images.ndim != 4 or len(images) == 0:
         raise ValueError(f"expected a non-empty image batch (n, C, H, W), got {tuple(images.shape)}")
     depth = len(model.blocks)
+    cfg = model.config
+    T = cfg.num_prefix_tokens + (images.shape[-2] // cfg.patch_size) * (images.shape[-1] // cfg.patch_size)
+    batch_size = max(1, min(batch_size, int(2**28 // (cfg.heads * T * T * 4))))  # one batch's T x T maps <= 256 MiB
     patches, cls, rows = [], [], []
     trace = None
     for start in range(0, len(images), batch_size):
