@@ -6,13 +6,13 @@ For every ``ViTConfig.token_mixer``:
    for the same wall-clock budget. A few probe steps measure each mixer's speed first, so every
    mixer gets a complete cosine schedule sized to the budget (``max_seconds`` caps it).
 2. cost: parameters, GFLOPs (2 x multiply-accumulates) and latency (batch 1, 2 threads, median) of
-   a tiny ViT (D 192, 12 blocks, 3 heads, patch 16) at 224 px (T = 197) and 448 px (T = 785), and
+   a tiny ViT (D 192, 12 blocks, 3 heads, patch 16, random weights) at 224 px (T = 197) and 448 px (T = 785), and
    the 448/224 ratios, which show how each cost grows when the token count grows 4x.
 
 The MLP mixer is tied to its token count, so its 448 px model is a different model (more
 parameters); the others run the same weights at both sizes.
 
-Usage: python benchmarks/mixers.py [--budget 45] [--per-class 400] [--threads 2] [--readme]
+Usage: python benchmarks/mixers.py [--budget 45] [--per-class 400] [--threads 2] [--train-threads 1] [--readme]
 (--readme writes the table into README.md between the ``mixers:`` markers.)
 """
 
@@ -119,18 +119,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=45.0, help="training seconds per mixer")
     parser.add_argument("--per-class", type=int, default=400, help="training images per class (5 classes)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads for training and latency")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for the latency measurement")
+    parser.add_argument("--train-threads", type=int, default=1,
+                        help="torch threads for training (1 is steadier on a loaded shared machine)")
     parser.add_argument("--mixers", nargs="*", default=list(TOKEN_MIXERS), choices=TOKEN_MIXERS)
     parser.add_argument("--readme", action="store_true", help="write the table into README.md")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
+    torch.set_num_threads(args.train_threads)
     data = shapes_bundle(32, per_class_train=args.per_class, per_class_val=100, batch_size=64, seed=0)
     rows = []
     for name in args.mixers:
         row = {"mixer": name, **train_accuracy(name, data, args.budget)}
         rows.append(row)
         print(f"{name:10s} val {row['val_accuracy']:.3f}, {row['epochs']} epochs, {row['seconds']:.0f} s", flush=True)
+    torch.set_num_threads(args.threads)
     configs = {(name, size): ViTConfig.preset("tiny", image_size=size, token_mixer=name)
                for name in args.mixers for size in (224, 448)}
     latency = latencies_ms(configs)
