@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from vitcore import VisionTransformer, patchify
+from vitcore.mixers import mixer_cost
 from vitcore.model import parameter_count
 
 __all__ = ["Stage", "cost_summary", "param_count", "shape_flow"]
@@ -88,11 +89,10 @@ def cost_summary(config, image_size: tuple[int, int] | None = None) -> dict[str,
     T = N + config.num_prefix_tokens
     M = config.mlp_dim
     embed_macs = N * (config.in_channels * P * P) * D
-    attn_proj_macs = T * D * 3 * D + T * D * D  # qkv and output projection
-    attn_matrix_macs = 2 * heads * T * T * config.head_dim  # q·k and attn·v
+    mixer = mixer_cost(config, T)  # attention: qkv and output projections, q·k and attn·v; or its replacement
     mlp_macs = 2 * T * D * M
-    head_macs = D * config.num_classes
-    macs = embed_macs + L * (attn_proj_macs + attn_matrix_macs + mlp_macs) + head_macs
+    head_macs = config.pool_dim * config.num_classes
+    macs = embed_macs + L * (mixer["macs"] + mlp_macs) + head_macs
     params = param_count(config)
     return {
         "tokens": float(T),
@@ -100,8 +100,8 @@ def cost_summary(config, image_size: tuple[int, int] | None = None) -> dict[str,
         "params": float(params),
         "gmacs": macs / 1e9,  # what DeiT / timm tables call "GFLOPs" (17.6 for ViT-B/16)
         "gflops": 2.0 * macs / 1e9,
-        "attention_share": L * attn_matrix_macs / macs,
-        "attention_mib": L * heads * T * T * 4 / 2**20,  # float32 attention maps of every layer
+        "attention_share": L * mixer["mixing_macs"] / macs,  # the part that mixes tokens
+        "attention_mib": 0.0 if config.token_mixer == "mlp" else L * heads * T * T * 4 / 2**20,  # float32 maps
     }
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from explorer import state as S
 from explorer.models import ModelSpec, digest
-from vitcore.config import PATCH_SIZES, PRESETS, ViTConfig, divisors
+from vitcore.config import PATCH_SIZES, PRESETS, TOKEN_MIXERS, ViTConfig, divisors
 
 __all__ = [
     "DIMS",
@@ -92,6 +92,9 @@ def preset_config(state: Mapping[str, Any]) -> tuple[str, tuple[tuple[str, Any],
         ("heads", nearest(_int(state, S.PRESET_HEADS), head_options(dim))),
         ("depth", min(max(_int(state, S.PRESET_DEPTH), 1), MAX_DEPTH)),
     )
+    mixer = state.get(S.PRESET_MIXER, "attention")
+    if mixer != "attention" and mixer in TOKEN_MIXERS:  # attention stays implicit: the paper's ViT
+        overrides += (("token_mixer", mixer),)
     return name, overrides
 
 

@@ -28,6 +28,7 @@ PRESET_HEADS = "preset_heads"
 PRESET_DEPTH = "preset_depth"
 PRESET_DIM = "preset_dim"
 PRESET_IMAGE = "preset_image"
+PRESET_MIXER = "preset_mixer"  # token mixer of the random preset: attention or a replacement
 CHECKPOINT_UPLOAD = "checkpoint_upload"
 SESSION_MODELS = "session_models"  # name -> checkpoint bytes fine-tuned in this session
 SESSION_MODEL_NAME = "session_model_name"

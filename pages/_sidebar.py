@@ -9,6 +9,8 @@ from explorer import state as S
 from explorer.models import MODEL_KINDS
 from pages._cache import cached_model, cached_samples
 from vitcore import PRESETS
+from vitcore.config import TOKEN_MIXERS
+from vitcore.mixers import MIXER_LABELS
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"]
 
@@ -131,3 +133,7 @@ def _preset_controls() -> None:
     st.select_slider("Heads", heads, key=S.PRESET_HEADS)
     _snap(S.PRESET_DEPTH, list(range(1, specs.MAX_DEPTH + 1)))
     st.slider("Depth (blocks)", 1, specs.MAX_DEPTH, key=S.PRESET_DEPTH)
+    if st.session_state.get(S.PRESET_MIXER) not in TOKEN_MIXERS:
+        st.session_state[S.PRESET_MIXER] = "attention"
+    st.selectbox("Token mixer", TOKEN_MIXERS, key=S.PRESET_MIXER, format_func=MIXER_LABELS.get,
+                 help="Softmax attention as in the paper, or one of its replacements (see Beyond the CLS token)")

@@ -320,3 +320,16 @@ print(peak - one, model_bytes)
     growth, model_bytes = (int(v) for v in out.stdout.split())
     mib = 2**20
     assert growth < model_bytes, f"20 traces grew peak RSS by {growth / mib:.0f} MiB (model {model_bytes / mib:.0f})"
+
+
+def test_capture_is_the_function_whatever_was_imported_first():
+    import importlib
+
+    importlib.import_module("vitcore.capture")  # importing the submodule must not shadow the function
+    assert callable(vitcore.capture) and vitcore.capture.__name__ == "capture"
+    torch.manual_seed(0)
+    model = VisionTransformer(ViTConfig.preset("micro", token_mixer="pooling")).eval()
+    with pytest.raises(ValueError, match="has no q/k/v; capture with qkv=False"), capturing(model, qkv=True):
+        pass
+    trace = vitcore.capture(model, torch.randn(1, 3, 32, 32))
+    assert trace.attention.shape == (4, 1, 4, 17, 17) and trace.q is None

@@ -68,3 +68,15 @@ def test_url_settings_keep_only_known_well_formed_values():
     state: dict = {}
     specs.apply_url_settings(state, {S.LAYER: "99999999"})
     assert state == {}
+
+
+def test_the_preset_token_mixer_reaches_the_spec_and_builds():
+    from explorer.models import build_model
+
+    state = {S.MODEL_KIND: "preset", S.PRESET_NAME: "micro", S.PRESET_MIXER: "pooling"}
+    spec, _ = specs.spec_from_state(state)
+    assert dict(spec.overrides)["token_mixer"] == "pooling"
+    loaded = build_model(spec)
+    assert loaded.config.token_mixer == "pooling" and "token_mixer=pooling" in loaded.label
+    state[S.PRESET_MIXER] = "<script>"  # not a mixer: the paper's attention
+    assert "token_mixer" not in dict(specs.spec_from_state(state)[0].overrides)

@@ -1,7 +1,8 @@
 """vitcore: a readable Vision Transformer, its capture tools and its training loop.
 
-The model and config import eagerly (they need only torch and einops). Everything else is
-loaded on first use, so ``import vitcore`` stays fast and torchvision / transformers / ignite
+The model, config and capture import eagerly (they need only torch and einops; ``capture`` must,
+or importing the submodule ``vitcore.capture`` would shadow the function of that name). Everything
+else is loaded on first use, so ``import vitcore`` stays fast and torchvision / transformers / ignite
 are imported only by the code that needs them.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .capture import Trace, capture, capturing
 from .config import PRESETS, ViTConfig
 from .model import (
     VisionTransformer,
@@ -23,10 +25,6 @@ __version__ = "0.1.0"
 
 # public name -> submodule that defines it
 _LAZY: dict[str, str] = {
-    # capture and analysis
-    "capture": "capture",
-    "capturing": "capture",
-    "Trace": "capture",
     # data, training, checkpoints
     "DataBundle": "data",
     "ShapesDataset": "shapes",
@@ -49,9 +47,12 @@ _SUBMODULES = {"analysis", "capture", "checkpoint", "data", "dinov2", "pretraine
 
 __all__ = [
     "PRESETS",
+    "Trace",
     "ViTConfig",
     "VisionTransformer",
     "__version__",
+    "capture",
+    "capturing",
     "conv_as_linear",
     "interpolate_pos_embedding",
     "patchify",

@@ -288,6 +288,9 @@ class Recorder:
                 raise ValueError(f"block {layer} has no AttentionProbe; capture needs vitcore's Attention module")
             add(probe.register_forward_hook(self._on_probe(slot)))
             if self.qkv:
+                if not isinstance(getattr(attn, "qkv", None), nn.Linear):
+                    raise ValueError(f"block {layer}'s token mixer ({type(attn).__name__}) has no q/k/v; "
+                                     "capture with qkv=False")
                 add(attn.qkv.register_forward_hook(self._on_qkv(slot, attn.heads)))
             if self.mlp:
                 add(model.blocks[layer].mlp.act.register_forward_hook(self._on_mlp(slot)))
