@@ -20,6 +20,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from explorer import state as S
 from vitcore import VisionTransformer, ViTConfig, dense
 from vitcore.config import TOKEN_MIXERS
 from vitcore.mixers import MIXER_LABELS
@@ -46,9 +47,7 @@ __all__ = [
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 # Session-state keys of the page's widgets (listed here, next to the page's logic).
-IMAGE_INDEX = "beyond_image"
-MIXER = "beyond_mixer"
-MIXER_QUERY = "beyond_query"
+IMAGE_INDEX, MIXER, MIXER_QUERY = S.BEYOND_IMAGE, S.BEYOND_MIXER, S.BEYOND_QUERY  # the page's session keys
 
 METHODS = ("linear probe (trained)", "PCA, 1st component (DINOv2)", "CLS attention, 60% mass (DINO)")
 BOX_SOURCES = ("CLS token", "mean patch token", "box of the probe's mask")
