@@ -15,8 +15,10 @@ from vitcore.images import Preprocessing
 __all__ = ["playground_model", "cls_attention_map"]
 
 
-def cls_attention_map(model: VisionTransformer, image: Image.Image) -> np.ndarray:
-    """Last layer's CLS attention over the patch grid, mean of heads, (gh, gw).
+def cls_attention_map(model: VisionTransformer, image: Image.Image) -> np.ndarray | None:
+    """Last layer's CLS attention (or the mixer's matrix) over the patch grid, mean of heads, (gh, gw).
+
+    None for a token mixer without a token-to-token matrix (the MLP mixer).
 
     The image goes through the same preprocessing record as the random model's sidebar twin
     (fitted to the model's size, normalised with mean = std = 0.5); the shared model is only read.
@@ -25,6 +27,8 @@ def cls_attention_map(model: VisionTransformer, image: Image.Image) -> np.ndarra
 
     x = Preprocessing.for_model(model.config.image_size)(image)  # (3, H, W)
     trace = capture(model, x, layers=[-1])
+    if trace.attention is None:
+        return None
     prefix = trace.num_prefix_tokens
     attn = trace.attention[-1, 0].float().mean(0)  # (T, T)
     return attn[0, prefix:].reshape(trace.grid).numpy()

@@ -10,7 +10,9 @@ from explorer import state as S
 from explorer.pipeline import cost_summary
 from pages._ui import cached_playground, cached_playground_attention, current_image, enter_page
 from vitcore import ViTConfig
+from vitcore.config import TOKEN_MIXERS, valid_patch_sizes
 from vitcore.images import Preprocessing
+from vitcore.mixers import MIXER_LABELS
 
 enter_page()
 st.title("4 · Architecture playground")
@@ -26,7 +28,7 @@ def controls(side: str, col) -> ViTConfig | None:
     d = DEFAULTS[side]
     size = col.select_slider("Image size", [32, 64, 96, 128, 160, 192, 224, 256, 384], d["size"],
                              key=S.playground_key(side, "size"))
-    patches = [p for p in (4, 8, 14, 16, 32) if size % p == 0 and p < size]
+    patches = [p for p in valid_patch_sizes((size, size)) if p >= 4]  # P = 2 is for the sidebar's extremes
     patch = col.select_slider("Patch size", patches, d["patch"] if d["patch"] in patches else patches[-1],
                               key=S.playground_key(side, f"patch_{size}"))
     dim = col.select_slider("Width D", [64, 96, 128, 192, 256, 384, 512, 768], d["dim"],
@@ -36,9 +38,11 @@ def controls(side: str, col) -> ViTConfig | None:
                               key=S.playground_key(side, f"heads_{dim}"))
     depth = col.slider("Depth", 1, 12, d["depth"], key=S.playground_key(side, "depth"))
     mlp = col.select_slider("MLP ratio", [1.0, 2.0, 3.0, 4.0], d["mlp"], key=S.playground_key(side, "mlp"))
+    mixer = col.selectbox("Token mixer", TOKEN_MIXERS, key=S.playground_key(side, "mixer"),
+                          format_func=MIXER_LABELS.get, help="Replace attention: see how the costs grow with tokens")
     try:
         return ViTConfig(image_size=size, patch_size=patch, dim=dim, heads=heads, depth=depth, mlp_ratio=mlp,
-                         num_classes=10, fused_attention=False)
+                         num_classes=10, token_mixer=mixer)
     except ValueError as exc:
         col.error(str(exc))
         return None
@@ -68,5 +72,9 @@ for (side, config), col in zip(configs.items(), cols):
     if img is not None:
         resized = np.asarray(Preprocessing.for_model(config.image_size).fit_image(img[1]))
         cls_attn = cached_playground_attention(config, img[0], img[1])
-        col.plotly_chart(F.heatmap_over_image(resized, cls_attn, title="CLS attention, last layer, mean of heads",
-                                              name="attention"), key=S.playground_key(side, "map"))
+        if cls_attn is None:
+            col.info("The token-mixing MLP has no token-to-token matrix to show: it mixes with fixed weights.")
+        else:
+            title = "CLS row of the last layer's mixing matrix, mean of heads"
+            col.plotly_chart(F.heatmap_over_image(resized, cls_attn, title=title, name="weight"),
+                             key=S.playground_key(side, "map"))
