@@ -87,7 +87,7 @@ DEFAULTS: dict[str, Any] = {
     PRESET_HEADS: 3,
     PRESET_DEPTH: 12,
     SESSION_MODELS: {},
-    LAYER: 0,
+    LAYER: -1,  # the last layer (the Attention page resolves -1 once it knows the depth)
     HEAD: 0,
     QUERY: 0,
     ROLLOUT_FUSION: "mean",

@@ -31,6 +31,11 @@ try:
 except ValueError as exc:  # the guard: too large for the memory budget or the time limit
     show_error(exc, "Attention")
     st.stop()
+if trace.attention is None:  # a token-mixing MLP mixes with fixed weights: no token-to-token matrix
+    st.info(f"{loaded.label} mixes tokens with an MLP (MLP-Mixer): there is no token-to-token matrix to show. "
+            "Pick another token mixer in the sidebar, or see the Beyond the CLS token page.")
+    st.stop()
+attention_mixer = cfg.token_mixer == "attention"
 grid = tuple(trace.grid)
 N = grid[0] * grid[1]
 prefix = trace.num_prefix_tokens
@@ -42,7 +47,9 @@ fig_key = (spec, key, size)  # cached figures are shared by every session lookin
 def index_slider(label: str, state_key: str, count: int, container) -> int:
     """A 0..count-1 slider kept in range; a model with one block (or head) has nothing to choose."""
     value = st.session_state.get(state_key)
-    if not isinstance(value, int) or not 0 <= value < count:
+    if value == -1:  # the default: the last one (a trained model's last layer shows the most)
+        st.session_state[state_key] = count - 1
+    elif not isinstance(value, int) or not 0 <= value < count:
         st.session_state[state_key] = 0
     if count == 1:
         container.caption(f"{label}: 0 (this model has only one)")
@@ -83,10 +90,15 @@ def query_view() -> None:
     st.plotly_chart(cached_figure((*fig_key, "cls", layer), lambda: F.head_maps(
         query_maps(trace, layer, None), head_names, cols=6)), key="attn_cls")
 
+    if not attention_mixer:
+        st.caption(f"This model mixes tokens with {cfg.token_mixer} instead of softmax attention: the maps above "
+                   "are its mixing matrix, so there is no q·k/√d arithmetic to show.")
+        return
     st.subheader(f"The arithmetic for query patch {query}, layer {layer}, head {head}")
     steps = cached_steps(spec, key, size, layer, head, prefix + query, loaded, x)
     d = cfg.head_dim
-    label = {0: "CLS"} | ({1: "DIST"} if prefix == 2 else {})
+    label = {0: "CLS"} | ({1: "DIST"} if cfg.distilled else {}) | {
+        cfg.num_pos_prefix_tokens + r: f"REG {r}" for r in range(cfg.num_registers)}
     rows = [{"key token": label.get(t, f"patch {t - prefix}"), "q·k / √d": round(s, 4), "softmax weight": round(w, 4)}
             for t, s, w in steps.top]
     st.markdown(f"1. scores: $s_j = q \\cdot k_j / \\sqrt{{d}}$ with $d = {d}$, so $1/\\sqrt{{d}} = {steps.scale:.4f}$")
@@ -110,48 +122,52 @@ def query_view() -> None:
 
 query_view()
 
-st.subheader("Attention rollout (Abnar & Zuidema 2020)")
-r1, r2 = st.columns(2)
-fusion = r1.selectbox("Fuse heads by", ["mean", "max", "min"], key=S.ROLLOUT_FUSION)
-discard = r2.slider("Discard the lowest attention weights (ratio)", 0.0, 0.95, step=0.05, key=S.ROLLOUT_DISCARD)
-rollout = cached_rollout(spec, key, fusion, float(discard), trace)
-names = loaded.class_names
-g1, g2 = st.columns(2)
-g1.plotly_chart(cached_figure((*fig_key, "rollout", fusion, float(discard)), lambda: F.heatmap_over_image(
-    resized, rollout, title=f"rollout ({fusion}, discard {discard:.0%})", name="rollout")), key="attn_rollout")
-maps = {"rollout": rollout}
-if names:
-    probs = trace.logits[0].softmax(-1).numpy()
-    target = st.selectbox("Class for the gradient rollout (Chefer et al. 2021)", range(len(names)),
-                          index=int(np.argmax(probs)), format_func=lambda i: f"{names[i]} ({probs[i]:.1%})",
-                          key=S.ATTN_TARGET)
-    maps["gradient rollout"] = relevance = cached_gradient_rollout(spec, key, loaded, x, int(target))
-    g2.plotly_chart(cached_figure((*fig_key, "gradient", int(target)), lambda: F.heatmap_over_image(
-        resized, relevance, name="relevance", title=f"gradient rollout for '{names[target]}'")), key="attn_grad")
+if cfg.token_mixer not in ("attention", "linear"):  # rollout and distance need rows that sum to 1
+    st.info(f"Rollout and attention distance assume each row of the mixing matrix sums to 1, as softmax and "
+            f"linear attention do; {cfg.token_mixer} mixing does not, so they are left out here.")
 else:
-    g2.info("This model has no classifier head (DINOv2 learned from photos without labels), so there is no "
-            "class to explain: the gradient rollout needs one. Teach it your own classes on the Teach page; "
-            "the class-agnostic maps on this page work as they are.")
-if mask is not None:
-    shares = mask_shares(maps, mask)
-    area = float(np.asarray(mask, dtype=bool).mean())
-    st.info("Share of the map inside the object: " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items())
-            + f" (the object covers {area:.0%} of the image, so {area:.0%} is chance).")
-with st.expander("Rollout in one paragraph"):
-    st.markdown(
-        "One layer's attention says how tokens mix in that layer, but the residual connection also passes "
-        "each token on unchanged. Rollout adds the identity for that, renormalises, and multiplies the "
-        "matrices of all layers: the row of CLS then says how much each input patch flowed into CLS. "
-        "Gradient rollout weighs each attention weight by its gradient for one class, so the map changes "
-        "with the class you ask about."
-    )
+    st.subheader("Attention rollout (Abnar & Zuidema 2020)")
+    r1, r2 = st.columns(2)
+    fusion = r1.selectbox("Fuse heads by", ["mean", "max", "min"], key=S.ROLLOUT_FUSION)
+    discard = r2.slider("Discard the lowest attention weights (ratio)", 0.0, 0.95, step=0.05, key=S.ROLLOUT_DISCARD)
+    rollout = cached_rollout(spec, key, fusion, float(discard), trace)
+    names = loaded.class_names
+    g1, g2 = st.columns(2)
+    g1.plotly_chart(cached_figure((*fig_key, "rollout", fusion, float(discard)), lambda: F.heatmap_over_image(
+        resized, rollout, title=f"rollout ({fusion}, discard {discard:.0%})", name="rollout")), key="attn_rollout")
+    maps = {"rollout": rollout}
+    if names:
+        probs = trace.logits[0].softmax(-1).numpy()
+        target = st.selectbox("Class for the gradient rollout (Chefer et al. 2021)", range(len(names)),
+                              index=int(np.argmax(probs)), format_func=lambda i: f"{names[i]} ({probs[i]:.1%})",
+                              key=S.ATTN_TARGET)
+        maps["gradient rollout"] = relevance = cached_gradient_rollout(spec, key, loaded, x, int(target))
+        g2.plotly_chart(cached_figure((*fig_key, "gradient", int(target)), lambda: F.heatmap_over_image(
+            resized, relevance, name="relevance", title=f"gradient rollout for '{names[target]}'")), key="attn_grad")
+    else:
+        g2.info("This model has no classifier head (DINOv2 learned from photos without labels), so there is no "
+                "class to explain: the gradient rollout needs one. Teach it your own classes on the Teach page; "
+                "the class-agnostic maps on this page work as they are.")
+    if mask is not None:
+        shares = mask_shares(maps, mask)
+        area = float(np.asarray(mask, dtype=bool).mean())
+        st.info("Share of the map inside the object: " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items())
+                + f" (the object covers {area:.0%} of the image, so {area:.0%} is chance).")
+    with st.expander("Rollout in one paragraph"):
+        st.markdown(
+            "One layer's attention says how tokens mix in that layer, but the residual connection also passes "
+            "each token on unchanged. Rollout adds the identity for that, renormalises, and multiplies the "
+            "matrices of all layers: the row of CLS then says how much each input patch flowed into CLS. "
+            "Gradient rollout weighs each attention weight by its gradient for one class, so the map changes "
+            "with the class you ask about."
+        )
 
-st.subheader("Mean attention distance (Fig. 7, right)")
-distance = cached_distance(spec, key, cfg.patch_size, trace)
-st.plotly_chart(cached_figure((*fig_key, "distance"), lambda: F.distance_figure(distance, cfg.patch_size)),
-                key="attn_distance")
-st.caption("How far, in pixels, each head looks on average. In trained ViTs some early heads already look far "
-           "(global), others stay local like a convolution; deeper layers look far.")
+    st.subheader("Mean attention distance (Fig. 7, right)")
+    distance = cached_distance(spec, key, cfg.patch_size, trace)
+    st.plotly_chart(cached_figure((*fig_key, "distance"), lambda: F.distance_figure(distance, cfg.patch_size)),
+                    key="attn_distance")
+    st.caption("How far, in pixels, each head looks on average. In trained ViTs some early heads already look far "
+               "(global), others stay local like a convolution; deeper layers look far.")
 
 st.subheader("Inside a block: LayerNorm and the MLP")
 with st.expander("LayerNorm vs BatchNorm"):
