@@ -15,7 +15,7 @@ from vitcore.images import Preprocessing
 from vitcore.mixers import MIXER_LABELS
 
 enter_page()
-st.title("4 · Architecture playground")
+st.title("5 · Architecture playground")
 st.caption("Two random-initialised ViTs side by side. Costs are computed exactly; latency is measured on this "
            "server (batch 1, median of 3); attention maps are on your image (random weights, so look at the "
            "shape of the maps, not their meaning).")

@@ -16,7 +16,7 @@ from vitcore.data import SHAPE_CLASSES
 from vitcore.train import STRATEGIES, FitOptions
 
 enter_page()
-st.title("6 · Train from scratch / fine-tune")
+st.title("10 · Train from scratch / fine-tune")
 manager, store = default_manager(), default_manager().store
 code = T.session_code(st.session_state, st.query_params)
 T.restore_session(st.session_state, store, code)

@@ -16,7 +16,7 @@ from explorer.models import ModelSpec
 from pages._ui import cached_model, enter_page, show_error
 
 enter_page()
-st.title("6 · Teach it your classes")
+st.title("7 · Teach it your classes")
 st.caption("Photograph or upload a few examples of 2 to 6 things; DINOv2 ViT-S/14 (frozen) describes every photo, "
            "a linear head learns your classes in seconds, and the maps below show what it looks at.")
 ss = st.session_state

@@ -33,7 +33,7 @@ def cached_randomization(spec: ModelSpec, image_key: str, target: int, method: s
 
 
 # ----------------------------------------------------------------------------- layout
-spec, loaded, key, image, mask = page_inputs("7 · Trust")
+spec, loaded, key, image, mask = page_inputs("8 · Can you trust the map?")
 try:
     T.check_explainable(loaded)
 except ValueError as exc:

@@ -29,7 +29,7 @@ def cached_mixing(mixer: str, index: int, query: int):
     return B.mixing_maps(mixer, B.micro_image(index), query)
 
 
-spec, loaded, key, image, _ = page_inputs("8 · Beyond the CLS token")
+spec, loaded, key, image, _ = page_inputs("9 · Beyond the CLS token")
 st.caption("The classifier reads one token. The other N tokens still know a lot about the image: "
            "which patches are the object, and where it is. And attention itself is only one way to mix tokens.")
 

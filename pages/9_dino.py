@@ -9,7 +9,7 @@ from explorer import figures as F
 from explorer import state as S
 from pages._ui import cached_samples, model_view, page_inputs, show_error, trace_for
 
-spec, loaded, key, image, _ = page_inputs("DINO views: what a self-supervised ViT finds")
+spec, loaded, key, image, _ = page_inputs("4 · DINO views: what a self-supervised ViT finds")
 cfg = loaded.config
 trace = trace_for(spec, loaded, key, image)
 resized = model_view(loaded, image)

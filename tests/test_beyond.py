@@ -120,7 +120,7 @@ def page(**state) -> AppTest:
 @pytest.mark.slow
 def test_beyond_page_shows_masks_scores_boxes_and_the_mixer_choice():
     at = page()
-    assert at.title[0].value == "8 · Beyond the CLS token"
+    assert at.title[0].value == "9 · Beyond the CLS token"
     miou = float(next(m.value for m in at.metric if m.label.startswith("Linear probe mIoU")))
     assert miou >= 0.6
     table = at.dataframe[0].value  # the Jaccard table, then the box table

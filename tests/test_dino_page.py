@@ -56,6 +56,6 @@ def test_dino_page_runs_on_the_default_photo():
     at.run()
     at.switch_page("pages/9_dino.py").run()
     assert not at.exception, [e.value for e in at.exception]
-    assert at.title[0].value.startswith("DINO views")
+    assert at.title[0].value.startswith("4 · DINO views")
     assert any("high-norm" in i.value or "outlier" in i.value for i in at.info)
     assert at.selectbox(key="dino_other").value == "cat"  # the default photo is chelsea: compare with another cat

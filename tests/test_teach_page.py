@@ -49,7 +49,7 @@ def start_page() -> AppTest:
 
 def test_bad_collections_get_messages_and_the_page_keeps_working():
     at = start_page()
-    assert [t.value for t in at.title] == ["6 · Teach it your classes"]
+    assert [t.value for t in at.title] == ["7 · Teach it your classes"]
     assert any("Collect at least 5 photos" in i.value for i in at.info)
     collection = at.session_state[S.TEACH_COLLECTION]
     first, second = (c.uid for c in collection.classes)
