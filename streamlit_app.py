@@ -20,7 +20,7 @@ if "pages._ui" not in sys.modules:
     with st.spinner("Starting up: loading PyTorch and the models…"):
         import pages._ui  # noqa: F401
 
-from pages._ui import sidebar  # noqa: E402
+from pages._ui import in_navigation, sidebar  # noqa: E402
 
 PAGES = [
     st.Page("pages/0_home.py", title="Home: the guided tour", icon="🏠", default=True, url_path="home"),
@@ -37,5 +37,6 @@ PAGES = [
 ]
 
 navigation = st.navigation(PAGES)
-sidebar()
-navigation.run()
+with in_navigation():
+    sidebar()
+    navigation.run()

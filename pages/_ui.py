@@ -6,7 +6,10 @@ Pages lay out; the logic lives in ``explorer/`` (tested without Streamlit), the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import streamlit as st
@@ -139,6 +142,19 @@ def model_caption(loaded: LoadedModel) -> None:
             st.sidebar.caption(" ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value))
 
 
+_RUN = threading.local()  # per script thread: is this run going through streamlit_app.py's navigation?
+
+
+@contextlib.contextmanager
+def in_navigation() -> Iterator[None]:
+    """Mark the current script run as one that went through the app's navigation (its sidebar ran)."""
+    _RUN.active = True
+    try:
+        yield
+    finally:
+        _RUN.active = False
+
+
 def enter_page() -> None:
     """Make sure the page runs inside the app's navigation (with its sidebar).
 
@@ -147,11 +163,13 @@ def enter_page() -> None:
     mode (``PagesManager.uses_pages_directory``). On a fresh server a first request for a deep
     link such as ``/attention`` then runs the page file alone. Our layout keeps ``pages/``, so the
     switch stays: set the ``st.navigation`` mode and rerun; the same URL then resolves to the
-    same page, with the shared sidebar and URL settings.
+    same page, with the shared sidebar and URL settings. The test is whether this run went through
+    the navigation, not the process-wide flag: several sessions arriving at once on deep links
+    would otherwise see the flag already switched by another and run the page alone.
     """
     from streamlit.runtime.pages_manager import PagesManager
 
-    if PagesManager.uses_pages_directory:
+    if not getattr(_RUN, "active", False):
         PagesManager.uses_pages_directory = False
         st.rerun()
 
