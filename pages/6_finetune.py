@@ -10,8 +10,9 @@ from explorer import figures as F
 from explorer import state as S
 from explorer import training as T
 from explorer.jobs import FINISHED, INTERRUPTED, default_manager, new_code
+from explorer.models import ModelSpec
 from explorer.training import FinetuneRequest, resume_request, run_finetune, warm_shapes
-from pages._ui import current_model, enter_page, show_error
+from pages._ui import cached_model, current_model, enter_page, show_error
 from vitcore.data import SHAPE_CLASSES
 from vitcore.train import STRATEGIES, FitOptions
 
@@ -24,6 +25,11 @@ picked = current_model()
 if picked is None:
     st.stop()
 spec, loaded = picked
+if spec.kind == "dinov2":  # the automatic photo model is taught on the Teach page; this page trains a small ViT
+    spec = ModelSpec("preset", preset="micro")
+    loaded = cached_model(spec)
+    st.caption("The sidebar's DINOv2 is taught on the **Teach it your classes** page; here a micro ViT learns "
+               "Shapes from random weights in about a minute. Pick another model in the sidebar to fine-tune it.")
 cfg = loaded.config
 warm_shapes(cfg.image_size)  # render the default Shapes set while the teacher sets up
 job = manager.get(st.session_state.get(S.TRAIN_JOB)) or manager.find(code)
