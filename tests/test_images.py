@@ -155,4 +155,4 @@ def test_gallery_has_real_photos_and_shapes_with_masks():
     shapes = [s for name, s in samples.items() if name.startswith("shapes: ")]
     assert {s.label for s in shapes} == {"circle", "square", "triangle", "cross", "star"}
     for s in shapes:
-        assert s.mask.shape == (32, 32) and s.mask.dtype == bool and 0 < s.mask.mean() < 1
+        assert s.mask.shape == (64, 64) and s.mask.dtype == bool and 0 < s.mask.mean() < 1  # the bundled model's size
