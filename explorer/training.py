@@ -498,6 +498,7 @@ def _train_and_publish(job: Job, request: FinetuneRequest, options: FitOptions, 
                  stop=lambda: job.stop_requested)
     for event in result.history[logged["epochs"]:]:  # a partial epoch evaluated after a stop: no callback ran
         on_epoch(event)
+    stop_note = job.message if job.stop_requested else ""  # why it was stopped ("stopped by the user", ...)
     trained = result.model
     summary: dict[str, Any] = {
         "stop_reason": result.stop_reason,
@@ -523,7 +524,8 @@ def _train_and_publish(job: Job, request: FinetuneRequest, options: FitOptions, 
     summary["evaluation_seconds"] = time.monotonic() - t0
     if request.baseline and not job.stop_requested:
         summary["baseline"] = _baseline(job, data, request)
-    job.update(summary=summary, message=result.message or f"done: {result.stop_reason}")
+    final = result.message or f"done: {result.stop_reason}"
+    job.update(summary=summary, message=f"{stop_note}: {final}" if stop_note else final)
     return summary
 
 
