@@ -37,6 +37,26 @@ def attention_title(page) -> str:
     return page.locator('[data-testid="stPlotlyChart"] .gtitle').first.text_content()
 
 
+def click_patch(page, fx: float, fy: float) -> int:
+    """Click the first map at (fx, fy) of its size; wait for the page to follow; the patch it now shows."""
+    before = attention_title(page)
+    box = page.locator('[data-testid="stPlotlyChart"]').first.locator(".nsewdrag").first.bounding_box()
+    x, y = box["x"] + box["width"] * fx, box["y"] + box["height"] * fy
+    page.mouse.move(x, y)  # plotly needs hover data under the pointer before a click selects
+    page.wait_for_timeout(400)
+    page.mouse.click(x, y)
+    page.wait_for_function(
+        "(before) => { const t = document.querySelector('[data-testid=\"stPlotlyChart\"] .gtitle');"
+        " return t && t.textContent !== before; }",
+        arg=before,
+        timeout=60_000,
+    )
+    wait_idle(page)
+    after = attention_title(page)
+    assert after != before and "where patch" in after
+    return int(after.split("where patch ")[1].split()[0])
+
+
 def test_upload_open_attention_click_a_patch(server, page, tmp_path):
     from PIL import Image
     from skimage import data
@@ -55,27 +75,9 @@ def test_upload_open_attention_click_a_patch(server, page, tmp_path):
     page.locator('[data-testid="stSidebarNav"]').get_by_text("3 · Attention").click()
     page.get_by_text("What the CLS token attends to").wait_for()
     wait_idle(page)
-    before = attention_title(page)
-    assert "where patch 0 looks" in before
-
-    chart = page.locator('[data-testid="stPlotlyChart"]').first
-    box = chart.locator(".nsewdrag").first.bounding_box()
-    # tiny sees a 14×14 grid; click inside the lower-right quarter
-    x, y = box["x"] + box["width"] * 0.72, box["y"] + box["height"] * 0.72
-    page.mouse.move(x, y)  # plotly needs hover data under the pointer before a click selects
-    page.wait_for_timeout(400)
-    page.mouse.click(x, y)
-    page.wait_for_function(
-        "(before) => { const t = document.querySelector('[data-testid=\"stPlotlyChart\"] .gtitle');"
-        " return t && t.textContent !== before; }",
-        arg=before,
-        timeout=60_000,
-    )
-    wait_idle(page)
-    after = attention_title(page)
-    assert after != before and "where patch" in after
-    patch = int(after.split("where patch ")[1].split()[0])
-    assert patch >= 98 and patch % 14 >= 7  # lower-right quarter of the 14×14 grid
+    assert "where patch 0 looks" in attention_title(page)
+    patch = click_patch(page, 0.72, 0.72)  # tiny sees a 14×14 grid; click inside the lower-right quarter
+    assert patch >= 98 and patch % 14 >= 7
     page.screenshot(path=str(ARTIFACTS / "attention_after_click.png"), full_page=True)
 
 
@@ -84,21 +86,7 @@ def test_attention_on_the_cat_with_dinov2_click_a_patch(server, page):
     page.get_by_text("What the CLS token attends to").wait_for(timeout=180_000)
     wait_idle(page)
     assert page.locator('[data-testid="stSidebar"]').get_by_text("DINOv2 ViT-S/14 at 224 px").count() >= 1
-    before = attention_title(page)
-    chart = page.locator('[data-testid="stPlotlyChart"]').first
-    box = chart.locator(".nsewdrag").first.bounding_box()
-    x, y = box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.3  # upper-left quarter
-    page.mouse.move(x, y)
-    page.wait_for_timeout(400)
-    page.mouse.click(x, y)
-    page.wait_for_function(
-        "(before) => { const t = document.querySelector('[data-testid=\"stPlotlyChart\"] .gtitle');"
-        " return t && t.textContent !== before; }",
-        arg=before,
-        timeout=60_000,
-    )
-    wait_idle(page)
-    patch = int(attention_title(page).split("where patch ")[1].split()[0])
+    patch = click_patch(page, 0.3, 0.3)
     assert patch < 128 and patch % 16 < 8  # upper-left quarter of the 16x16 grid
     page.screenshot(path=str(ARTIFACTS / "attention_dinov2_cat.png"), full_page=True)
 
