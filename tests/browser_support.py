@@ -29,6 +29,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(url: str, seconds: float, proc: subprocess.Popen | None = None) -> bool:
+    """Poll ``url``/_stcore/health until it answers 200 (True), the time runs out or ``proc`` exits (False)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and (proc is None or proc.poll() is None):
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
 @contextlib.contextmanager
 def app_server(log_name: str, startup_seconds: float = 60.0) -> Iterator[str]:
     """``streamlit run streamlit_app.py`` on a free loopback port; yields its URL, stops it on exit.
@@ -50,16 +64,8 @@ def app_server(log_name: str, startup_seconds: float = 60.0) -> Iterator[str]:
         )
         try:
             url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + startup_seconds
-            while True:
-                try:
-                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        pytest.fail(f"the app did not start within {startup_seconds:.0f} s")
-                    time.sleep(0.3)
+            if not wait_healthy(url, startup_seconds, proc):
+                pytest.fail(f"the app did not start within {startup_seconds:.0f} s")
             yield url
         finally:
             proc.terminate()

@@ -6,15 +6,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from browser_support import free_port, wait_healthy
 
 from explorer import jobs
 from explorer import state as S
@@ -47,12 +46,6 @@ st.write(manager.find({CODE!r}).status)
 '''
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def open_session(port: int) -> None:
     """Connect one websocket session and ask for a script run (what a browser does on page load)."""
     import websockets
@@ -80,18 +73,9 @@ def start_server(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
                              "--server.address", "127.0.0.1", "--server.headless", "true",
                              "--browser.gatherUsageStats", "false"],
                             cwd=tmp_path, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            pytest.fail(f"the server did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.3)
+    if not wait_healthy(f"http://127.0.0.1:{port}", 120, proc):
+        proc.kill()
+        pytest.fail(f"the server did not start: {log.read_text()[-2000:]}")
     threading.Thread(target=open_session, args=(port,), daemon=True).start()
     return proc, data
 
