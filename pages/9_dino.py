@@ -21,13 +21,14 @@ attention, masks, kept = dino.attention_mask_maps(trace)
 st.plotly_chart(F.head_maps(attention * masks, [f"head {h}: {k:.0%} kept" for h, k in enumerate(kept)], cols=6),
                 key="dino_masks")
 st.caption("For every head of the last block: the fewest patches that hold 60 % of what the CLS token attends to. "
-           "A model trained without a single label still separates the cat from the sofa, and different heads "
-           "pick different parts (eyes, ears, outline). A model that never saw photos shows scattered patches.")
+           "In Caron et al.'s DINO models these masks outline the object without any label. Look at where this "
+           "model's heads put theirs: on the object, on parts of it, or on the background (many ViTs park "
+           "attention on a few background patches); the Trust page measures how much such maps can be believed.")
 
 st.subheader("Patch features in colour (DINOv2, Oquab et al. 2023)")
 photos = [name for name in cached_samples() if not name.startswith("shapes:") and f"sample:{name}" != key]
 if st.session_state.get(S.DINO_OTHER) not in photos:
-    st.session_state[S.DINO_OTHER] = "cat" if "cat" in photos else photos[0]  # another cat: matching parts
+    st.session_state[S.DINO_OTHER] = "astronaut" if "astronaut" in photos else photos[0]  # another photo
 other_name = st.selectbox("Compare with", photos, key=S.DINO_OTHER)
 other = cached_samples()[other_name].image
 try:

@@ -58,4 +58,4 @@ def test_dino_page_runs_on_the_default_photo():
     assert not at.exception, [e.value for e in at.exception]
     assert at.title[0].value.startswith("4 · DINO views")
     assert any("high-norm" in i.value or "outlier" in i.value for i in at.info)
-    assert at.selectbox(key="dino_other").value == "cat"  # the default photo is chelsea: compare with another cat
+    assert at.selectbox(key="dino_other").value == "astronaut"  # skimage's "cat" is chelsea again: another photo
