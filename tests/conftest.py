@@ -23,3 +23,12 @@ def micro_config():
     from vitcore import ViTConfig
 
     return ViTConfig.preset("micro")
+
+
+@pytest.fixture
+def hub_dir(tmp_path):
+    """torch.hub's cache pointed at an empty temp folder for one test."""
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    yield tmp_path / "hub"
+    torch.hub.set_dir(old)

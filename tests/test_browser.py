@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from browser_support import ARTIFACTS, CHROMIUM, FLAGS, app_server
+from browser_support import ARTIFACTS, CHROMIUM, FLAGS, app_server, wait_idle
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -25,12 +25,6 @@ def page(server):
         page.set_default_timeout(90_000)
         yield page
         browser.close()
-
-
-def wait_idle(page) -> None:
-    """Wait until Streamlit has finished the current script run."""
-    page.wait_for_timeout(300)
-    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=120_000)
 
 
 def attention_title(page) -> str:

@@ -93,14 +93,6 @@ def server():
 
 
 @pytest.fixture
-def hub_dir(tmp_path):
-    old = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    yield tmp_path / "hub"
-    torch.hub.set_dir(old)
-
-
-@pytest.fixture
 def hf_cache(tmp_path, monkeypatch):
     """An empty Hugging Face cache, online mode (the tests only reach 127.0.0.1)."""
     from huggingface_hub import constants

@@ -66,15 +66,6 @@ def block_outputs(model: VisionTransformer, images: torch.Tensor) -> tuple[torch
     return logits, hidden, attentions
 
 
-@pytest.fixture
-def hub_dir(tmp_path):
-    """torch.hub's cache pointed at an empty temp folder for one test."""
-    old = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    yield tmp_path / "hub"
-    torch.hub.set_dir(old)
-
-
 class MakesFolder:
     """Unpickling this runs os.mkdir(path): a stand-in for code hidden in a pickled checkpoint."""
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from browser_support import ARTIFACTS, CHROMIUM, FLAGS, app_server
+from browser_support import ARTIFACTS, CHROMIUM, FLAGS, app_server, wait_idle
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -32,12 +32,6 @@ def page(server):
         page.set_default_timeout(120_000)
         yield page
         browser.close()
-
-
-def wait_idle(page) -> None:
-    """Wait until Streamlit has finished the current script run."""
-    page.wait_for_timeout(300)
-    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=180_000)
 
 
 def photos(folder: Path, name: str, colour, count: int) -> list[str]:
@@ -73,18 +67,18 @@ def shoot_on_failure(page):
 def test_upload_two_classes_train_and_predict(server, page, tmp_path, shoot_on_failure):
     page.goto(f"{server}/teach")
     page.get_by_text("Teach it your classes").first.wait_for()
-    wait_idle(page)
+    wait_idle(page, 180_000)
     for i, (name, colour) in enumerate((("tomato", (210, 40, 30)), ("lime", (60, 200, 40))), start=1):
         box = page.get_by_label(f"Class {i} name")
         box.fill(name)
         box.press("Enter")
-        wait_idle(page)
+        wait_idle(page, 180_000)
         uploader(page, f"Photos of class {i}").set_input_files(photos(tmp_path, name, colour, 6))
-        wait_idle(page)
+        wait_idle(page, 180_000)
     page.get_by_text("6 photo(s) · ready").nth(1).wait_for(timeout=300_000)
     page.get_by_role("button", name="Start", exact=True).click()
     page.get_by_text("validation accuracy").wait_for(timeout=600_000)  # DINOv2 features on a busy CPU
-    wait_idle(page)
+    wait_idle(page, 180_000)
     page.screenshot(path=str(ARTIFACTS / "teach_trained.png"), full_page=True)
 
     new = photos(tmp_path, "new", (205, 45, 35), 1)
