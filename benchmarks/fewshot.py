@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from explorer import fewshot as T
 from explorer.jobs import JobManager
-from vitcore.dinov2 import dinov2_small
-from vitcore.fewshot import extract_features, lfw_subset, train_linear_head
-from vitcore.images import Preprocessing
+from vitcore.data.images import Preprocessing
+from vitcore.pretrained.dinov2 import dinov2_small
+from vitcore.train.fewshot import extract_features, lfw_subset, train_linear_head
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "cat", "immunohistochemistry", "hubble_deep_field")
 

@@ -49,7 +49,7 @@ def interactions(n_sessions: int, seconds: float) -> list[float]:
     from explorer.models import ModelSpec, build_model
     from explorer.samples import gallery
     from explorer.traces import attention_steps, query_maps, trace_image
-    from vitcore import analysis
+    from vitcore.inspect import analysis
 
     loaded = build_model(ModelSpec("bundled"))
     image = gallery()["chelsea"].image

@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 
 from vitcore import VisionTransformer, ViTConfig
-from vitcore.config import TOKEN_MIXERS
 from vitcore.data import shapes_bundle
-from vitcore.mixers import mixer_cost
+from vitcore.model.config import TOKEN_MIXERS
+from vitcore.model.mixers import mixer_cost
 from vitcore.train import fit
 
 README = Path(__file__).resolve().parent.parent / "README.md"

@@ -22,8 +22,8 @@ from plotly.subplots import make_subplots
 
 from explorer import state as S
 from vitcore import VisionTransformer, ViTConfig, dense
-from vitcore.config import TOKEN_MIXERS
-from vitcore.mixers import MIXER_LABELS
+from vitcore.model.config import TOKEN_MIXERS
+from vitcore.model.mixers import MIXER_LABELS
 
 __all__ = [
     "BOX_COLOURS",
@@ -154,7 +154,7 @@ def dense_report(
         notes.append("This model's token mixer has no mixing matrix (MLP-Mixer), so there is no CLS attention mask.")
     rows = [_mask_row(m, pred, val.masks, trained=(m == METHODS[0])) for m, pred in masks.items()]
 
-    from vitcore.views import upsample
+    from vitcore.inspect.views import upsample
 
     fractions = dense.patch_targets(val.masks, grid)  # (n, gh, gw)
     ceiling = dense.segmentation_miou(upsample(fractions - 0.5, tokens_val.patch_size, "bilinear") > 0, val.masks)

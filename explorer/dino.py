@@ -16,7 +16,7 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
-from vitcore import views
+from vitcore.inspect import views
 
 __all__ = ["ArtifactSummary", "artifact_summary", "attention_mask_maps", "final_tokens", "norms_figure", "pca_pair"]
 

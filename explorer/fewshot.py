@@ -33,8 +33,8 @@ from explorer.images import ImageError, load_image
 from explorer.jobs import Job
 from explorer.training import MAX_CLASS_NAME, allowed_data_folder, check_class_names
 from vitcore import VisionTransformer
-from vitcore.fewshot import attach_head, extract_features, train_linear_head, with_views
-from vitcore.images import Preprocessing
+from vitcore.data.images import Preprocessing
+from vitcore.train.fewshot import attach_head, extract_features, train_linear_head, with_views
 
 __all__ = [
     "AUGMENT_BELOW",
@@ -401,7 +401,7 @@ def taught_model(backbone: VisionTransformer, head: nn.Linear, class_names: list
 def checkpoint_bytes(model: VisionTransformer, class_names: list[str], preprocessing: Preprocessing,
                      extra: dict[str, Any] | None = None) -> bytes:
     """One .safetensors checkpoint (weights, config, class names, preprocessing record) as bytes."""
-    from vitcore.checkpoint import save_checkpoint
+    from vitcore.io.checkpoint import save_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "taught.safetensors"
@@ -420,8 +420,8 @@ def explain(model: VisionTransformer, backbone: VisionTransformer, preprocessing
     and the backbone's last-layer CLS attention (mean over heads): class-agnostic, what the
     features attend to before any class was taught. ``view`` is the photo as the model sees it.
     """
-    from vitcore.analysis import gradient_rollout
-    from vitcore.capture import capture
+    from vitcore.inspect.analysis import gradient_rollout
+    from vitcore.inspect.capture import capture
 
     x = preprocessing(image)[None]  # (1, C, H, W)
     with torch.no_grad():
@@ -441,12 +441,12 @@ def block_occlusion(model: VisionTransformer, x: torch.Tensor, target: int, bloc
                     batch_size: int = 16) -> np.ndarray:
     """Drop of the ``target`` logit when each block of block × block patches is filled with the image mean.
 
-    ``block=1`` is :func:`vitcore.analysis.occlusion_map` (one patch at a time); larger blocks need
+    ``block=1`` is :func:`vitcore.inspect.analysis.occlusion_map` (one patch at a time); larger blocks need
     block² times fewer forward passes. Returned on the patch grid (gh, gw), each block's value
     repeated over its patches.
     """
     if block == 1:
-        from vitcore.analysis import occlusion_map
+        from vitcore.inspect.analysis import occlusion_map
 
         return occlusion_map(model, x, target).numpy()
     P = model.config.patch_size

@@ -30,7 +30,7 @@ import torch
 from explorer.budget import cache_bytes
 from explorer.pipeline import cost_summary
 from vitcore import ViTConfig
-from vitcore.config import valid_patch_sizes
+from vitcore.model.config import valid_patch_sizes
 
 __all__ = ["Estimate", "FLOAT16_ABOVE", "attention_dtype", "check", "estimate", "estimate_spec",
            "flops_per_second", "keeps_qkv", "max_seconds", "spec_config", "TORCHVISION_CONFIGS"]
@@ -207,7 +207,7 @@ def spec_config(spec: Any) -> tuple[ViTConfig, tuple[int, int], str, float] | No
         config = ViTConfig.preset(spec.preset, **dict(spec.overrides))
         return config, tuple(config.image_size), "", 1.0
     if spec.kind == "dinov2":
-        from vitcore.dinov2 import dinov2_small_config
+        from vitcore.pretrained.dinov2 import dinov2_small_config
 
         size = spec.input_size
         return dinov2_small_config(), (size, size), f"DINOv2 ViT-S/14 at {size} px", 1.0

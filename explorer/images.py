@@ -1,7 +1,7 @@
 """Image input for the explorer: uploads and camera shots -> safe RGB ``PIL.Image``.
 
 Decoding (EXIF, 16-bit, CMYK, alpha, decompression bombs) and the preprocessing record live in
-:mod:`vitcore.images`, shared with the CLI and training; this module adds what only the app
+:mod:`vitcore.data.images`, shared with the CLI and training; this module adds what only the app
 needs: a working size for uploads and the gallery's sample type.
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vitcore.images import (
+from vitcore.data.images import (
     DEFAULT_MAX_PIXELS,
     SUPPORTED_FORMATS,
     ImageError,

@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Job", "JobManager", "JobStopped", "JobStore", "check_code", "default_manager", "new_code"]
+__all__ = ["Job", "JobFailed", "JobManager", "JobStopped", "JobStore", "atomic_write", "check_code", "default_manager",
+           "new_code"]
 
 QUEUED, RUNNING, DONE, STOPPED, FAILED = "queued", "running", "done", "stopped", "failed"
 INTERRUPTED = "interrupted"  # read back from disk: the server ended while the job ran
@@ -54,6 +55,26 @@ STALE_AFTER = 20.0  # a running record not rewritten for this long belongs to a 
 
 class JobStopped(Exception):  # noqa: N818 - an instruction to the worker, not an error
     """Raised inside a worker by :meth:`Job.check` once the job should end."""
+
+
+class JobFailed(Exception):  # noqa: N818 - carries a message already written for the page
+    """Raised by a job's work to fail it with exactly this message (e.g. a worker process that died)."""
+
+
+def atomic_write(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a hidden temporary file in the same folder and ``os.replace``:
+    a reader sees the old file or the new one, never half of one; on errors no temporary file is left."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
 
 
 # ------------------------------------------------------------------------------------------ session codes
@@ -112,17 +133,7 @@ class JobStore:
 
     def write_bytes(self, code: str, name: str, data: bytes) -> Path:
         """Write one file atomically."""
-        path = self._path(code, name, create=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        return path
+        return atomic_write(self._path(code, name, create=True), data)
 
     def read_bytes(self, code: str, name: str) -> bytes | None:
         """One file's bytes, or None when it does not exist."""
@@ -482,6 +493,9 @@ class JobManager:
             status = STOPPED if job._stop.is_set() else DONE
         except JobStopped:
             status = STOPPED
+        except JobFailed as exc:
+            status = FAILED
+            job.message = str(exc)
         except MemoryError:
             status = FAILED
             job.message = "ran out of memory: try a smaller model, image size or batch"

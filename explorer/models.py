@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from vitcore import VisionTransformer, ViTConfig
-from vitcore.images import HALF_NORMALIZATION, Preprocessing
+from vitcore.data.images import HALF_NORMALIZATION, Preprocessing
 
 __all__ = [
     "ASSETS",
@@ -144,7 +144,7 @@ def _class_names(meta: dict[str, Any], model: VisionTransformer) -> list[str]:
 
 
 def _from_checkpoint(source: Any, label: str) -> LoadedModel:
-    from vitcore.checkpoint import load_checkpoint
+    from vitcore.io.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(source)
     pre = preprocessing_from_metadata(meta, model.config)
@@ -222,7 +222,7 @@ def _hf_preprocessing(meta: dict[str, Any], config: ViTConfig) -> Preprocessing:
 @functools.lru_cache(maxsize=1)
 def _dinov2() -> tuple[VisionTransformer, dict[str, Any]]:
     """The one DINOv2 ViT-S/14 of this process (every input size shares its weights; read-only)."""
-    from vitcore.dinov2 import dinov2_small
+    from vitcore.pretrained.dinov2 import dinov2_small
 
     return dinov2_small()
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from vitcore import VisionTransformer, patchify
-from vitcore.mixers import mixer_cost
 from vitcore.model import parameter_count
+from vitcore.model.mixers import mixer_cost
 
 __all__ = ["Stage", "cost_summary", "param_count", "shape_flow"]
 

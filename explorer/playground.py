@@ -10,7 +10,7 @@ from PIL import Image
 from explorer.models import seeded_model
 from explorer.traces import measure_latency_ms
 from vitcore import VisionTransformer, ViTConfig
-from vitcore.images import Preprocessing
+from vitcore.data.images import Preprocessing
 
 __all__ = ["playground_model", "cls_attention_map"]
 
@@ -23,7 +23,7 @@ def cls_attention_map(model: VisionTransformer, image: Image.Image) -> np.ndarra
     The image goes through the same preprocessing record as the random model's sidebar twin
     (fitted to the model's size, normalised with mean = std = 0.5); the shared model is only read.
     """
-    from vitcore.capture import capture
+    from vitcore.inspect.capture import capture
 
     x = Preprocessing.for_model(model.config.image_size)(image)  # (3, H, W)
     trace = capture(model, x, layers=[-1])

@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 from explorer.images import SampleImage
-from vitcore.shapes import SHAPE_CLASSES, ShapesDataset
+from vitcore.data.shapes import SHAPE_CLASSES, ShapesDataset
 
 __all__ = ["gallery", "sample_images", "shapes_samples"]
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from explorer import state as S
 from explorer.models import ModelSpec, digest
-from vitcore.config import PATCH_SIZES, PRESETS, TOKEN_MIXERS, ViTConfig, divisors
+from vitcore.model.config import PATCH_SIZES, PRESETS, TOKEN_MIXERS, ViTConfig, divisors
 
 __all__ = [
     "DIMS",

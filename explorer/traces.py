@@ -16,7 +16,7 @@ import torch
 from explorer.models import LoadedModel
 from explorer.pipeline import cost_summary
 from vitcore import VisionTransformer, ViTConfig, conv_as_linear, patchify
-from vitcore.config import valid_patch_sizes
+from vitcore.model.config import valid_patch_sizes
 
 __all__ = [
     "trace_image",
@@ -44,7 +44,7 @@ def trace_image(loaded: LoadedModel, x: torch.Tensor, *, qkv: bool = True,
     instead of 0.9 GB for tiny at P=4). The Attention page asks for q/k/v of one layer on demand
     (:func:`layer_qkv`).
     """
-    from vitcore.capture import capture
+    from vitcore.inspect.capture import capture
 
     if qkv or attention_dtype == torch.float32:
         return capture(loaded.model, x, qkv=qkv, attention_dtype=attention_dtype)
@@ -54,7 +54,7 @@ def trace_image(loaded: LoadedModel, x: torch.Tensor, *, qkv: bool = True,
 @torch.no_grad()
 def _packed_capture(model: VisionTransformer, x: torch.Tensor, attention_dtype: torch.dtype):
     """``capture(model, x, attention_dtype=...)`` with each layer's maps packed as soon as they exist."""
-    from vitcore.capture import Trace, capture
+    from vitcore.inspect.capture import Trace, capture
 
     if x.ndim == 3:
         x = x[None]  # (1, C, H, W)
@@ -90,14 +90,14 @@ def _packed_capture(model: VisionTransformer, x: torch.Tensor, attention_dtype: 
 
 def layer_qkv(loaded: LoadedModel, x: torch.Tensor, layer: int, head: int):
     """q, k, v and the float32 map of one layer and head only (what the arithmetic needs), (1, 1, 1, T, ·)."""
-    from vitcore.capture import capture
+    from vitcore.inspect.capture import capture
 
     return capture(loaded.model, x, layers=[layer], heads=[head], qkv=True)
 
 
 def mask_shares(maps: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, float]:
     """Share of each map's positive mass inside an object mask (chance = the mask's area)."""
-    from vitcore.analysis import attention_mass_in_mask
+    from vitcore.inspect.analysis import attention_mass_in_mask
 
     mask_t = torch.as_tensor(np.asarray(mask, dtype=bool))
     return {name: float(attention_mass_in_mask(torch.as_tensor(np.asarray(m)), mask_t)) for name, m in maps.items()}
@@ -159,7 +159,7 @@ def attention_steps(trace, layer: int, head: int, query_token: int, top: int = 5
 
 @torch.no_grad()
 def rollout_map(trace, head_fusion: str = "mean", discard_ratio: float = 0.0) -> np.ndarray:
-    """:func:`vitcore.analysis.attention_rollout` of one image, (gh, gw), one layer at a time.
+    """:func:`vitcore.inspect.analysis.attention_rollout` of one image, (gh, gw), one layer at a time.
 
     Only row 0 (CLS) of R = Ã_L ... Ã_1 is needed, so it is carried as a vector from the last
     layer down, v ← v Ã_l: T² work and one layer's float64 matrix in memory instead of every
@@ -192,8 +192,8 @@ def rollout_map(trace, head_fusion: str = "mean", discard_ratio: float = 0.0) ->
 
 
 def distance_map(trace, patch_size: int) -> np.ndarray:
-    """:func:`vitcore.analysis.mean_attention_distance` (L, H), one layer and head at a time (bounded temporaries)."""
-    from vitcore.analysis import mean_attention_distance
+    """`analysis.mean_attention_distance` (L, H), one layer and head at a time (bounded temporaries)."""
+    from vitcore.inspect.analysis import mean_attention_distance
 
     attention = trace.attention  # (L, B, H, T, T)
     out = np.zeros((attention.shape[0], attention.shape[2]), dtype=np.float32)
@@ -251,6 +251,6 @@ def measure_latency_ms(model: VisionTransformer, reps: int = 3) -> float:
 
 def occlusion_effect(model: VisionTransformer, x: torch.Tensor, patches: list[int], fill: str = "mean") -> np.ndarray:
     """Change of every class logit when the given patches are masked, (C,)."""
-    from vitcore.analysis import occlusion_probe
+    from vitcore.inspect.analysis import occlusion_probe
 
     return occlusion_probe(model, x, patches, fill=fill).double().numpy()

@@ -242,7 +242,7 @@ def _render(key: tuple) -> _Render:
 
 @functools.cache
 def _seconds_per_image(image_size: tuple[int, int]) -> float:
-    from vitcore.shapes import ShapesDataset
+    from vitcore.data.shapes import ShapesDataset
 
     t0 = time.perf_counter()
     ShapesDataset(10, image_size)
@@ -322,7 +322,7 @@ def build_bundle(request: FinetuneRequest, workdir: Path, job: Job | None = None
 
 def checkpoint_bytes(model: torch.nn.Module, class_names: list[str], normalization, extra: dict | None = None) -> bytes:
     """A checkpoint (.safetensors with config and metadata) as bytes for a download button."""
-    from vitcore.checkpoint import save_checkpoint
+    from vitcore.io.checkpoint import save_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.safetensors"
@@ -365,8 +365,8 @@ def prediction_grid(model: torch.nn.Module, loader, normalization, limit: int = 
 @torch.no_grad()
 def probe_attention(model: VisionTransformer, x: torch.Tensor, head: int) -> dict[str, Any]:
     """Rollout and one last-layer head's CLS attention of the probe image, plus its prediction."""
-    from vitcore.analysis import attention_rollout
-    from vitcore.capture import capture
+    from vitcore.inspect.analysis import attention_rollout
+    from vitcore.inspect.capture import capture
 
     was_training = model.training
     try:
@@ -383,7 +383,7 @@ def probe_attention(model: VisionTransformer, x: torch.Tensor, head: int) -> dic
 
 def resume_request(previous: FinetuneRequest, checkpoint: bytes) -> FinetuneRequest:
     """The same fine-tune, continuing from a checkpoint of an earlier (stopped) run."""
-    from vitcore.checkpoint import load_checkpoint
+    from vitcore.io.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(checkpoint)
     pre = preprocessing_from_metadata(meta, model.config, previous.loaded.preprocessing.normalization)

@@ -3,7 +3,7 @@
 Streamlit-free: numbers in, rows and plotly figures out. The heavy parts (maps, curves, the
 randomisation check) run one method at a time so the page can cache each per (model, image,
 class, method) and move a progress bar between them. The model is only read (see
-:mod:`vitcore.faithfulness`).
+:mod:`vitcore.explain.faithfulness`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from plotly.subplots import make_subplots
 from explorer import state as S
 from explorer.figures import head_maps
 from explorer.models import LoadedModel
-from vitcore import faithfulness as FA
+from vitcore.explain import faithfulness as FA
 
 __all__ = [
     "METHODS",

@@ -10,7 +10,7 @@ from explorer.pipeline import cost_summary
 from explorer.traces import conv_linear_difference, patch_size_rows
 from pages._ui import model_input, model_view, page_inputs, sync_url
 from vitcore import patchify
-from vitcore.config import valid_patch_sizes
+from vitcore.model.config import valid_patch_sizes
 
 spec, loaded, _, image, _ = page_inputs("1 · Patches")
 cfg = loaded.config

@@ -8,7 +8,7 @@ import streamlit as st
 from explorer import figures as F
 from explorer import state as S
 from pages._ui import clickable, model_view, page_inputs, patch_picker, trace_for
-from vitcore import analysis
+from vitcore.inspect import analysis
 
 spec, loaded, key, image, _ = page_inputs("2 · Embeddings")
 cfg = loaded.config

@@ -10,9 +10,9 @@ from explorer import state as S
 from explorer.pipeline import cost_summary
 from pages._ui import cached_playground, cached_playground_attention, current_image, enter_page
 from vitcore import ViTConfig
-from vitcore.config import TOKEN_MIXERS, valid_patch_sizes
-from vitcore.images import Preprocessing
-from vitcore.mixers import MIXER_LABELS
+from vitcore.data.images import Preprocessing
+from vitcore.model.config import TOKEN_MIXERS, valid_patch_sizes
+from vitcore.model.mixers import MIXER_LABELS
 
 enter_page()
 st.title("5 · Architecture playground")

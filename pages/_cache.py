@@ -129,7 +129,7 @@ def cached_figure(key: Hashable, build: Callable[[], Any]) -> Any:
 
 def cached_gradient_rollout(spec: ModelSpec, image_key: str, _loaded: LoadedModel, _x: torch.Tensor, target: int):
     """Chefer et al. relevance map for one class (numpy (gh, gw)); gradients via autograd.grad, no copy."""
-    from vitcore.analysis import gradient_rollout
+    from vitcore.inspect.analysis import gradient_rollout
 
     size = tuple(_x.shape[-2:])
     return _cached(("gradient_rollout", spec, image_key, size, int(target)),
@@ -139,7 +139,7 @@ def cached_gradient_rollout(spec: ModelSpec, image_key: str, _loaded: LoadedMode
 
 def cached_occlusion_map(spec: ModelSpec, image_key: str, _loaded: LoadedModel, _x: torch.Tensor, target: int):
     """Occlusion sensitivity (gh, gw) of one class (batched forward passes of the shared model)."""
-    from vitcore.analysis import occlusion_map
+    from vitcore.inspect.analysis import occlusion_map
 
     size = tuple(_x.shape[-2:])
     return _cached(("occlusion", spec, image_key, size, int(target)),

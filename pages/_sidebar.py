@@ -9,8 +9,8 @@ from explorer import state as S
 from explorer.models import MODEL_KINDS
 from pages._cache import cached_model, cached_samples
 from vitcore import PRESETS
-from vitcore.config import TOKEN_MIXERS
-from vitcore.mixers import MIXER_LABELS
+from vitcore.model.config import TOKEN_MIXERS
+from vitcore.model.mixers import MIXER_LABELS
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"]
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from vitcore import VisionTransformer, ViTConfig, capture
-from vitcore.analysis import (
+from vitcore.inspect.analysis import (
     attention_mass_in_mask,
     attention_rollout,
     cls_similarity,

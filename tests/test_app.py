@@ -202,7 +202,7 @@ def test_finetune_page_follows_a_short_job_to_a_usable_model():
     from explorer.jobs import default_manager
     from explorer.models import ModelSpec, build_model
     from explorer.training import FinetuneRequest, run_finetune
-    from vitcore.checkpoint import load_checkpoint
+    from vitcore.io.checkpoint import load_checkpoint
 
     page = "pages/6_finetune.py"
     at = app(page)

@@ -39,7 +39,7 @@ def images() -> torch.Tensor:
 
 
 def test_lazy_exports_are_these_objects():
-    from vitcore.capture import Trace
+    from vitcore.inspect.capture import Trace
 
     assert vitcore.capture is capture and vitcore.capturing is capturing
 
@@ -221,7 +221,7 @@ def test_non_vitcore_model_is_refused():
 
 
 def test_huge_page_advice_keeps_the_data():
-    from vitcore.capture import _advise_huge_pages
+    from vitcore.inspect.capture import _advise_huge_pages
 
     slab = torch.empty(4 << 20)  # 16 MiB, large enough to be advised
     _advise_huge_pages(slab)
@@ -237,7 +237,7 @@ def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def test_eight_threads_capturing_one_shared_model_match_sequential_traces():
     from concurrent.futures import ThreadPoolExecutor
 
-    from vitcore.analysis import gradient_rollout
+    from vitcore.inspect.analysis import gradient_rollout
 
     torch.manual_seed(0)
     model = VisionTransformer(ViTConfig(image_size=32, patch_size=8, dim=48, depth=3, heads=4, num_classes=5)).eval()
@@ -325,7 +325,7 @@ print(peak - one, model_bytes)
 def test_capture_is_the_function_whatever_was_imported_first():
     import importlib
 
-    importlib.import_module("vitcore.capture")  # importing the submodule must not shadow the function
+    importlib.import_module("vitcore.inspect.capture")  # importing the submodule must not shadow the function
     assert callable(vitcore.capture) and vitcore.capture.__name__ == "capture"
     torch.manual_seed(0)
     model = VisionTransformer(ViTConfig.preset("micro", token_mixer="pooling")).eval()

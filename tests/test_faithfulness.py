@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vitcore import VisionTransformer, ViTConfig
-from vitcore import faithfulness as FA
+from vitcore.explain import faithfulness as FA
 
 J = 5  # the one patch the hand-built model reads
 GRID = (4, 4)

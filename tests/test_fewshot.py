@@ -17,8 +17,10 @@ from explorer import state as S
 from explorer.jobs import JobManager
 from explorer.models import build_model, seeded_model
 from vitcore import ViTConfig
-from vitcore.checkpoint import load_checkpoint
-from vitcore.fewshot import (
+from vitcore.data.images import Preprocessing
+from vitcore.io.checkpoint import load_checkpoint
+from vitcore.model import VisionTransformer
+from vitcore.train.fewshot import (
     VIEWS,
     attach_head,
     extract_features,
@@ -29,8 +31,6 @@ from vitcore.fewshot import (
     train_linear_head,
     with_views,
 )
-from vitcore.images import Preprocessing
-from vitcore.model import VisionTransformer
 
 TINY = ViTConfig(image_size=32, patch_size=8, dim=32, depth=2, heads=2, mlp_ratio=2.0, num_classes=0)
 
@@ -311,7 +311,7 @@ def test_teach_job_trains_a_head_and_reports_validation(backbone, pre):
 
 
 def test_block_occlusion_of_one_patch_is_vitcores_occlusion_map(backbone, pre):
-    from vitcore.analysis import occlusion_map
+    from vitcore.inspect.analysis import occlusion_map
 
     images, labels = coloured_set([(220, 30, 30), (30, 30, 220)], per_class=4)
     head = train_linear_head(extract_features(backbone, images, pre), labels, 2).head
@@ -371,7 +371,7 @@ def test_a_bad_request_fails_the_job_with_a_message(backbone, pre):
 # --------------------------------------------------------------------------- the lfw target, small
 @pytest.mark.slow
 def test_lfw_ten_shot_with_real_dinov2_at_two_draws():
-    from vitcore.dinov2 import dinov2_small
+    from vitcore.pretrained.dinov2 import dinov2_small
 
     model, meta = dinov2_small()
     pre = Preprocessing.from_dict(meta["preprocessing"])

@@ -26,7 +26,7 @@ EXTREME = {S.MODEL_KIND: "preset", S.PRESET_NAME: "base", S.PRESET_IMAGE: 384, S
 def test_trace_estimate_matches_the_recorded_trace(patch, depth):
     from explorer.models import LoadedModel
     from explorer.traces import trace_image
-    from vitcore.images import Preprocessing
+    from vitcore.data.images import Preprocessing
 
     config = ViTConfig.preset("tiny", patch_size=patch, depth=depth)
     est = guard.estimate(config)

@@ -9,8 +9,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import vitcore
 from vitcore import VisionTransformer, ViTConfig
-from vitcore.config import TOKEN_MIXERS
-from vitcore.mixers import (
+from vitcore.model.config import TOKEN_MIXERS
+from vitcore.model.mixers import (
     MIXER_LABELS,
     LinearAttention,
     PoolingMixer,
@@ -230,7 +230,7 @@ def test_every_parameter_gets_a_gradient(name):
 
 @pytest.mark.parametrize("name", ["linear", "retention", "pooling", "mlp"])
 def test_checkpoint_round_trip_keeps_the_mixer(name, tmp_path):
-    from vitcore.checkpoint import load_checkpoint, save_checkpoint
+    from vitcore.io.checkpoint import load_checkpoint, save_checkpoint
 
     model = VisionTransformer(config(name)).eval()
     path = save_checkpoint(model, tmp_path / "m.safetensors", class_names=list("abcde"),

@@ -11,9 +11,9 @@ from PIL import Image
 
 from explorer.models import ModelSpec, build_model
 from vitcore import VisionTransformer, ViTConfig
-from vitcore.checkpoint import load_checkpoint, save_checkpoint
 from vitcore.cli import main
-from vitcore.images import IMAGENET_NORMALIZATION, Preprocessing, load_image
+from vitcore.data.images import IMAGENET_NORMALIZATION, Preprocessing, load_image
+from vitcore.io.checkpoint import load_checkpoint, save_checkpoint
 
 
 @pytest.fixture

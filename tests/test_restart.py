@@ -90,7 +90,7 @@ def wait_for_checkpoint(proc: subprocess.Popen, folder: Path, timeout: float = 2
 
 @pytest.mark.slow
 def test_sigterm_stops_jobs_writes_the_checkpoint_and_exits_0(tmp_path):
-    from vitcore.checkpoint import load_checkpoint
+    from vitcore.io.checkpoint import load_checkpoint
 
     proc, data = start_server(tmp_path)
     folder = data / "sessions" / CODE

@@ -10,7 +10,7 @@ import torch
 from explorer.jobs import JobManager
 from explorer.models import ModelSpec, build_model
 from explorer.training import FinetuneRequest, allowed_data_folder, collected_bundle, run_finetune
-from vitcore.checkpoint import load_checkpoint
+from vitcore.io.checkpoint import load_checkpoint
 from vitcore.train import replace_head
 
 
@@ -132,7 +132,7 @@ def test_replace_head_keeps_the_backbone(micro):
 
 def test_resume_continues_from_the_stopped_weights(micro):
     from explorer.training import resume_request
-    from vitcore.checkpoint import save_checkpoint
+    from vitcore.io.checkpoint import save_checkpoint
 
     first = FinetuneRequest(loaded=micro, shapes_per_class=20, epochs=3, lr=1e-3, strategy="last_k")
     import tempfile
@@ -279,7 +279,7 @@ def test_grey_and_backbone_models_fine_tune_in_the_app(tmp_path):
 
     from explorer.training import build_bundle
     from vitcore import VisionTransformer, ViTConfig
-    from vitcore.checkpoint import save_checkpoint
+    from vitcore.io.checkpoint import save_checkpoint
 
     grey_path = save_checkpoint(VisionTransformer(ViTConfig.preset("micro", in_channels=1)), tmp_path / "g.safetensors",
                                 class_names=[f"c{i}" for i in range(5)], normalization=((0.5,), (0.5,)))

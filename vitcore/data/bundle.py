@@ -1,13 +1,12 @@
-"""Data for training and exploring: image folders and safe zip uploads (Shapes: :mod:`vitcore.shapes`).
+"""Data for training and exploring: image folders and safe zip uploads (Shapes: :mod:`vitcore.data.shapes`).
 
 Every loader returns a :class:`DataBundle`, the seed tutorial's contract (``dataloaders``,
 ``class_names``, ``dataset_sizes``) plus what a model needs at inference time: the
 normalisation statistics and the image size. ``DataBundle.datasets`` keeps the underlying
 datasets so :func:`vitcore.train.fit` can rebuild seeded or distributed loaders.
 
-The synthetic Shapes set lives in :mod:`vitcore.shapes`; ``from vitcore.data import
-shapes_bundle`` (and ``ShapesDataset``, ``SHAPE_CLASSES``, ``SHAPES_NORMALIZATION``) keeps
-working through a lazy re-export.
+The synthetic Shapes set lives in :mod:`vitcore.data.shapes`; the package ``vitcore.data``
+exports both.
 """
 
 from __future__ import annotations
@@ -34,7 +33,10 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "DataBundle",
     "from_image_folder",
+    "as_pair",
+    "check_normalization",
     "from_zip",
+    "make_bundle",
     "train_transform",
     "val_transform",
 ]
@@ -45,7 +47,7 @@ IMAGENET_NORMALIZATION: Normalization = ((0.485, 0.456, 0.406), (0.229, 0.224, 0
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 
-def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+def as_pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     if isinstance(size, int) and not isinstance(size, bool) and size > 0:
         return size, size
     if isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size):
@@ -53,7 +55,7 @@ def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     raise ValueError(f"image_size={size!r} must be a positive int or a (height, width) pair, e.g. 224")
 
 
-def _check_normalization(normalization: Any) -> Normalization:
+def check_normalization(normalization: Any) -> Normalization:
     try:
         mean, std = normalization
         mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
@@ -111,7 +113,7 @@ class DataBundle:
         )
 
 
-def _make_bundle(
+def make_bundle(
     train: Dataset,
     val: Dataset,
     train_plain: Dataset,
@@ -150,8 +152,8 @@ def train_transform(image_size: int | tuple[int, int], normalization: Normalizat
 
     if not augment:
         return val_transform(image_size, normalization)
-    size = _pair(image_size)
-    mean, std = _check_normalization(normalization)
+    size = as_pair(image_size)
+    mean, std = check_normalization(normalization)
     return T.Compose([
         T.Lambda(functools.partial(_convert, mode=_image_mode((mean, std)))),
         T.RandomResizedCrop(size, scale=(0.6, 1.0)),
@@ -165,14 +167,14 @@ def train_transform(image_size: int | tuple[int, int], normalization: Normalizat
 def val_transform(image_size: int | tuple[int, int], normalization: Normalization = IMAGENET_NORMALIZATION) -> Any:
     """The validation split's preprocessing: PIL image -> normalised (C, H, W) tensor.
 
-    It is the :class:`vitcore.images.Preprocessing` record that is saved with a model trained on
+    It is the :class:`vitcore.data.images.Preprocessing` record that is saved with a model trained on
     this data (``DataBundle.preprocessing``) and that the app and the CLI apply, so a photo gets
     the same logits everywhere. Images become RGB, or grey when ``normalization`` has one value
     per channel.
     """
     from .images import Preprocessing
 
-    return Preprocessing.for_model(_pair(image_size), _check_normalization(normalization))
+    return Preprocessing.for_model(as_pair(image_size), check_normalization(normalization))
 
 
 def _convert(image: Image.Image, mode: str = "RGB") -> Image.Image:
@@ -281,8 +283,8 @@ def from_image_folder(
     """
     if not isinstance(root, (str, os.PathLike)):
         raise ValueError(f"root must be a folder path, got {type(root).__name__}")
-    size = _pair(image_size)
-    normalization = _check_normalization(normalization)
+    size = as_pair(image_size)
+    normalization = check_normalization(normalization)
     mode = _image_mode(normalization)
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction={val_fraction!r} must be between 0 and 1, e.g. 0.2")
@@ -331,7 +333,7 @@ def _folder_bundle(root: Path, size: tuple[int, int], batch_size: int, normaliza
             val_samples += [mine[i] for i in sorted(order[:n_val])]
             train_samples += [mine[i] for i in sorted(order[n_val:])]
 
-    return _make_bundle(
+    return make_bundle(
         _FolderDataset(train_samples, t_train, mode),
         _FolderDataset(val_samples, t_val, mode),
         _FolderDataset(train_samples, t_val, mode),
@@ -546,13 +548,3 @@ def _check_image(target: Path, path: PurePosixPath, max_pixels: int) -> None:
 
 # --------------------------------------------------------------------------- sample photos
 # --------------------------------------------------------------------------- backwards compatibility
-_MOVED_TO_SHAPES = frozenset({"SHAPE_CLASSES", "SHAPES_NORMALIZATION", "ShapesDataset", "shapes_bundle"})
-
-
-def __getattr__(name: str) -> Any:
-    """``from vitcore.data import shapes_bundle`` still works: the Shapes set moved to :mod:`vitcore.shapes`."""
-    if name in _MOVED_TO_SHAPES:
-        from . import shapes
-
-        return getattr(shapes, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

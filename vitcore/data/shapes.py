@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
-from .data import DataBundle, Normalization, _check_normalization, _make_bundle, _pair
+from .bundle import DataBundle, Normalization, as_pair, check_normalization, make_bundle
 
 __all__ = ["SHAPE_CLASSES", "SHAPES_NORMALIZATION", "ShapesDataset", "shapes_bundle"]
 
@@ -93,10 +93,10 @@ class ShapesDataset(Dataset):
         unknown = [c for c in classes if c not in SHAPE_CLASSES]
         if unknown or len(classes) < 2 or len(set(classes)) != len(classes):
             raise ValueError(f"classes={classes} must be at least 2 distinct names from {SHAPE_CLASSES}")
-        self.n, self.image_size, self.classes, self.seed = n, _pair(image_size), classes, seed
+        self.n, self.image_size, self.classes, self.seed = n, as_pair(image_size), classes, seed
         self.clutter, self.supersample, self.augment = clutter, supersample, augment
         self.max_rotation = float(max_rotation)  # degrees either way from the upright shape
-        self.normalization = _check_normalization(normalization)
+        self.normalization = check_normalization(normalization)
         rendered = [self._render(i) for i in range(n)]
         self.images = torch.from_numpy(np.stack([r[0] for r in rendered]))  # (n, H, W, 3) uint8
         self.images = self.images.permute(0, 3, 1, 2).contiguous()  # (n, 3, H, W) uint8
@@ -184,6 +184,6 @@ def shapes_bundle(
         plain = ShapesDataset.__new__(ShapesDataset)
         plain.__dict__.update(train.__dict__)
         plain.augment = False
-    return _make_bundle(
+    return make_bundle(
         train, val, plain, train.class_names, train.normalization, train.image_size, batch_size, augment
     )

@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .analysis import _gaussian_blur
+from ..inspect.analysis import gaussian_blur
 
 __all__ = [
     "METHODS",
@@ -205,7 +205,7 @@ def _fill_image(x: torch.Tensor, fill: str, patch_size: int, normalization: Any 
     if fill == "mean":
         return torch.zeros_like(x)  # the normalisation mean is 0 after normalising
     if fill == "blur":
-        return _gaussian_blur(x, sigma=patch_size / 2)
+        return gaussian_blur(x, sigma=patch_size / 2)
     if fill == "zero":
         if normalization is None:
             raise ValueError(
@@ -266,7 +266,7 @@ def _grad_x_input(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tenso
 
 
 def _attention_trace(model: nn.Module, x: torch.Tensor, method: str):
-    from .capture import capture
+    from ..inspect.capture import capture
 
     trace = capture(model, x)
     if trace.attention is None or trace.attention.shape[0] != len(model.blocks):
@@ -291,10 +291,10 @@ def relevance_maps(
 
     ``methods`` from :data:`ALL_METHODS` (see :data:`METHOD_NOTES`); the attention methods share
     one capture. ``seed`` seeds the ``random`` baseline; ``occlusion_fill`` is the fill of
-    :func:`vitcore.analysis.occlusion_map` (its ``mean`` is the image's own mean colour).
+    :func:`vitcore.inspect.analysis.occlusion_map` (its ``mean`` is the image's own mean colour).
     Larger = more relevant for every method; ``grad-x-input`` and ``occlusion`` may be negative.
     """
-    from . import analysis
+    from ..inspect import analysis
 
     _check_model(model)
     methods = list(methods)
@@ -764,8 +764,8 @@ def pointing_game(relevance: Any, mask: Any, min_overlap: float = 0.5) -> bool:
 
 
 def mask_share(relevance: Any, mask: Any) -> float:
-    """Share of the map's positive mass inside the object mask (see :func:`vitcore.analysis.attention_mass_in_mask`)."""
-    from .analysis import attention_mass_in_mask
+    """Share of the map's positive mass inside the object mask (as ``analysis.attention_mass_in_mask``)."""
+    from ..inspect.analysis import attention_mass_in_mask
 
     r = torch.as_tensor(relevance).detach().cpu().float()
     m = torch.as_tensor(mask).detach().cpu()

@@ -331,7 +331,7 @@ def cls_similarity(tokens: torch.Tensor, grid: tuple[int, int], num_prefix_token
 _FILLS = ("mean", "zero", "blur")
 
 
-def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of (1, C, H, W) with edge replication."""
     radius = max(1, math.ceil(3 * sigma))
     offsets = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
@@ -350,7 +350,7 @@ def _filler(image: torch.Tensor, fill: str, patch_size: int) -> torch.Tensor:
     if fill == "mean":
         return image.mean(dim=(-2, -1), keepdim=True).expand_as(image)  # per-channel mean
     if fill == "blur":
-        return _gaussian_blur(image, sigma=patch_size / 2)
+        return gaussian_blur(image, sigma=patch_size / 2)
     raise ValueError(f"fill={fill!r} must be one of {_FILLS}")
 
 

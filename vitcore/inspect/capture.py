@@ -58,8 +58,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from .model import AttentionProbe, patchify
-from .model import _select as model_select
+from ..model.vit import AttentionProbe, patchify, select_indices
 
 __all__ = ["Recorder", "Trace", "capture", "capturing"]
 
@@ -111,10 +110,6 @@ class Trace:
             items = value if isinstance(value, list) else [value]
             total += sum(t.numel() * t.element_size() for t in items if isinstance(t, torch.Tensor))
         return total
-
-
-# --------------------------------------------------------------------------- selections
-_select = model_select
 
 
 def _check_model(model: nn.Module) -> None:
@@ -198,8 +193,8 @@ class Recorder:
         depth = len(model.blocks)
         num_heads = model.blocks[0].attn.heads
         self.model = model
-        self.layers = _select(layers, depth, "layers")
-        self.heads = _select(heads, num_heads, "heads")
+        self.layers = select_indices(layers, depth, "layers")
+        self.heads = select_indices(heads, num_heads, "heads")
         if not self.heads:
             raise ValueError("select at least one head (heads=None keeps all), or pass layers=[] to skip attention")
         if attention_dtype not in _ATTENTION_DTYPES:
@@ -395,8 +390,8 @@ def capture(
     _check_model(model)
     if attention_dtype not in _ATTENTION_DTYPES:
         raise ValueError(f"attention_dtype={attention_dtype} is not supported; use one of {_ATTENTION_DTYPES}")
-    layer_ids = _select(layers, len(model.blocks), "layers")
-    head_ids = _select(heads, model.config.heads, "heads")
+    layer_ids = select_indices(layers, len(model.blocks), "layers")
+    head_ids = select_indices(heads, model.config.heads, "heads")
     if not head_ids:
         raise ValueError("select at least one head (heads=None keeps all), or pass layers=[] to skip attention")
     param = next(model.parameters(), None)

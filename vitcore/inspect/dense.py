@@ -8,10 +8,10 @@ Three ways to get an object mask from a ViT, scored by Jaccard (IoU) against the
   bilinearly to pixels and thresholded at 0.5. The linear-probe protocol of segmentation
   evaluations (DINOv2, Oquab et al. 2023, "linear" setting), on Shapes.
 * :func:`pca_masks`: no training at all. The first principal component of each image's patch
-  features, thresholded (DINOv2, Fig. 1); from :func:`vitcore.views.pca_foreground`.
+  features, thresholded (DINOv2, Fig. 1); from :func:`vitcore.inspect.views.pca_foreground`.
 * :func:`attention_masks`: no training either. The last layer's CLS attention to the patches,
   thresholded to keep 60 % of its mass (DINO, Caron et al. 2021, Sec. 4.2.1); from
-  :func:`vitcore.views.dino_attention_masks`, on the mean of the heads.
+  :func:`vitcore.inspect.views.dino_attention_masks`, on the mean of the heads.
 
 And a question about the CLS token: does it know *where* the object is? :func:`train_box_head`
 fits the same small regression head (linear, D -> 4 box numbers) once on the CLS token and once on
@@ -86,11 +86,11 @@ def shapes_split(
 ) -> DenseSplit:
     """``n`` Shapes images rendered at the model's input size with their masks.
 
-    ``split="val"`` uses the validation seed of :func:`vitcore.shapes.shapes_bundle` (``seed + 10_007``),
+    ``split="val"`` uses the validation seed of :func:`vitcore.data.shapes.shapes_bundle` (``seed + 10_007``),
     so the images are those the classifier was validated on. ``normalization`` is the model's
     (mean, std), e.g. ``loaded.preprocessing.normalization``.
     """
-    from .shapes import ShapesDataset
+    from ..data.shapes import ShapesDataset
 
     if split not in ("train", "val"):
         raise ValueError(f"split={split!r} must be 'train' or 'val'")
@@ -116,7 +116,7 @@ class Tokens:
         return self.patches.mean(dim=1)
 
     def as_trace(self) -> Any:
-        """A minimal :class:`vitcore.Trace` holding the last block's CLS rows, for :mod:`vitcore.views`."""
+        """A minimal :class:`vitcore.Trace` holding the last block's CLS rows, for :mod:`vitcore.inspect.views`."""
         from .capture import Trace
 
         if self.cls_attention is None:
@@ -306,7 +306,7 @@ def train_segmentation_probe(tokens: Tokens, masks: torch.Tensor, *, seed: int =
 def pca_masks(tokens: Tokens, threshold: float = 0.0, upsampling: str = "bilinear") -> torch.Tensor:
     """DINOv2's mask: each image's first principal component of its patch tokens > threshold, at pixels.
 
-    :func:`vitcore.views.pca_foreground` fits the PCA per image and signs the component so the
+    :func:`vitcore.inspect.views.pca_foreground` fits the PCA per image and signs the component so the
     border patches lean negative; the component is upsampled (``"bilinear"``, or ``"nearest"``:
     whole patches), then thresholded.
     """
@@ -321,7 +321,7 @@ def pca_masks(tokens: Tokens, threshold: float = 0.0, upsampling: str = "bilinea
 def attention_masks(tokens: Tokens, keep: float = 0.6, upsampling: str = "bilinear") -> torch.Tensor:
     """DINO's mask: the patches holding ``keep`` of the last layer's CLS attention (mean of heads), at pixels.
 
-    :func:`vitcore.views.dino_attention_masks` finds, on the head-averaged CLS row renormalised over
+    :func:`vitcore.inspect.views.dino_attention_masks` finds, on the head-averaged CLS row renormalised over
     the patches, the smallest set of patches with ``keep`` of the mass. With ``"bilinear"`` the
     attention map is upsampled and thresholded at the smallest kept patch's weight, so the mask has
     the same smooth edges as the other two; ``"nearest"`` gives exactly the kept patches.

@@ -28,8 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import ViTConfig
-from .model import VisionTransformer, parameter_count
+from ..model.config import ViTConfig
+from ..model.cost import parameter_count
+from ..model.vit import VisionTransformer
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -112,7 +113,7 @@ def _check_image_size(image_size: Any, config: ViTConfig, where: str) -> list[in
 
 def _check_preprocessing(metadata: dict[str, Any], config: ViTConfig, where: str) -> dict[str, Any]:
     """The stored preprocessing record, validated; checkpoints from before it get one from their normalisation."""
-    from .images import Preprocessing
+    from ..data.images import Preprocessing
 
     record = metadata.get("preprocessing")
     try:
@@ -427,13 +428,13 @@ def save_checkpoint(
 ) -> Path:
     """Write ``model`` (a VisionTransformer; LoRA adapters are merged first) to a ``.safetensors`` file.
 
-    The model's preprocessing record (a :class:`vitcore.images.Preprocessing` or its dict) is
+    The model's preprocessing record (a :class:`vitcore.data.images.Preprocessing` or its dict) is
     stored with the weights; given only ``normalization`` (mean, std), the record fits the photo
     to the model's size and normalises with it.
     """
     from safetensors.torch import save_file
 
-    from .images import Preprocessing
+    from ..data.images import Preprocessing
 
     if hasattr(model, "merge_and_unload"):  # a peft model: fold the adapters into plain linears
         model = model.merge_and_unload()

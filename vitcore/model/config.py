@@ -39,7 +39,7 @@ POS_INTERPOLATIONS = ("bicubic", "bicubic_antialias")
 # "cls+mean" both concatenated, (B, 2D) (a linear probe on DINOv2 features, Oquab et al. 2023).
 POOLS = ("cls", "mean", "cls+mean")
 
-# Token mixers a block can use (vitcore.mixers): softmax attention as in the paper, and the
+# Token mixers a block can use (vitcore.model.mixers): softmax attention as in the paper, and the
 # alternatives the tutorial asks about.
 TOKEN_MIXERS = ("attention", "linear", "retention", "pooling", "mlp")
 

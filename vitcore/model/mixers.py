@@ -40,8 +40,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .attention import Attention, AttentionProbe
 from .config import TOKEN_MIXERS, ViTConfig
-from .model import AttentionProbe
 
 __all__ = [
     "MIXER_LABELS",
@@ -386,7 +386,8 @@ def token_mlp_width(config: ViTConfig) -> int:
     return max(1, config.dim // 2)
 
 
-_MIXERS: dict[str, type[_Mixer]] = {
+_MIXERS: dict[str, type[nn.Module]] = {  # the one registry of token mixers, in TOKEN_MIXERS order
+    "attention": Attention,
     "linear": LinearAttention,
     "retention": Retention,
     "pooling": PoolingMixer,
@@ -395,11 +396,7 @@ _MIXERS: dict[str, type[_Mixer]] = {
 
 
 def build_mixer(config: ViTConfig) -> nn.Module:
-    """The token mixer ``config.token_mixer`` names (softmax attention itself lives in vitcore.model)."""
-    if config.token_mixer == "attention":
-        from .model import Attention
-
-        return Attention(config)
+    """The token mixer ``config.token_mixer`` names: the one factory every block uses."""
     if config.token_mixer not in _MIXERS:
         raise ValueError(f"token_mixer={config.token_mixer!r} is unknown; choose one of {list(TOKEN_MIXERS)}")
     return _MIXERS[config.token_mixer](config)

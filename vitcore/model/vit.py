@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .attention import Attention, AttentionProbe
 from .config import ViTConfig
+from .mixers import build_mixer
 
 __all__ = [
     "MLP",
@@ -31,7 +33,6 @@ __all__ = [
     "VisionTransformer",
     "conv_as_linear",
     "interpolate_pos_embedding",
-    "parameter_count",
     "patchify",
     "unpatchify",
 ]
@@ -131,87 +132,7 @@ def interpolate_pos_embedding(
     return torch.cat([prefix, patch_pos], dim=1)  # (1, p+N', D)
 
 
-# --------------------------------------------------------------------------- attention
-class AttentionProbe(nn.Identity):
-    """Identity that receives the post-softmax attention (B, H, T, T); capture hooks attach here."""
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention, heads kept as their own axis.
-
-    ``fused=True`` computes the same thing with ``F.scaled_dot_product_attention`` (fast, but
-    the matrix is never materialised, so the probe sees nothing on that path).
-    :meth:`forward_explicit` always takes the explicit path and returns the matrix; it reads no
-    flag, so many threads may call it on one shared module.
-    """
-
-    def __init__(self, config: ViTConfig) -> None:
-        super().__init__()
-        self.heads = config.heads
-        self.head_dim = config.head_dim
-        self.scale = self.head_dim**-0.5  # 1 / sqrt(d)
-        self.fused = config.fused_attention
-        self.qkv = nn.Linear(config.dim, 3 * config.dim, bias=config.qkv_bias)
-        self.probe = AttentionProbe()
-        self.attn_drop = nn.Dropout(config.attention_dropout)
-        self.proj = nn.Linear(config.dim, config.dim)
-        self.proj_drop = nn.Dropout(config.dropout)
-
-    def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v of the tokens x (B, T, D), each (B, H, T, d)."""
-        qkv = self.qkv(x)  # (B, T, 3D)
-        return rearrange(qkv, "b t (three h d) -> three b h t d", three=3, h=self.heads)  # 3 x (B, H, T, d)
-
-    def attention_matrix(self, q: torch.Tensor, k: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """softmax(q k^T / sqrt(d)) through the probe, (B, H, T, T); rows sum to 1.
-
-        ``out`` (B, H, T, T) receives the softmax directly (capture's preallocated slab: no copy).
-        """
-        scores = (q @ k.transpose(-2, -1)).mul_(self.scale)  # (B, H, T, T)
-        if out is None or torch.is_grad_enabled():
-            return self.probe(scores.softmax(dim=-1))  # (B, H, T, T)
-        return self.probe(torch.softmax(scores, dim=-1, out=out))  # (B, H, T, T), written into the slab
-
-    def merge_heads(self, out: torch.Tensor, dropout: bool = True) -> torch.Tensor:
-        """Concatenate the heads (B, H, T, d) and project: (B, T, D)."""
-        out = self.proj(rearrange(out, "b h t d -> b t (h d)"))  # (B, T, D)
-        return self.proj_drop(out) if dropout else out
-
-    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
-        q, k, v = self.split_heads(x)  # 3 x (B, H, T, d)
-        if self.fused:
-            p = self.attn_drop.p if self.training else 0.0
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, H, T, d)
-        else:
-            out = self.attn_drop(self.attention_matrix(q, k)) @ v  # (B, H, T, d)
-        return self.merge_heads(out)  # (B, T, D)
-
-    def forward_explicit(
-        self,
-        x: torch.Tensor,
-        grid: tuple[int, int] | None = None,
-        dropout: bool = False,
-        out: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Output (B, T, D), attention (B, H, T, T) and (q, k, v), each (B, H, T, d), on the explicit path.
-
-        ``out``: where to write the attention (B, H, T, T) (no grad mode only).
-        """
-        q, k, v = self.split_heads(x)  # 3 x (B, H, T, d)
-        attn = self.attention_matrix(q, k, out)  # (B, H, T, T)
-        out = (self.attn_drop(attn) if dropout else attn) @ v  # (B, H, T, d)
-        return self.merge_heads(out, dropout), attn, (q, k, v)
-
-
-def build_token_mixer(config: ViTConfig) -> nn.Module:
-    """The module that mixes tokens inside a block: attention, or an alternative from vitcore.mixers."""
-    if config.token_mixer == "attention":
-        return Attention(config)
-    from .mixers import build_mixer  # the alternatives live in their own module
-
-    return build_mixer(config)
-
-
+# --------------------------------------------------------------------------- blocks
 class MLP(nn.Module):
     """Linear - GELU - Dropout - Linear - Dropout."""
 
@@ -240,7 +161,7 @@ class Block(nn.Module):
     def __init__(self, config: ViTConfig) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(config.dim, eps=config.layer_norm_eps)
-        self.attn = build_token_mixer(config)  # MSA in the paper
+        self.attn = build_mixer(config)  # MSA in the paper, or another token mixer
         self.norm2 = nn.LayerNorm(config.dim, eps=config.layer_norm_eps)
         self.mlp = MLP(config)
 
@@ -268,26 +189,8 @@ class Block(nn.Module):
         return x + out, matrix, qkv, hidden  # z = MLP(LN(z')) + z'
 
 
-# --------------------------------------------------------------------------- counting
-def parameter_count(config: ViTConfig) -> int:
-    """Exact number of weights of ``VisionTransformer(config)``, from the config alone (nothing is built).
-
-    Used to size a model before building it (checkpoint budgets, the app's guards and cost tables).
-    """
-    from .mixers import mixer_cost
-
-    D, C, P, M, K = config.dim, config.in_channels, config.patch_size, config.mlp_dim, config.num_classes
-    embed = D * C * P * P + D  # patch conv
-    tokens = config.num_prefix_tokens * D  # CLS, distillation and register tokens
-    positions = (config.num_pos_prefix_tokens + config.num_patches) * D  # E_pos
-    block = 2 * 2 * D + mixer_cost(config)["params"] + D * M + M + M * D + D  # two LayerNorms, mixer, MLP
-    head = config.pool_dim * K + K if K else 0
-    head_dist = D * K + K if K and config.distilled and config.distilled_head else 0
-    return embed + tokens + positions + config.depth * block + 2 * D + head + head_dist
-
-
 # --------------------------------------------------------------------------- the model
-def _select(value: int | list[int] | tuple[int, ...] | None, n: int, what: str) -> tuple[int, ...]:
+def select_indices(value: int | list[int] | tuple[int, ...] | None, n: int, what: str) -> tuple[int, ...]:
     """Normalise a layer / head selection to sorted unique indices in [0, n)."""
     if value is None:
         return tuple(range(n))
@@ -483,8 +386,8 @@ class VisionTransformer(nn.Module):
         """
         _check_images(images, self.config.patch_size, self.config.in_channels)
         depth = len(self.blocks)
-        selected = set(_select(layers, depth, "layers"))
-        head_ids = _select(heads, self.config.heads, "heads")
+        selected = set(select_indices(layers, depth, "layers"))
+        head_ids = select_indices(heads, self.config.heads, "heads")
         if not head_ids:
             raise ValueError("select at least one head (heads=None keeps all)")
         subset = None if len(head_ids) == self.config.heads else list(head_ids)

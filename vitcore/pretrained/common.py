@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import ViTConfig
-from ..model import VisionTransformer
+from ..model.config import ViTConfig
+from ..model.vit import VisionTransformer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageClassification preset
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -14,11 +14,11 @@ HF_DEFAULT_MEAN = (0.5, 0.5, 0.5)  # Hugging Face's IMAGENET_STANDARD_MEAN / STD
 HF_DEFAULT_STD = (0.5, 0.5, 0.5)
 
 
-def _strip_prefix(name: str, prefix: str) -> str:
+def strip_prefix(name: str, prefix: str) -> str:
     return name[len(prefix) :] if name.startswith(prefix) else name
 
 
-def _mlp_ratio(dim: int, mlp_dim: int) -> float:
+def mlp_ratio_for(dim: int, mlp_dim: int) -> float:
     """mlp_ratio such that ViTConfig.mlp_dim == mlp_dim, or a ValueError if no float gives it."""
     ratio = mlp_dim / dim
     if int(dim * ratio) != mlp_dim:
@@ -29,7 +29,7 @@ def _mlp_ratio(dim: int, mlp_dim: int) -> float:
     return ratio
 
 
-def _build(config: ViTConfig, state: dict[str, torch.Tensor], like: torch.Tensor) -> VisionTransformer:
+def build_vit(config: ViTConfig, state: dict[str, torch.Tensor], like: torch.Tensor) -> VisionTransformer:
     """A VisionTransformer holding exactly ``state``, on ``like``'s device and dtype.
 
     The model is built on the meta device (no random initialisation of possibly 600M
@@ -43,20 +43,20 @@ def _build(config: ViTConfig, state: dict[str, torch.Tensor], like: torch.Tensor
     return model.eval()
 
 
-def _linear(prefix: str, linear: nn.Linear) -> dict[str, torch.Tensor]:
+def linear_state(prefix: str, linear: nn.Linear) -> dict[str, torch.Tensor]:
     out = {f"{prefix}.weight": linear.weight.detach()}
     if linear.bias is not None:
         out[f"{prefix}.bias"] = linear.bias.detach()
     return out
 
 
-def _layer_norm(module: nn.Module, what: str) -> nn.LayerNorm:
+def layer_norm_of(module: nn.Module, what: str) -> nn.LayerNorm:
     if not isinstance(module, nn.LayerNorm) or module.weight is None or module.bias is None:
         raise ValueError(f"{what} is {type(module).__name__}, not an affine nn.LayerNorm; vitcore cannot reproduce it")
     return module
 
 
-def _check_patch_conv(conv: nn.Module, what: str) -> nn.Conv2d:
+def check_patch_conv(conv: nn.Module, what: str) -> nn.Conv2d:
     ok = (
         isinstance(conv, nn.Conv2d)
         and conv.kernel_size == conv.stride
@@ -74,7 +74,7 @@ def _check_patch_conv(conv: nn.Module, what: str) -> nn.Conv2d:
     return conv
 
 
-def _linear_scaled(prefix: str, linear: nn.Linear, scale: torch.Tensor | None) -> dict[str, torch.Tensor]:
+def linear_state_scaled(prefix: str, linear: nn.Linear, scale: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """A linear followed by LayerScale (``y * scale``, Touvron et al. 2021) as one linear.
 
     LayerScale multiplies each output channel i of the branch by a learned scale: y_i * s_i with

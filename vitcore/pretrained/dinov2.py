@@ -62,8 +62,8 @@ from typing import Any
 
 import torch
 
-from .config import ViTConfig
-from .model import VisionTransformer
+from ..model.config import ViTConfig
+from ..model.vit import VisionTransformer
 
 __all__ = [
     "DINOV2_LICENCE",
@@ -99,7 +99,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # DINOv2's evaluation transform (its data/transforms.py; Hugging Face's BitImageProcessor for the
 # dinov2 checkpoints says the same): shorter side to 256 bicubically, centre crop 224, ImageNet
-# mean/std. Field names are those of vitcore.images.Preprocessing ("crop": resize, then centre crop).
+# mean/std. Field names are those of vitcore.data.images.Preprocessing ("crop": resize, then centre crop).
 DINOV2_PREPROCESSING: dict[str, Any] = {
     "crop_size": [224, 224],
     "resize_size": 256,
@@ -284,7 +284,7 @@ def _convert_graph(graph: _Graph, config: ViTConfig) -> dict[str, torch.Tensor]:
     return state
 
 
-def _build(config: ViTConfig, state: dict[str, torch.Tensor]) -> VisionTransformer:
+def build_vit(config: ViTConfig, state: dict[str, torch.Tensor]) -> VisionTransformer:
     """A model holding exactly ``state``, which it takes over (built on the meta device: no random init, no copy)."""
     with torch.device("meta"):
         model = VisionTransformer(config)
@@ -302,7 +302,7 @@ def convert_onnx(path: str | os.PathLike[str] | None = None, *, check_sha256: bo
     if check_sha256:
         _check_sha256(found)
     config = dinov2_small_config()
-    return _build(config, _convert_graph(_Graph(found), config))
+    return build_vit(config, _convert_graph(_Graph(found), config))
 
 
 # --------------------------------------------------------------------------- the cache
@@ -349,7 +349,7 @@ def _load_cache(target: Path) -> VisionTransformer | None:
             return None
         if ViTConfig.from_json(header.get("config", "{}")) != config:
             return None
-        return _build(config, load_file(str(target)))
+        return build_vit(config, load_file(str(target)))
     except Exception:  # a truncated or foreign file: convert again and overwrite it
         return None
 
@@ -395,7 +395,7 @@ def dinov2_small(
     sha256) and ``refresh=True`` converts again even if a cache exists.
 
     Metadata: ``source``, ``family`` ("dinov2"), ``architecture``, ``licence`` (one line to show),
-    ``class_names`` ([]: no head), ``preprocessing`` (a dict for ``vitcore.images.Preprocessing``:
+    ``class_names`` ([]: no head), ``preprocessing`` (a dict for ``vitcore.data.images.Preprocessing``:
     resize 256, centre crop 224, bicubic, ImageNet mean/std), ``normalization``, ``image_size``
     (224, 224) and ``resize_size`` (the same record in from_hf's keys), ``onnx_sha256``,
     ``cache_path``, ``loaded_from`` ("onnx" or "cache"), ``load_seconds``, ``notes``.
@@ -418,6 +418,6 @@ def dinov2_small(
     return model, _metadata(model.config, target, loaded_from, time.perf_counter() - start)
 
 
-if __name__ == "__main__":  # pragma: no cover - a manual check: python -m vitcore.dinov2
+if __name__ == "__main__":  # pragma: no cover - a manual check: python -m vitcore.pretrained.dinov2
     _, meta = dinov2_small()
     print(json.dumps(meta, indent=1, default=str))

@@ -38,9 +38,9 @@ from urllib.parse import urlparse
 
 import torch
 
-from .common import _strip_prefix
-from .hf import _HUB_ID, _hf_cached, _hf_offline
-from .torchvision import TORCHVISION_NAMES, _torchvision_weights
+from .common import strip_prefix
+from .hf import HUB_ID_PATTERN, hf_cached, hf_offline
+from .torchvision import TORCHVISION_NAMES, torchvision_weights
 
 __all__ = ["HF_DOWNLOAD_FILES", "ProgressCallback", "cached_path", "download", "download_size"]
 
@@ -66,12 +66,12 @@ def _parse(source: str) -> _Source:
         raise ValueError("give a source such as 'torchvision:vit_b_16' or 'hf:facebook/dinov2-small'")
     text = source.strip()
     if text.startswith("torchvision:"):
-        name = _strip_prefix(text, "torchvision:")
+        name = strip_prefix(text, "torchvision:")
         if name not in TORCHVISION_NAMES:
             raise ValueError(f"unknown torchvision ViT {name!r}; choose one of {list(TORCHVISION_NAMES)}")
         return _Source("torchvision", name)
-    repo_id = _strip_prefix(text, "hf:")
-    if _HUB_ID.match(repo_id) and ".." not in repo_id:
+    repo_id = strip_prefix(text, "hf:")
+    if HUB_ID_PATTERN.match(repo_id) and ".." not in repo_id:
         return _Source("hf", repo_id)
     raise ValueError(
         f"{source!r} is not a source download() knows: use 'torchvision:<name>' ({', '.join(TORCHVISION_NAMES)}) "
@@ -105,7 +105,7 @@ def _probe(url: str) -> None:
 
 
 def _torchvision_target(name: str, weights: Any, url: str | None) -> tuple[str, Path]:
-    enum = _torchvision_weights(name, weights)
+    enum = torchvision_weights(name, weights)
     url = url or enum.url
     return url, Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
 
@@ -127,7 +127,7 @@ def _no_network(what: str, err: BaseException, where: str) -> ValueError:
 
 
 def _check_network(src: _Source, url: str, dest: Path | None) -> None:
-    if src.kind == "hf" and _hf_offline():
+    if src.kind == "hf" and hf_offline():
         raise _no_network("the Hugging Face Hub", OSError("HF_HUB_OFFLINE is set"), _hf_manual_hint(src.name))
     try:
         _probe(url)
@@ -338,8 +338,8 @@ def cached_path(source: str, *, weights: Any = "DEFAULT", url: str | None = None
     if src.kind == "torchvision":
         _, dest = _torchvision_target(src.name, weights, url)
         return dest if dest.is_file() else None
-    config = _hf_cached(src.name, "config.json")
-    if config is None or not any(_hf_cached(src.name, f) for f in HF_WEIGHTS):
+    config = hf_cached(src.name, "config.json")
+    if config is None or not any(hf_cached(src.name, f) for f in HF_WEIGHTS):
         return None
     return Path(config).parent
 

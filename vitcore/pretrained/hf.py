@@ -3,7 +3,7 @@
 DINOv2 (Oquab et al. 2023) differs from the ViT of the paper in three ways, each reproduced:
 
 - LayerScale after the attention and the MLP branch: folded into ``attn.proj`` and ``mlp.fc2``
-  (see :func:`~vitcore.pretrained.common._linear_scaled`);
+  (see :func:`~vitcore.pretrained.common.linear_state_scaled`);
 - register tokens (Darcet et al. 2023, ``Dinov2WithRegistersModel``): Hugging Face inserts them
   right after CLS, after the position embedding was added, so they carry none; vitcore's
   ``num_registers`` does the same;
@@ -28,18 +28,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import ViTConfig
-from ..model import VisionTransformer
+from ..model.config import ViTConfig
+from ..model.vit import VisionTransformer
 from .common import (
     HF_DEFAULT_MEAN,
     HF_DEFAULT_STD,
-    _build,
-    _check_patch_conv,
-    _layer_norm,
-    _linear,
-    _linear_scaled,
-    _mlp_ratio,
-    _strip_prefix,
+    build_vit,
+    check_patch_conv,
+    layer_norm_of,
+    linear_state,
+    linear_state_scaled,
+    mlp_ratio_for,
+    strip_prefix,
 )
 
 __all__ = ["MODELS_ROOT_ENV", "from_hf", "from_hf_source", "load_hf", "models_root_from_env", "resolve_hf_source"]
@@ -75,7 +75,7 @@ def _hf_cache_dir() -> str:
     return str(constants.HF_HUB_CACHE)
 
 
-def _hf_offline() -> bool:
+def hf_offline() -> bool:
     from huggingface_hub import constants
 
     return bool(constants.is_offline_mode()) or os.environ.get("HF_HUB_OFFLINE", "0").upper() in ("1", "ON", "YES")
@@ -85,7 +85,7 @@ def _looks_like_path(text: str) -> bool:
     return text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1
 
 
-def _hf_cached(repo_id: str, filename: str) -> str | None:
+def hf_cached(repo_id: str, filename: str) -> str | None:
     """The cached path of ``filename`` in ``repo_id``, or None (no network)."""
     from huggingface_hub import try_to_load_from_cache
 
@@ -102,8 +102,8 @@ def _hf_locate(id_or_path: str, download: bool, folders: bool = True) -> tuple[s
     Runs before transformers is imported, so a missing model fails in well under a second. With
     ``folders=False`` the text is a hub id only: no local path is ever looked at.
     """
-    text = _strip_prefix(id_or_path, "hf:")
-    if not folders and not (_HUB_ID.match(text) and ".." not in text):
+    text = strip_prefix(id_or_path, "hf:")
+    if not folders and not (HUB_ID_PATTERN.match(text) and ".." not in text):
         raise ValueError(f"{text!r} is not a Hugging Face model id (org/name, e.g. 'facebook/dinov2-small')")
     folder = Path(text).expanduser()
     if folders and folder.is_dir():
@@ -120,14 +120,14 @@ def _hf_locate(id_or_path: str, download: bool, folders: bool = True) -> tuple[s
             f"the folder {text!r} does not exist (or is not a folder); give a Hugging Face model folder or id"
         )
 
-    local_only = not download or _hf_offline()
-    config = _hf_cached(text, "config.json")
-    weights = [f for f in _HF_WEIGHT_FILES if _hf_cached(text, f)]
+    local_only = not download or hf_offline()
+    config = hf_cached(text, "config.json")
+    weights = [f for f in _HF_WEIGHT_FILES if hf_cached(text, f)]
     if local_only and (config is None or not weights):
         missing = "config.json" if config is None else f"a weights file (one of {list(_HF_WEIGHT_FILES)})"
         how = (
             "HF_HUB_OFFLINE is set; unset it to download"
-            if _hf_offline()
+            if hf_offline()
             else "pass download=True to fetch it, or run `hf download " + text + "`"
         )
         raise ValueError(
@@ -135,7 +135,7 @@ def _hf_locate(id_or_path: str, download: bool, folders: bool = True) -> tuple[s
             f"{Path(_hf_cache_dir()) / ('models--' + text.replace('/', '--'))}); {how}, "
             f"or give a local folder saved with save_pretrained"
         )
-    return text, local_only, _hf_cached(text, "preprocessor_config.json")
+    return text, local_only, hf_cached(text, "preprocessor_config.json")
 
 
 def load_hf(id_or_path: str, download: bool = False, *, folders: bool = True) -> nn.Module:
@@ -211,7 +211,7 @@ def _check_loading_info(where: str, architecture: str, info: dict[str, Any]) -> 
     )
 
 
-def _hf_parts(hf: nn.Module) -> tuple[nn.Module, str, nn.Module | None, nn.Module | None]:
+def hf_parts(hf: nn.Module) -> tuple[nn.Module, str, nn.Module | None, nn.Module | None]:
     """(base model, architecture, class head, distillation head) of a supported HF model."""
     architecture = type(hf).__name__
     model_type = getattr(getattr(hf, "config", None), "model_type", None)
@@ -254,7 +254,7 @@ def _hf_config(
         dim=c.hidden_size,
         depth=c.num_hidden_layers,
         heads=c.num_attention_heads,
-        mlp_ratio=_mlp_ratio(c.hidden_size, mlp_dim),
+        mlp_ratio=mlp_ratio_for(c.hidden_size, mlp_dim),
         dropout=float(c.hidden_dropout_prob),
         attention_dropout=float(c.attention_probs_dropout_prob),
         qkv_bias=bool(c.qkv_bias),
@@ -268,7 +268,7 @@ def _hf_config(
 
 
 def _convert_hf(hf: nn.Module) -> tuple[VisionTransformer, str]:
-    base, architecture, head, head_dist = _hf_parts(hf)
+    base, architecture, head, head_dist = hf_parts(hf)
     emb = base.embeddings
     distilled = getattr(emb, "distillation_token", None) is not None
     if head is not None and isinstance(head, nn.Linear):
@@ -288,20 +288,20 @@ def _convert_hf(hf: nn.Module) -> tuple[VisionTransformer, str]:
         hf.config, distilled, num_classes, mlp_dim, distilled_head=architecture != "DeiTForImageClassification"
     )
 
-    conv = _check_patch_conv(emb.patch_embeddings.projection, "embeddings.patch_embeddings.projection")
+    conv = check_patch_conv(emb.patch_embeddings.projection, "embeddings.patch_embeddings.projection")
     state: dict[str, torch.Tensor] = {
         "patch_embed.proj.weight": conv.weight.detach(),
         "patch_embed.proj.bias": conv.bias.detach(),
         "cls_token": emb.cls_token.detach(),  # (1, 1, D)
         "pos_embedding": emb.position_embeddings.detach(),  # (1, prefix+N, D)
-        **_linear("norm", _layer_norm(base.layernorm, "layernorm")),
+        **linear_state("norm", layer_norm_of(base.layernorm, "layernorm")),
     }
     if distilled:
         state["dist_token"] = emb.distillation_token.detach()  # (1, 1, D)
     if num_classes:
-        state.update(_linear("head", head))
+        state.update(linear_state("head", head))
     if head_dist is not None:
-        state.update(_linear("head_dist", head_dist))
+        state.update(linear_state("head_dist", head_dist))
     for i, layer in enumerate(base.layers):
         attn, p = layer.attention, f"blocks.{i}"
         q, k, v = attn.q_proj, attn.k_proj, attn.v_proj
@@ -309,13 +309,13 @@ def _convert_hf(hf: nn.Module) -> tuple[VisionTransformer, str]:
         state[f"{p}.attn.qkv.weight"] = torch.cat([q.weight, k.weight, v.weight]).detach()  # (3D, D)
         if q.bias is not None:
             state[f"{p}.attn.qkv.bias"] = torch.cat([q.bias, k.bias, v.bias]).detach()  # (3D,)
-        state.update(_linear(f"{p}.attn.proj", attn.o_proj))
-        state.update(_linear(f"{p}.norm1", _layer_norm(layer.layernorm_before, f"layer {i} layernorm_before")))
-        state.update(_linear(f"{p}.norm2", _layer_norm(layer.layernorm_after, f"layer {i} layernorm_after")))
-        state.update(_linear(f"{p}.mlp.fc1", layer.mlp.fc1))
-        state.update(_linear(f"{p}.mlp.fc2", layer.mlp.fc2))
+        state.update(linear_state(f"{p}.attn.proj", attn.o_proj))
+        state.update(linear_state(f"{p}.norm1", layer_norm_of(layer.layernorm_before, f"layer {i} layernorm_before")))
+        state.update(linear_state(f"{p}.norm2", layer_norm_of(layer.layernorm_after, f"layer {i} layernorm_after")))
+        state.update(linear_state(f"{p}.mlp.fc1", layer.mlp.fc1))
+        state.update(linear_state(f"{p}.mlp.fc2", layer.mlp.fc2))
 
-    return _build(config, state, like=conv.weight), architecture
+    return build_vit(config, state, like=conv.weight), architecture
 
 
 def _convert_dinov2(hf: nn.Module) -> VisionTransformer:
@@ -327,13 +327,13 @@ def _convert_dinov2(hf: nn.Module) -> VisionTransformer:
             "Linear-GELU-Linear, so only the small, base and large DINOv2 (plain MLP) can be converted"
         )
     config = _hf_config(c, False, 0, layers[0].mlp.fc1.out_features)
-    conv = _check_patch_conv(emb.patch_embeddings.projection, "embeddings.patch_embeddings.projection")
+    conv = check_patch_conv(emb.patch_embeddings.projection, "embeddings.patch_embeddings.projection")
     state: dict[str, torch.Tensor] = {
         "patch_embed.proj.weight": conv.weight.detach(),
         "patch_embed.proj.bias": conv.bias.detach(),
         "cls_token": emb.cls_token.detach(),  # (1, 1, D)
         "pos_embedding": emb.position_embeddings.detach(),  # (1, 1+N, D): CLS and patches, none for registers
-        **_linear("norm", _layer_norm(hf.layernorm, "layernorm")),
+        **linear_state("norm", layer_norm_of(hf.layernorm, "layernorm")),
     }
     if config.num_registers:
         state["register_tokens"] = emb.register_tokens.detach()  # (1, R, D)
@@ -344,12 +344,12 @@ def _convert_dinov2(hf: nn.Module) -> VisionTransformer:
         if q.bias is not None:
             state[f"{p}.attn.qkv.bias"] = torch.cat([q.bias, k.bias, v.bias]).detach()  # (3D,)
         # x + LS1(o_proj(a)) with LS1(y) = lambda1 * y  ==  x + o_proj'(a) with o_proj' = lambda1-scaled rows
-        state.update(_linear_scaled(f"{p}.attn.proj", attn.o_proj, layer.layer_scale1.lambda1))
-        state.update(_linear(f"{p}.norm1", _layer_norm(layer.norm1, f"layer {i} norm1")))
-        state.update(_linear(f"{p}.norm2", _layer_norm(layer.norm2, f"layer {i} norm2")))
-        state.update(_linear(f"{p}.mlp.fc1", layer.mlp.fc1))
-        state.update(_linear_scaled(f"{p}.mlp.fc2", layer.mlp.fc2, layer.layer_scale2.lambda1))
-    return _build(config, state, like=conv.weight)
+        state.update(linear_state_scaled(f"{p}.attn.proj", attn.o_proj, layer.layer_scale1.lambda1))
+        state.update(linear_state(f"{p}.norm1", layer_norm_of(layer.norm1, f"layer {i} norm1")))
+        state.update(linear_state(f"{p}.norm2", layer_norm_of(layer.norm2, f"layer {i} norm2")))
+        state.update(linear_state(f"{p}.mlp.fc1", layer.mlp.fc1))
+        state.update(linear_state_scaled(f"{p}.mlp.fc2", layer.mlp.fc2, layer.layer_scale2.lambda1))
+    return build_vit(config, state, like=conv.weight)
 
 
 def _read_preprocessor(path: str | None) -> dict[str, Any]:
@@ -397,14 +397,14 @@ def from_hf(
     if isinstance(model_or_id_or_path, str):
         _, _, preprocessor = _hf_locate(model_or_id_or_path, download, folders)
         hf = load_hf(model_or_id_or_path, download=download, folders=folders)
-        source = f"hf:{_strip_prefix(model_or_id_or_path, 'hf:')}"
+        source = f"hf:{strip_prefix(model_or_id_or_path, 'hf:')}"
     elif isinstance(model_or_id_or_path, nn.Module):
         hf = model_or_id_or_path
         name = getattr(hf, "name_or_path", "") or ""  # the folder or hub id it was loaded from, if any
         if name and (Path(name) / "preprocessor_config.json").is_file():
             preprocessor = str(Path(name) / "preprocessor_config.json")
         elif name and not _looks_like_path(name):
-            preprocessor = _hf_cached(name, "preprocessor_config.json")
+            preprocessor = hf_cached(name, "preprocessor_config.json")
         source = f"hf:{name or type(hf).__name__}"
     else:
         raise ValueError("expected a Hugging Face ViT/DeiT/DINOv2 model, a local folder or a hub id")
@@ -438,7 +438,7 @@ def from_hf(
 # --------------------------------------------------------------------------- sources an app may accept
 MODELS_ROOT_ENV = "EXPLORER_MODELS_ROOT"
 # A hub id: "org/name", each part letters, digits, "-", "_", "."; no "..", no leading "." or "-".
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 
 
 def models_root_from_env() -> Path | None:
@@ -462,7 +462,7 @@ def resolve_hf_source(text: str, models_root: str | os.PathLike | None) -> str:
     """
     if not isinstance(text, str) or not text.strip():
         raise ValueError("give a Hugging Face model id such as 'facebook/dinov2-small'")
-    text = _strip_prefix(text.strip(), "hf:")
+    text = strip_prefix(text.strip(), "hf:")
     example = "org/name, e.g. 'google/vit-base-patch16-224'"
     if models_root is None:
         refused = ValueError(
@@ -483,7 +483,7 @@ def resolve_hf_source(text: str, models_root: str | os.PathLike | None) -> str:
             folder = None
         if folder is not None and folder != root and folder.is_relative_to(root) and folder.is_dir():
             return str(folder)
-    if _HUB_ID.match(text) and ".." not in text:
+    if HUB_ID_PATTERN.match(text) and ".." not in text:
         return text
     raise refused
 

@@ -31,9 +31,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import ViTConfig
-from ..model import VisionTransformer
-from .common import IMAGENET_MEAN, IMAGENET_STD, _build, _check_patch_conv, _linear, _linear_scaled, _mlp_ratio
+from ..model.config import ViTConfig
+from ..model.vit import VisionTransformer
+from .common import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_vit,
+    check_patch_conv,
+    linear_state,
+    linear_state_scaled,
+    mlp_ratio_for,
+)
 
 __all__ = ["TIMM_PATTERNS", "from_timm"]
 
@@ -147,7 +155,7 @@ def _position_state(tm: nn.Module, distilled: bool, registers: int) -> dict[str,
 
 def _convert_timm(tm: nn.Module) -> VisionTransformer:
     _check_timm_vit(tm)
-    conv = _check_patch_conv(tm.patch_embed.proj, "patch_embed.proj")
+    conv = check_patch_conv(tm.patch_embed.proj, "patch_embed.proj")
     distilled = getattr(tm, "dist_token", None) is not None
     registers = int(tm.num_reg_tokens or 0)
     blocks = list(tm.blocks)
@@ -164,7 +172,7 @@ def _convert_timm(tm: nn.Module) -> VisionTransformer:
         dim=tm.embed_dim,
         depth=len(blocks),
         heads=b0.attn.num_heads,
-        mlp_ratio=_mlp_ratio(tm.embed_dim, b0.mlp.fc1.out_features),
+        mlp_ratio=mlp_ratio_for(tm.embed_dim, b0.mlp.fc1.out_features),
         dropout=float(b0.mlp.drop1.p),
         attention_dropout=float(b0.attn.attn_drop.p),
         qkv_bias=b0.attn.qkv.bias is not None,
@@ -179,25 +187,25 @@ def _convert_timm(tm: nn.Module) -> VisionTransformer:
         "patch_embed.proj.bias": conv.bias.detach(),
         "cls_token": tm.cls_token.detach(),  # (1, 1, D)
         **_position_state(tm, distilled, registers),
-        **_linear("norm", tm.norm),
+        **linear_state("norm", tm.norm),
     }
     if distilled:
         state["dist_token"] = tm.dist_token.detach()  # (1, 1, D)
     if num_classes:
-        state.update(_linear("head", head))
+        state.update(linear_state("head", head))
         if distilled:
-            state.update(_linear("head_dist", tm.head_dist))
+            state.update(linear_state("head_dist", tm.head_dist))
     for i, block in enumerate(blocks):
         p, attn, mlp = f"blocks.{i}", block.attn, block.mlp
         gamma1 = None if _is_identity(block.ls1) else block.ls1.gamma  # LayerScale: x + gamma * branch(x)
         gamma2 = None if _is_identity(block.ls2) else block.ls2.gamma
-        state.update(_linear(f"{p}.norm1", block.norm1))
-        state.update(_linear(f"{p}.attn.qkv", attn.qkv))  # rows (three h d), as vitcore's
-        state.update(_linear_scaled(f"{p}.attn.proj", attn.proj, gamma1))
-        state.update(_linear(f"{p}.norm2", block.norm2))
-        state.update(_linear_scaled(f"{p}.mlp.fc1", mlp.fc1, None))  # bias=False (proj_bias=False) -> zeros
-        state.update(_linear_scaled(f"{p}.mlp.fc2", mlp.fc2, gamma2))
-    return _build(config, state, like=conv.weight)
+        state.update(linear_state(f"{p}.norm1", block.norm1))
+        state.update(linear_state(f"{p}.attn.qkv", attn.qkv))  # rows (three h d), as vitcore's
+        state.update(linear_state_scaled(f"{p}.attn.proj", attn.proj, gamma1))
+        state.update(linear_state(f"{p}.norm2", block.norm2))
+        state.update(linear_state_scaled(f"{p}.mlp.fc1", mlp.fc1, None))  # bias=False (proj_bias=False) -> zeros
+        state.update(linear_state_scaled(f"{p}.mlp.fc2", mlp.fc2, gamma2))
+    return build_vit(config, state, like=conv.weight)
 
 
 def _timm_metadata(tm: nn.Module, model: VisionTransformer, source: str) -> dict[str, Any]:

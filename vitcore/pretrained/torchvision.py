@@ -10,17 +10,17 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from ..config import ViTConfig
-from ..model import VisionTransformer
+from ..model.config import ViTConfig
+from ..model.vit import VisionTransformer
 from .common import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    _build,
-    _check_patch_conv,
-    _layer_norm,
-    _linear,
-    _mlp_ratio,
-    _strip_prefix,
+    build_vit,
+    check_patch_conv,
+    layer_norm_of,
+    linear_state,
+    mlp_ratio_for,
+    strip_prefix,
 )
 
 __all__ = ["TORCHVISION_NAMES", "from_torchvision", "load_torchvision", "torchvision_weights_cached"]
@@ -28,7 +28,7 @@ __all__ = ["TORCHVISION_NAMES", "from_torchvision", "load_torchvision", "torchvi
 TORCHVISION_NAMES = ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14")
 
 
-def _torchvision_weights(name: str, weights: Any) -> Any:
+def torchvision_weights(name: str, weights: Any) -> Any:
     """The torchvision WeightsEnum member meant by ``weights`` (member, 'DEFAULT', 'IMAGENET1K_V1', full name)."""
     from torchvision.models import get_model_weights
 
@@ -37,7 +37,7 @@ def _torchvision_weights(name: str, weights: Any) -> Any:
         return weights
     choices = ["DEFAULT", *(m.name for m in enum_cls)]
     if isinstance(weights, str):
-        key = _strip_prefix(weights, enum_cls.__name__ + ".")
+        key = strip_prefix(weights, enum_cls.__name__ + ".")
         if key == "DEFAULT":
             return enum_cls.DEFAULT
         if key in enum_cls.__members__:
@@ -52,24 +52,24 @@ def _torchvision_checkpoint_path(weights: Any) -> Path:
 
 def torchvision_weights_cached(name: str, weights: Any = "DEFAULT") -> bool:
     """Whether the weights file of torchvision's ``name`` is already in the torch.hub cache."""
-    name = _strip_prefix(name, "torchvision:")
+    name = strip_prefix(name, "torchvision:")
     if name not in TORCHVISION_NAMES:
         raise ValueError(f"unknown torchvision ViT {name!r}; choose one of {list(TORCHVISION_NAMES)}")
-    return _torchvision_checkpoint_path(_torchvision_weights(name, weights)).is_file()
+    return _torchvision_checkpoint_path(torchvision_weights(name, weights)).is_file()
 
 
 def load_torchvision(name: str, weights: Any = None, download: bool = False) -> nn.Module:
     """torchvision's ``name`` (vit_b_16, ...) with ``weights`` read from the torch.hub cache (or None: random)."""
     import torchvision.models as tvm
 
-    name = _strip_prefix(name, "torchvision:")
+    name = strip_prefix(name, "torchvision:")
     if name not in TORCHVISION_NAMES:
         raise ValueError(f"unknown torchvision ViT {name!r}; choose one of {list(TORCHVISION_NAMES)}")
     builder = getattr(tvm, name)
     if weights is None:
         return builder(weights=None).eval()
 
-    weights = _torchvision_weights(name, weights)
+    weights = torchvision_weights(name, weights)
     path = _torchvision_checkpoint_path(weights)
     if not path.is_file() and not download:
         raise ValueError(
@@ -121,7 +121,7 @@ def _convert_torchvision(tv: nn.Module) -> VisionTransformer:
             f"expected a torchvision.models.VisionTransformer or a name in {list(TORCHVISION_NAMES)}, "
             f"got {type(tv).__name__}"
         )
-    conv = _check_patch_conv(tv.conv_proj, "conv_proj")
+    conv = check_patch_conv(tv.conv_proj, "conv_proj")
     if "pre_logits" in tv.heads._modules:
         raise ValueError(
             "this torchvision ViT has a pre-logits layer (representation_size is set: Linear + Tanh before the "
@@ -133,7 +133,7 @@ def _convert_torchvision(tv: nn.Module) -> VisionTransformer:
 
     layers = list(tv.encoder.layers)
     attn0 = layers[0].self_attention
-    norm = _layer_norm(tv.encoder.ln, "encoder.ln")
+    norm = layer_norm_of(tv.encoder.ln, "encoder.ln")
     config = ViTConfig(
         image_size=tv.image_size,
         patch_size=tv.patch_size,
@@ -142,7 +142,7 @@ def _convert_torchvision(tv: nn.Module) -> VisionTransformer:
         dim=tv.hidden_dim,
         depth=len(layers),
         heads=attn0.num_heads,
-        mlp_ratio=_mlp_ratio(tv.hidden_dim, tv.mlp_dim),
+        mlp_ratio=mlp_ratio_for(tv.hidden_dim, tv.mlp_dim),
         dropout=float(tv.dropout),
         attention_dropout=float(tv.attention_dropout),
         qkv_bias=attn0.in_proj_bias is not None,
@@ -154,8 +154,8 @@ def _convert_torchvision(tv: nn.Module) -> VisionTransformer:
         "patch_embed.proj.bias": conv.bias.detach(),
         "cls_token": tv.class_token.detach(),  # (1, 1, D)
         "pos_embedding": tv.encoder.pos_embedding.detach(),  # (1, 1+N, D)
-        **_linear("norm", norm),
-        **_linear("head", head),
+        **linear_state("norm", norm),
+        **linear_state("head", head),
     }
     for i, layer in enumerate(layers):
         mha = layer.self_attention
@@ -170,14 +170,14 @@ def _convert_torchvision(tv: nn.Module) -> VisionTransformer:
         state[f"{p}.attn.proj.bias"] = (
             out_proj.bias.detach() if out_proj.bias is not None else torch.zeros_like(out_proj.weight[:, 0])
         )
-        state.update(_linear(f"{p}.norm1", _layer_norm(layer.ln_1, f"layer {i} ln_1")))
-        state.update(_linear(f"{p}.norm2", _layer_norm(layer.ln_2, f"layer {i} ln_2")))
+        state.update(linear_state(f"{p}.norm1", layer_norm_of(layer.ln_1, f"layer {i} ln_1")))
+        state.update(linear_state(f"{p}.norm2", layer_norm_of(layer.ln_2, f"layer {i} ln_2")))
         fc1, act, fc2 = layer.mlp[0], layer.mlp[1], layer.mlp[3]
         if not (isinstance(act, nn.GELU) and act.approximate == "none"):
             raise ValueError(f"encoder layer {i}: the MLP activation is {act!r}; vitcore uses exact nn.GELU()")
-        state.update(_linear(f"{p}.mlp.fc1", fc1))
-        state.update(_linear(f"{p}.mlp.fc2", fc2))
-    return _build(config, state, like=conv.weight)
+        state.update(linear_state(f"{p}.mlp.fc1", fc1))
+        state.update(linear_state(f"{p}.mlp.fc2", fc2))
+    return build_vit(config, state, like=conv.weight)
 
 
 def from_torchvision(
@@ -192,9 +192,9 @@ def from_torchvision(
     resize_size.
     """
     if isinstance(model_or_name, str):
-        name = _strip_prefix(model_or_name, "torchvision:")
+        name = strip_prefix(model_or_name, "torchvision:")
         tv = load_torchvision(name, weights, download=download)
-        resolved = None if weights is None else _torchvision_weights(name, weights)
+        resolved = None if weights is None else torchvision_weights(name, weights)
         source = f"torchvision:{name}"
     elif isinstance(model_or_name, nn.Module):
         if weights is not None:

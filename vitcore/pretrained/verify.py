@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..model import VisionTransformer
-from .hf import _hf_parts
+from ..model.vit import VisionTransformer
+from .hf import hf_parts
 
 __all__ = ["verify"]
 
@@ -45,7 +45,7 @@ def _reference_outputs(reference: nn.Module, images: torch.Tensor) -> tuple[torc
         tokens = reference.forward_features(images)  # (B, T, D) after the final norm
         return reference.forward_head(tokens), tokens  # logits (B, C), or pooled features (B, D) without a head
     if hasattr(reference, "config") and hasattr(reference, "base_model"):
-        base, _, _, _ = _hf_parts(reference)
+        base, _, _, _ = hf_parts(reference)
         seen = []
         hook = base.layernorm.register_forward_hook(lambda _m, _i, out: seen.append(out))
         try:

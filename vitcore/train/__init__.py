@@ -19,7 +19,12 @@ cached features), :mod:`.monitor` (results and bookkeeping), :mod:`.setup` (what
 
 from __future__ import annotations
 
-from ..strategies import (
+from .ignite import fit_ignite
+from .loop import fit
+from .monitor import FitResult
+from .options import FitOptions
+from .step import StopTraining, TrainStep, evaluate, resolve_device
+from .strategies import (
     DEFAULT_LR,
     LORA_TARGETS,
     STRATEGIES,
@@ -29,11 +34,6 @@ from ..strategies import (
     trainable_parameter_names,
     trainable_parameters,
 )
-from .ignite import fit_ignite
-from .loop import fit
-from .monitor import FitResult
-from .options import FitOptions
-from .step import StopTraining, TrainStep, evaluate, resolve_device
 
 __all__ = [
     "DEFAULT_LR",

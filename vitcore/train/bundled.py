@@ -3,7 +3,7 @@
 The micro preset (P = 8, D = 96, 4 blocks, 4 heads) at 64 px sees an 8x8 patch grid, so its
 attention maps and token masks show where the object is (at 32 px the 4x4 grid showed little).
 
-``make checkpoint`` runs ``python -m vitcore.bundle``. Training stops as soon as the validation
+``make checkpoint`` runs ``python -m vitcore.train.bundled``. Training stops as soon as the validation
 accuracy reaches ``--target`` (or the epoch/time budget runs out); the best weights are saved with
 their validation accuracy, class names and normalisation in the checkpoint metadata.
 """
@@ -42,11 +42,11 @@ def train_bundled_model(
     if threads:
         torch.set_num_threads(threads)  # on a shared 2-core machine one thread avoids OpenMP contention
 
-    from .checkpoint import save_checkpoint
-    from .config import ViTConfig
-    from .data import shapes_bundle
-    from .model import VisionTransformer
-    from .train import fit
+    from ..data import shapes_bundle
+    from ..io.checkpoint import save_checkpoint
+    from ..model.config import ViTConfig
+    from ..model.vit import VisionTransformer
+    from . import fit
 
     start = time.perf_counter()
     data = shapes_bundle(IMAGE_SIZE, per_class_train, per_class_val, batch_size=batch_size, seed=seed)
@@ -68,7 +68,7 @@ def train_bundled_model(
         "best_epoch": result.best_epoch,
         "dataset": f"Shapes {IMAGE_SIZE}x{IMAGE_SIZE}, {per_class_train}/{per_class_val} images per class "
                    f"(train/val), seed {seed}",
-        "trained_by": "python -m vitcore.bundle",
+        "trained_by": "python -m vitcore.train.bundled",
         "train_seconds": round(result.seconds, 1),
     }
     path = save_checkpoint(result.model, out, class_names=data.class_names, preprocessing=data.preprocessing,
@@ -82,7 +82,7 @@ def train_bundled_model(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line of ``python -m vitcore.bundle``."""
+    """Command line of ``python -m vitcore.train.bundled``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(DEFAULT_PATH), help="where to write the checkpoint")
     parser.add_argument("--epochs", type=int, default=60, help="epoch budget")

@@ -27,8 +27,8 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
-from .images import Preprocessing
-from .model import VisionTransformer
+from ..data.images import Preprocessing
+from ..model.vit import VisionTransformer
 
 __all__ = [
     "VIEWS",

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from ..data import DataBundle
-from .monitor import Callback, FitResult, _Monitor
+from .monitor import Callback, FitResult, Monitor
 from .options import FitOptions
-from .setup import _finish, _setup
+from .setup import finish_run, setup_run
 
 __all__ = ["fit_ignite"]
 
@@ -42,8 +42,8 @@ def fit_ignite(
 
     options = FitOptions.build(options, **overrides)
     start = time.perf_counter()
-    run = _setup(model, data, options, None)
-    monitor = _Monitor(run, list(callbacks), stop, options.max_seconds, options.max_steps, start)
+    run = setup_run(model, data, options, None)
+    monitor = Monitor(run, list(callbacks), stop, options.max_seconds, options.max_steps, start)
 
     def train_step(engine: Engine, batch: Any) -> dict[str, Any]:
         return run.step(batch)
@@ -107,5 +107,5 @@ def fit_ignite(
     finally:
         if logger is not None:
             logger.close()
-    return _finish(run, monitor, options.restore_best)
+    return finish_run(run, monitor, options.restore_best)
 

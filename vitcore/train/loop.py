@@ -11,9 +11,9 @@ from typing import Any
 from torch import nn
 
 from ..data import DataBundle
-from .monitor import Callback, FitResult, _Monitor
+from .monitor import Callback, FitResult, Monitor
 from .options import FitOptions
-from .setup import _finish, _setup
+from .setup import finish_run, setup_run
 from .step import evaluate
 
 __all__ = ["fit"]
@@ -46,8 +46,8 @@ def fit(
     """
     options = FitOptions.build(options, **overrides)
     start = time.perf_counter()
-    run = _setup(model, data, options, log_dir)
-    monitor = _Monitor(run, list(callbacks), stop, options.max_seconds, options.max_steps, start)
+    run = setup_run(model, data, options, log_dir)
+    monitor = Monitor(run, list(callbacks), stop, options.max_seconds, options.max_steps, start)
     for epoch in range(1, options.epochs + 1):
         if run.sampler is not None:
             run.sampler.set_epoch(epoch)
@@ -67,6 +67,6 @@ def fit(
             break
         if monitor.on_epoch(evaluate(run.eval_net, run.val_loader, run.device, run.bf16)):
             break
-    return _finish(run, monitor, options.restore_best)
+    return finish_run(run, monitor, options.restore_best)
 
 

@@ -6,17 +6,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
-from .step import StopTraining
+from .step import StopTraining, TrainStep
 
-if TYPE_CHECKING:
-    from .setup import _Run
-
-__all__ = ["Callback", "FitResult"]
+__all__ = ["Callback", "FitResult", "Monitor", "TrainingRun"]
 
 Callback = Callable[[dict[str, Any]], Any]
 
@@ -50,10 +48,10 @@ class FitResult:
 _STOP_CODES = {"": 0, "max_steps": 1, "max_seconds": 2, "stopped": 3, "callback": 4, "nan_loss": 5}
 
 
-class _Monitor:
+class Monitor:
     """Step/epoch bookkeeping shared by both loops: metrics, callbacks, limits, best state."""
 
-    def __init__(self, run: _Run, callbacks: list[Callback], stop: Any, max_seconds: float | None,
+    def __init__(self, run: TrainingRun, callbacks: list[Callback], stop: Any, max_seconds: float | None,
                  max_steps: int | None, start: float | None = None) -> None:
         self.run, self.callbacks, self.stop = run, callbacks, stop
         self.max_seconds, self.max_steps = max_seconds, max_steps
@@ -179,3 +177,27 @@ class _Monitor:
         return reason
 
 
+@dataclass
+class TrainingRun:
+    """Everything one fit needs, built by ``setup_run`` and shared by both loops."""
+
+    base: nn.Module  # the user's model
+    model: nn.Module  # base or its peft wrapper: whose state is checkpointed
+    net: nn.Module  # what the step calls: model, the cached head, or their DDP wrapper
+    eval_net: nn.Module  # the same without DDP
+    step: TrainStep
+    train_loader: DataLoader
+    val_loader: DataLoader
+    sampler: Any
+    device: torch.device
+    strategy: str
+    cached: bool
+    trainable: int
+    epochs: int
+    bf16: bool
+    distributed: bool
+    is_main: bool
+    flags: dict[str, bool]
+    feature_seconds: float
+    writer: Any = None
+    monitor: Monitor | None = None

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from ..strategies import DEFAULT_LR, STRATEGIES
+from .strategies import DEFAULT_LR, STRATEGIES
 
 __all__ = ["FitOptions"]
 

@@ -7,7 +7,6 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,34 +15,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data import DataBundle
-from ..strategies import DEFAULT_LR, check_strategy, head_names, merge_lora, prepare_model, set_train_mode
-from .monitor import FitResult, _Monitor
+from .monitor import FitResult, Monitor, TrainingRun
 from .options import FitOptions
-from .step import TrainStep, _cache_features, _dist, _HeadOnly, resolve_device
-
-
-@dataclass
-class _Run:
-    base: nn.Module  # the user's model
-    model: nn.Module  # base or its peft wrapper: whose state is checkpointed
-    net: nn.Module  # what the step calls: model, the cached head, or their DDP wrapper
-    eval_net: nn.Module  # the same without DDP
-    step: TrainStep
-    train_loader: DataLoader
-    val_loader: DataLoader
-    sampler: Any
-    device: torch.device
-    strategy: str
-    cached: bool
-    trainable: int
-    epochs: int
-    bf16: bool
-    distributed: bool
-    is_main: bool
-    flags: dict[str, bool]
-    feature_seconds: float
-    writer: Any = None
-    monitor: _Monitor | None = None
+from .step import HeadOnly, TrainStep, cached_feature_dataset, dist_info, resolve_device
+from .strategies import DEFAULT_LR, check_strategy, head_names, merge_lora, prepare_model, set_train_mode
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -71,7 +46,7 @@ def _schedule(total_steps: int, warmup: float | int) -> Callable[[int], float]:
     return factor
 
 
-def _setup(model: nn.Module, data: DataBundle, options: FitOptions, log_dir: str | Path | None) -> _Run:
+def setup_run(model: nn.Module, data: DataBundle, options: FitOptions, log_dir: str | Path | None) -> TrainingRun:
     if not isinstance(model, nn.Module):
         raise ValueError(f"fit() trains an nn.Module, got {type(model).__name__}")
     if not isinstance(data, DataBundle):
@@ -86,7 +61,7 @@ def _setup(model: nn.Module, data: DataBundle, options: FitOptions, log_dir: str
             f"the model predicts {head.out_features} classes but the data has {data.num_classes} "
             f"({data.class_names}); replace the head first (e.g. model.head = nn.Linear(D, {data.num_classes}))"
         )
-    distributed, rank, world = _dist()
+    distributed, rank, world = dist_info()
     device = resolve_device(o.device)
     if distributed and device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
@@ -117,10 +92,10 @@ def _setup(model: nn.Module, data: DataBundle, options: FitOptions, log_dir: str
     feature_seconds = 0.0
     if cache_features:
         t0 = time.perf_counter()
-        train_set = _cache_features(model, train_set, batch_size, device, bf16)
-        val_set = _cache_features(model, val_set, batch_size, device, bf16)
+        train_set = cached_feature_dataset(model, train_set, batch_size, device, bf16)
+        val_set = cached_feature_dataset(model, val_set, batch_size, device, bf16)
         feature_seconds = time.perf_counter() - t0
-        net: nn.Module = _HeadOnly(model)
+        net: nn.Module = HeadOnly(model)
 
         def set_mode() -> None:
             net.train()
@@ -159,13 +134,13 @@ def _setup(model: nn.Module, data: DataBundle, options: FitOptions, log_dir: str
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(log_dir))
-    return _Run(base=model, model=wrapped, net=net, eval_net=eval_net, step=step, train_loader=train_loader,
+    return TrainingRun(base=model, model=wrapped, net=net, eval_net=eval_net, step=step, train_loader=train_loader,
                 val_loader=val_loader, sampler=sampler, device=device, strategy=strategy, cached=cache_features,
                 trainable=trainable, epochs=epochs, bf16=bf16, distributed=distributed, is_main=rank == 0,
                 flags=flags, feature_seconds=feature_seconds, writer=writer)
 
 
-def _finish(run: _Run, monitor: _Monitor, restore_best: bool) -> FitResult:
+def finish_run(run: TrainingRun, monitor: Monitor, restore_best: bool) -> FitResult:
     model = run.model
     best_state = monitor.best_state
     if restore_best and best_state is not None:

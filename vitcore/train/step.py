@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from ..model import VisionTransformer
-from ..strategies import head_names
+from ..model.vit import VisionTransformer
+from .strategies import head_names
 
 __all__ = ["StopTraining", "TrainStep", "evaluate", "resolve_device"]
 
@@ -37,7 +37,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return device
 
 
-def _dist() -> tuple[bool, int, int]:
+def dist_info() -> tuple[bool, int, int]:
     """(distributed?, rank, world size) of the current process group."""
     import torch.distributed as dist
 
@@ -47,7 +47,7 @@ def _dist() -> tuple[bool, int, int]:
 
 
 # --------------------------------------------------------------------------- cached features
-class _HeadOnly(nn.Module):
+class HeadOnly(nn.Module):
     """The classifier alone, reading backbone features cached by :func:`_backbone_features`."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -84,7 +84,9 @@ def _backbone_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         setattr(model, name, head)
 
 
-def _cache_features(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device, bf16: bool) -> Dataset:
+def cached_feature_dataset(
+    model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device, bf16: bool
+) -> Dataset:
     was_training = model.training
     model.eval()
     feats, labels = [], []

@@ -13,7 +13,7 @@ import re
 
 from torch import nn
 
-from .model import VisionTransformer
+from ..model.vit import VisionTransformer
 
 __all__ = [
     "DEFAULT_LR",

@@ -1,0 +1,43 @@
+"""The architecture: config, patch embedding, blocks, token mixers (attention among them) and cost.
+
+Where is attention computed? ``attention.py``. The encoder of eq. (1)-(4)? ``vit.py``. Its
+alternatives? ``mixers.py`` (the one registry and factory of token mixers). What a config costs
+before anything is built? ``cost.py``.
+"""
+
+from .attention import Attention, AttentionProbe
+from .config import PRESETS, TOKEN_MIXERS, ViTConfig
+from .cost import mixer_cost, parameter_count
+from .mixers import MIXER_LABELS, build_mixer
+from .vit import (
+    MLP,
+    Block,
+    Intermediates,
+    PatchEmbedding,
+    VisionTransformer,
+    conv_as_linear,
+    interpolate_pos_embedding,
+    patchify,
+    unpatchify,
+)
+
+__all__ = [
+    "MIXER_LABELS",
+    "MLP",
+    "PRESETS",
+    "TOKEN_MIXERS",
+    "Attention",
+    "AttentionProbe",
+    "Block",
+    "Intermediates",
+    "PatchEmbedding",
+    "ViTConfig",
+    "VisionTransformer",
+    "build_mixer",
+    "conv_as_linear",
+    "interpolate_pos_embedding",
+    "mixer_cost",
+    "parameter_count",
+    "patchify",
+    "unpatchify",
+]
