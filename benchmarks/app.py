@@ -23,8 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "streamlit_app.py")
-PAGES = ["pages/0_home.py", "pages/1_patches.py", "pages/2_embeddings.py", "pages/3_attention.py",
-         "pages/4_playground.py", "pages/5_predict.py"]
+PAGES = ["app_pages/home.py", "app_pages/patches.py", "app_pages/embeddings.py", "app_pages/attention.py",
+         "app_pages/playground.py", "app_pages/predict.py"]
 
 FIRST_PAGE = f"""
 import sys, time
@@ -65,7 +65,7 @@ def main() -> None:
     at.session_state[S.MODEL_KIND] = "preset"
     at.session_state[S.PRESET_NAME] = "tiny"
     at.run()
-    page = "pages/3_attention.py"
+    page = "app_pages/attention.py"
     at.switch_page(page).run()  # computes and caches the trace
     timings: dict[str, list[float]] = {"layer": [], "head": [], "query": []}
     for i in range(args.reps):

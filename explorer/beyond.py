@@ -21,7 +21,8 @@ import torch
 from plotly.subplots import make_subplots
 
 from explorer import state as S
-from vitcore import VisionTransformer, ViTConfig, dense
+from vitcore import VisionTransformer, ViTConfig
+from vitcore.inspect import dense
 from vitcore.model.config import TOKEN_MIXERS
 from vitcore.model.mixers import MIXER_LABELS
 

@@ -1,6 +1,6 @@
 """From sidebar settings to a model spec, without Streamlit: the sidebar's logic, unit-tested.
 
-The sidebar (``pages/_sidebar.py``) only draws widgets; what the settings mean (which model,
+The sidebar (``app_pages/_sidebar.py``) only draws widgets; what the settings mean (which model,
 which architecture, which values stay valid when another one changes, what a shared URL may
 set) is decided here, on any mapping (``st.session_state`` in the app, a dict in tests).
 """

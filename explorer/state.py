@@ -81,7 +81,7 @@ DEFAULTS: dict[str, Any] = {
     DINO_SIZE: 224,
     URL_LOADED: False,
     PRESET_NAME: "tiny",
-    PRESET_IMAGE: 224,  # the tiny preset's values; choosing a preset resets them (see pages/_ui.py)
+    PRESET_IMAGE: 224,  # the tiny preset's values; choosing a preset resets them (see app_pages/_ui.py)
     PRESET_PATCH: 16,
     PRESET_DIM: 192,
     PRESET_HEADS: 3,
@@ -108,14 +108,14 @@ def init(state: Any) -> None:
         if key not in state:
             state[key] = value.copy() if isinstance(value, (dict, list)) else value
 
-# ---- fine-tune page: session code, restore, polling (explorer.training / pages/6_finetune.py) ----
+# ---- fine-tune page: session code, restore, polling (explorer.training / app_pages/finetune.py) ----
 SESSION_CODE = "session_code"  # 8 base32 characters; in the URL (?code=) once a job starts; names the data folder
 SESSION_RESTORED = "_session_restored"  # the code whose models were read back from the data directory
 TRAIN_FIGS = "_train_figs"  # (job id, version) -> the figures drawn for it: polls rebuild only on change
 TRAIN_BUSY = "_train_busy"  # whether the last full run saw this session's job queued or running
 
 
-# ---- teach page (issue 12: few-shot classes on DINOv2; pages/6_teach.py) ---- owner: teach page
+# ---- teach page (issue 12: few-shot classes on DINOv2; app_pages/teach.py) ---- owner: teach page
 TEACH_COLLECTION = "teach_collection"  # explorer.fewshot.ClassCollection of this session
 TEACH_JOB = "teach_job_id"  # id of this session's teach job in explorer.jobs.default_manager()
 TEACH_RESULT = "teach_result"  # {"job", "summary", "model"}: the finished job, taken into this session

@@ -12,6 +12,7 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest
 
+from explorer import registry
 from explorer import state as S
 from explorer.pipeline import param_count
 from vitcore import ViTConfig
@@ -75,7 +76,7 @@ def test_home_shows_live_shapes_for_tiny():
     assert shapes["CLS"] == "[1, 192]" and shapes["logits"] == "[1, 1000]"
     # the guided tour links every page
     links = [link.proto.page for link in at.get("page_link")]
-    assert len(links) == 10
+    assert len(links) == len(registry.tour()) == 10
 
 
 def test_home_uses_dinov2_for_photos_and_the_shapes_model_for_shapes_by_default():
@@ -88,12 +89,12 @@ def test_home_uses_dinov2_for_photos_and_the_shapes_model_for_shapes_by_default(
 
 
 def test_patches_page_counts_tokens_and_proves_conv_is_linear():
-    at = app("pages/1_patches.py", **TINY)
+    at = app("app_pages/patches.py", **TINY)
     assert metric(at, "tokens N") == "196"
     assert metric(at, "sequence length T = N + 1") == "197"
     assert float(metric(at, "max |conv(x) − linear(flatten(x))|")) < 1e-5
     at.select_slider(key=S.PATCH_SIZE).set_value(32)
-    rerun(at, "pages/1_patches.py")
+    rerun(at, "app_pages/patches.py")
     assert metric(at, "tokens N") == "49"
     assert float(metric(at, "max |conv(x) − linear(flatten(x))|")) < 1e-5
     table = at.dataframe[0].value
@@ -101,7 +102,7 @@ def test_patches_page_counts_tokens_and_proves_conv_is_linear():
 
 
 def test_embeddings_page_position_similarity_is_one_on_itself():
-    at = app("pages/2_embeddings.py", **TINY)
+    at = app("app_pages/embeddings.py", **TINY)
     figs = charts(at)
     sim = next(f for f in figs if "position with all others" in json.dumps(f["layout"].get("title", "")))
     heat = next(t for t in sim["data"] if t["type"] == "heatmap")
@@ -110,14 +111,14 @@ def test_embeddings_page_position_similarity_is_one_on_itself():
 
 
 def test_attention_page_arithmetic_matches_the_probe_and_query_moves():
-    at = app("pages/3_attention.py", **TINY)
+    at = app("app_pages/attention.py", **TINY)
     caption = next(c.value for c in at.caption if "max difference to the model's own weights" in c.value)
     assert float(caption.rsplit(" ", 1)[-1]) < 1e-6
     weights = at.dataframe[0].value["softmax weight"]
     assert (np.diff(weights.to_numpy()) <= 0).all()  # sorted, largest first
     first = charts(at)[0]
     at.number_input(key=S.QUERY).set_value(100)
-    rerun(at, "pages/3_attention.py")
+    rerun(at, "app_pages/attention.py")
     second = charts(at)[0]
     assert "patch 100" in json.dumps(second["layout"]["title"])
     assert not np.array_equal(array(first["data"][1]["z"]), array(second["data"][1]["z"]))
@@ -125,26 +126,26 @@ def test_attention_page_arithmetic_matches_the_probe_and_query_moves():
 
 
 def test_attention_page_reports_mask_share_on_shapes():
-    at = app("pages/3_attention.py", **{S.SAMPLE_NAME: "shapes: star"})
+    at = app("app_pages/attention.py", **{S.SAMPLE_NAME: "shapes: star"})
     info = " ".join(i.value for i in at.info)
     assert "inside the object" in info
 
 
 def test_playground_parameter_count_is_exact():
-    at = app("pages/4_playground.py", **TINY)
+    at = app("app_pages/playground.py", **TINY)
     expected = param_count(ViTConfig(image_size=224, patch_size=16, dim=192, heads=3, depth=4, num_classes=10))
     assert metric(at, "parameters") == f"{expected / 1e6:.2f} M"
     assert [m.value for m in at.metric if m.label == "tokens"] == ["197", "50"]
 
 
 def test_predict_page_topk_and_masking():
-    at = app("pages/5_predict.py", **{S.SAMPLE_NAME: "shapes: circle"})
+    at = app("app_pages/predict.py", **{S.SAMPLE_NAME: "shapes: circle"})
     bars = charts(at)[1]["data"][0]
     probs = array(bars["x"])
     assert len(probs) == 5 and probs.sum() == pytest.approx(1.0, abs=1e-6)
     assert bars["y"][-1] == "circle"  # the bundled model recognises its own data
     at.session_state[S.MASKED_PATCHES] = [0, 1, 2]
-    rerun(at, "pages/5_predict.py")
+    rerun(at, "app_pages/predict.py")
     table = at.dataframe[0].value
     assert len(table) == 5 and np.isfinite(table["logit change"]).all()
 
@@ -185,7 +186,7 @@ def test_shared_link_opens_exactly_that_view():
     at.run()
     assert at.selectbox(key=S.SAMPLE_NAME).value == "astronaut"
     assert at.selectbox(key=S.MODEL_KIND).value == "preset"
-    at.switch_page("pages/3_attention.py").run()
+    at.switch_page("app_pages/attention.py").run()
     assert not at.exception, [e.value for e in at.exception]
     title = json.dumps(charts(at)[0]["layout"]["title"])
     assert "layer 2, head 1: where patch 5 looks" in title
@@ -204,7 +205,7 @@ def test_finetune_page_follows_a_short_job_to_a_usable_model():
     from explorer.training import FinetuneRequest, run_finetune
     from vitcore.io.checkpoint import load_checkpoint
 
-    page = "pages/6_finetune.py"
+    page = "app_pages/finetune.py"
     at = app(page)
     assert any("press **Start fine-tuning**" in i.value for i in at.info)
     request = FinetuneRequest(loaded=build_model(ModelSpec("bundled")), strategy="last_k", last_k=1,
@@ -234,9 +235,9 @@ def test_attention_sessions_share_one_trace_and_its_figures_within_the_budget():
     def traces() -> int:
         return sum(1 for k in list(shared_cache()._items) if k[0] == "trace")
 
-    first = app("pages/3_attention.py", **TINY)
+    first = app("app_pages/attention.py", **TINY)
     before, count = shared_cache().stats(), traces()
-    second = app("pages/3_attention.py", **TINY)  # another student, same image and model
+    second = app("app_pages/attention.py", **TINY)  # another student, same image and model
     after = shared_cache().stats()
     assert traces() == count >= 1  # no second trace was recorded
     assert after.hits > before.hits and after.bytes <= after.max_bytes

@@ -17,7 +17,7 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
-PAGE = "pages/8_beyond.py"
+PAGE = "app_pages/beyond.py"
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from explorer.models import BUNDLED_CHECKPOINT
-from vitcore import VisionTransformer, ViTConfig, dense
+from vitcore import VisionTransformer, ViTConfig
+from vitcore.inspect import dense
 
 
 # --------------------------------------------------------------------------- scores and targets

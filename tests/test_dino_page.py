@@ -54,7 +54,7 @@ def test_dino_page_runs_on_the_default_photo():
 
     at = AppTest.from_file("../streamlit_app.py", default_timeout=600)
     at.run()
-    at.switch_page("pages/9_dino.py").run()
+    at.switch_page("app_pages/dino.py").run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.title[0].value.startswith("4 · DINO views")
     assert any("high-norm" in i.value or "outlier" in i.value for i in at.info)

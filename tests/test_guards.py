@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from explorer import guard
+from explorer import guard, registry
 from explorer import state as S
 from explorer.models import ModelSpec, seeded_model
 from vitcore import ViTConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "streamlit_app.py")
-PAGES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "pages").glob("[0-9]_*.py"))
+PAGES = [p.file for p in registry.PAGES]
 
 EXTREME = {S.MODEL_KIND: "preset", S.PRESET_NAME: "base", S.PRESET_IMAGE: 384, S.PRESET_PATCH: 2,
            S.PRESET_DIM: 768, S.PRESET_HEADS: 16, S.PRESET_DEPTH: 12}
@@ -106,7 +106,7 @@ def test_extreme_playground_settings_are_refused_before_any_work():
     state = {S.playground_key("a", "size"): 384, S.playground_key("a", "patch_384"): 4,
              S.playground_key("a", "dim"): 768, S.playground_key("a", "heads_768"): 16,
              S.playground_key("a", "depth"): 12}
-    at = run("pages/4_playground.py", **state)
+    at = run("app_pages/playground.py", **state)
     errors = " ".join(e.value for e in at.error)
     assert "A: P=4 at 384 px gives 9,217 tokens" in errors
     assert [m.value for m in at.metric if m.label == "tokens"] == ["50"]  # B still works, A built nothing
@@ -117,11 +117,11 @@ def test_smallest_playground_and_one_block_one_head_models_work():
     state = {S.playground_key("a", "size"): 32, S.playground_key("a", "patch_32"): 16,
              S.playground_key("a", "dim"): 64, S.playground_key("a", "heads_64"): 1,
              S.playground_key("a", "depth"): 1}
-    at = run("pages/4_playground.py", **state)
+    at = run("app_pages/playground.py", **state)
     assert not at.error
     one = {S.MODEL_KIND: "preset", S.PRESET_NAME: "micro", S.PRESET_IMAGE: 32, S.PRESET_PATCH: 8,
            S.PRESET_DIM: 64, S.PRESET_HEADS: 1, S.PRESET_DEPTH: 1}
-    at = run("pages/3_attention.py", **one)
+    at = run("app_pages/attention.py", **one)
     assert not at.error
     captions = " ".join(c.value for c in at.caption)
     assert "Layer: 0 (this model has only one)" in captions and "Head: 0 (this model has only one)" in captions
@@ -140,13 +140,14 @@ def test_any_url_value_leaves_every_page_working():
 
 @pytest.mark.parametrize("kind", ["giant", "preset"])
 def test_unknown_model_or_preset_in_the_url(kind):
-    at = run("pages/3_attention.py", query={S.MODEL_KIND: kind, S.PRESET_NAME: "giant", S.SAMPLE_NAME: "shapes: star"},
+    query = {S.MODEL_KIND: kind, S.PRESET_NAME: "giant", S.SAMPLE_NAME: "shapes: star"}
+    at = run("app_pages/attention.py", query=query,
              **{S.PRESET_DEPTH: 2})
     assert not at.error and len(at.dataframe) == 1
 
 
 def test_vit_h_is_refused_on_the_page_before_loading():
-    at = run("pages/3_attention.py", **{S.MODEL_KIND: "torchvision", S.TORCHVISION_NAME: "vit_h_14"})
+    at = run("app_pages/attention.py", **{S.MODEL_KIND: "torchvision", S.TORCHVISION_NAME: "vit_h_14"})
     errors = " ".join(e.value for e in at.error)
     assert "632 M parameters" in errors and "EXPLORER_CACHE_MB" in errors
     from explorer.budget import shared_cache

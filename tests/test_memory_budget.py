@@ -87,7 +87,7 @@ sys.path.insert(0, ROOT)
 from explorer import guard, specs
 from explorer.budget import shared_cache
 from explorer.models import ModelSpec
-import pages._cache as C
+import app_pages._cache as C
 from explorer import figures as F
 from explorer.traces import query_maps
 

@@ -22,7 +22,7 @@ def test_each_side_can_swap_attention_for_another_mixer():
     at.session_state[S.playground_key("a", "mixer")] = "pooling"
     at.session_state[S.playground_key("b", "mixer")] = "mlp"
     at.run()
-    at.switch_page("pages/4_playground.py").run()
+    at.switch_page("app_pages/playground.py").run()
     assert not at.exception, [e.value for e in at.exception]
     params = [m.value for m in at.metric if m.label == "parameters"]
     base = dict(image_size=224, patch_size=16, dim=192, heads=3, depth=4, num_classes=10)
@@ -41,7 +41,7 @@ def test_attention_page_shows_what_each_mixer_mixes(mixer):
     for key, value in state.items():
         at.session_state[key] = value
     at.run()
-    at.switch_page("pages/3_attention.py").run()
+    at.switch_page("app_pages/attention.py").run()
     assert not at.exception, [e.value for e in at.exception]
     infos = " ".join(i.value for i in at.info)
     if mixer == "mlp":

@@ -45,7 +45,7 @@ def test_record_round_trips_through_the_checkpoint(checkpoint):
 def test_app_path_and_cli_give_identical_logits_for_one_photo(checkpoint, photo, capsys):
     path, _, pre = checkpoint
     loaded = build_model(ModelSpec("checkpoint", digest="x"), path.read_bytes())
-    x_app = loaded.preprocessing(load_image(photo.read_bytes()))[None]  # what pages/_ui.model_input does
+    x_app = loaded.preprocessing(load_image(photo.read_bytes()))[None]  # what app_pages/_ui.model_input does
     with torch.no_grad():
         app_probs = loaded.model(x_app).softmax(-1)[0]
     assert main(["predict", str(path), str(photo), "--top-k", "3", "--json"]) == 0

@@ -157,7 +157,7 @@ def test_the_page_after_a_restart_offers_the_interrupted_jobs_checkpoint(tmp_pat
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=180)
     at.query_params["code"] = CODE.lower()  # typed by hand: codes are case-insensitive
     at.run()
-    at.switch_page("pages/6_finetune.py").run()
+    at.switch_page("app_pages/finetune.py").run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("server restarted while your job ran" in w.value for w in at.warning)
     assert [m.value for m in at.metric if m.label == "last val accuracy"] == ["62.5%"]

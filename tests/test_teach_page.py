@@ -19,7 +19,7 @@ from explorer.jobs import default_manager
 from explorer.models import build_model
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
-PAGE = "pages/6_teach.py"
+PAGE = "app_pages/teach.py"
 
 
 def png(colour, seed: int, size=(64, 48)) -> bytes:

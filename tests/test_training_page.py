@@ -425,7 +425,7 @@ def test_start_is_disabled_exactly_while_the_sessions_job_runs_or_waits():
     from explorer import state as S
     from explorer.jobs import default_manager
 
-    page = "pages/6_finetune.py"
+    page = "app_pages/finetune.py"
     at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "streamlit_app.py"), default_timeout=180)
     at.run()
     at.switch_page(page).run()

@@ -18,7 +18,7 @@ from explorer.models import ModelSpec, build_model
 from explorer.samples import shapes_samples
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
-PAGE = "pages/7_trust.py"
+PAGE = "app_pages/trust.py"
 STAR = "shapes: star"
 
 

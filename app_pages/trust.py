@@ -8,10 +8,10 @@ import numpy as np
 import streamlit as st
 import torch
 
+from app_pages._ui import model_input, page_inputs, show_error, trace_for
 from explorer import state as S
 from explorer import trust as T
 from explorer.models import LoadedModel, ModelSpec
-from pages._ui import model_input, page_inputs, show_error, trace_for
 
 
 # ----------------------------------------------------------------------------- caches (one entry per method)
@@ -33,7 +33,7 @@ def cached_randomization(spec: ModelSpec, image_key: str, target: int, method: s
 
 
 # ----------------------------------------------------------------------------- layout
-spec, loaded, key, image, mask = page_inputs("8 · Can you trust the map?")
+spec, loaded, key, image, mask = page_inputs("trust")
 try:
     T.check_explainable(loaded)
 except ValueError as exc:

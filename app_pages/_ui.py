@@ -1,25 +1,18 @@
 """What every page does first: pick up the sidebar's model and image, show errors, clickable figures.
 
 Pages lay out; the logic lives in ``explorer/`` (tested without Streamlit), the shared caches in
-``pages/_cache.py`` and the sidebar in ``pages/_sidebar.py``.
+``app_pages/_cache.py`` and the sidebar in ``app_pages/_sidebar.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 import streamlit as st
 import torch
 
-from explorer import guard, specs
-from explorer import state as S
-from explorer.images import ImageError
-from explorer.models import LoadedModel, ModelSpec
-from pages._cache import (  # noqa: F401  (re-exported for the pages)
+from app_pages._cache import (  # noqa: F401  (re-exported for the pages)
     cached_distance,
     cached_gradient_rollout,
     cached_model,
@@ -32,7 +25,12 @@ from pages._cache import (  # noqa: F401  (re-exported for the pages)
     cached_upload,
     trace_guard,
 )
-from pages._sidebar import sidebar, sync_url  # noqa: F401
+from app_pages._sidebar import sidebar, sync_url  # noqa: F401
+from explorer import guard, specs
+from explorer import state as S
+from explorer.images import ImageError
+from explorer.models import LoadedModel, ModelSpec
+from explorer.registry import heading
 
 
 def show_error(exc: BaseException, what: str = "") -> None:
@@ -142,45 +140,12 @@ def model_caption(loaded: LoadedModel) -> None:
             st.sidebar.caption(" ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value))
 
 
-_RUN = threading.local()  # per script thread: is this run going through streamlit_app.py's navigation?
-
-
-@contextlib.contextmanager
-def in_navigation() -> Iterator[None]:
-    """Mark the current script run as one that went through the app's navigation (its sidebar ran)."""
-    _RUN.active = True
-    try:
-        yield
-    finally:
-        _RUN.active = False
-
-
-def enter_page() -> None:
-    """Make sure the page runs inside the app's navigation (with its sidebar).
-
-    Streamlit 1.67 decides, when a session's page manager is created and before any of our code
-    runs, that an app with a ``pages/`` folder beside its entry script uses the legacy multipage
-    mode (``PagesManager.uses_pages_directory``). On a fresh server a first request for a deep
-    link such as ``/attention`` then runs the page file alone. Our layout keeps ``pages/``, so the
-    switch stays: set the ``st.navigation`` mode and rerun; the same URL then resolves to the
-    same page, with the shared sidebar and URL settings. The test is whether this run went through
-    the navigation, not the process-wide flag: several sessions arriving at once on deep links
-    would otherwise see the flag already switched by another and run the page alone.
-    """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if not getattr(_RUN, "active", False):
-        PagesManager.uses_pages_directory = False
-        st.rerun()
-
-
-def page_inputs(title: str) -> tuple[ModelSpec, LoadedModel, str, Any, Any]:
-    """Start a page that needs a model and an image: (spec, model, image key, image, mask).
+def page_inputs(slug: str) -> tuple[ModelSpec, LoadedModel, str, Any, Any]:
+    """Start the page registered as ``slug``: its heading, then (spec, model, image key, image, mask).
 
     Stops the page (after the sidebar has said why) when either is missing.
     """
-    enter_page()
-    st.title(title)
+    st.title(heading(slug))
     picked, img = current_model(), current_image()
     if picked is None or img is None:
         st.stop()

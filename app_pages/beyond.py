@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
+from app_pages._ui import page_inputs, show_error
 from explorer import beyond as B
 from explorer.models import LoadedModel, ModelSpec
-from pages._ui import page_inputs, show_error
 
 
 @st.cache_resource(max_entries=8, show_spinner="Rendering Shapes, reading this model's frozen tokens and fitting the "
@@ -29,7 +29,7 @@ def cached_mixing(mixer: str, index: int, query: int):
     return B.mixing_maps(mixer, B.micro_image(index), query)
 
 
-spec, loaded, key, image, _ = page_inputs("9 · Beyond the CLS token")
+spec, loaded, key, image, _ = page_inputs("beyond")
 st.caption("The classifier reads one token. The other N tokens still know a lot about the image: "
            "which patches are the object, and where it is. And attention itself is only one way to mix tokens.")
 

@@ -5,11 +5,8 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from explorer import figures as F
-from explorer import state as S
-from explorer.traces import mask_shares, query_maps
-from pages._cache import cached_figure, cached_steps
-from pages._ui import (
+from app_pages._cache import cached_figure, cached_steps
+from app_pages._ui import (
     cached_distance,
     cached_gradient_rollout,
     cached_rollout,
@@ -22,8 +19,11 @@ from pages._ui import (
     sync_url,
     trace_for,
 )
+from explorer import figures as F
+from explorer import state as S
+from explorer.traces import mask_shares, query_maps
 
-spec, loaded, key, image, mask = page_inputs("3 · Attention")
+spec, loaded, key, image, mask = page_inputs("attention")
 cfg = loaded.config
 size = tuple(loaded.preprocessing.crop_size)
 try:

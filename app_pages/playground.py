@@ -5,17 +5,17 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+from app_pages._ui import cached_playground, cached_playground_attention, current_image
 from explorer import figures as F
 from explorer import state as S
 from explorer.pipeline import cost_summary
-from pages._ui import cached_playground, cached_playground_attention, current_image, enter_page
+from explorer.registry import heading
 from vitcore import ViTConfig
 from vitcore.data.images import Preprocessing
 from vitcore.model.config import TOKEN_MIXERS, valid_patch_sizes
 from vitcore.model.mixers import MIXER_LABELS
 
-enter_page()
-st.title("5 · Architecture playground")
+st.title(heading("playground"))
 st.caption("Two random-initialised ViTs side by side. Costs are computed exactly; latency is measured on this "
            "server (batch 1, median of 3); attention maps are on your image (random weights, so look at the "
            "shape of the maps, not their meaning).")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+from app_pages._ui import cached_occlusion_map, model_input, model_view, page_inputs, trace_for
 from explorer import figures as F
 from explorer import state as S
 from explorer.traces import occlusion_effect
-from pages._ui import cached_occlusion_map, model_input, model_view, page_inputs, trace_for
 
-spec, loaded, key, image, _ = page_inputs("6 · Predict")
+spec, loaded, key, image, _ = page_inputs("predict")
 cfg = loaded.config
 if not loaded.class_names:
     st.info(f"{loaded.label} has no classifier head: it was trained without labels (self-supervised), so it "

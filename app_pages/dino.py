@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app_pages._ui import cached_samples, model_view, page_inputs, show_error, trace_for
 from explorer import dino
 from explorer import figures as F
 from explorer import state as S
-from pages._ui import cached_samples, model_view, page_inputs, show_error, trace_for
 
-spec, loaded, key, image, _ = page_inputs("4 · DINO views: what a self-supervised ViT finds")
+spec, loaded, key, image, _ = page_inputs("dino")
 cfg = loaded.config
 trace = trace_for(spec, loaded, key, image)
 resized = model_view(loaded, image)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app_pages._ui import model_input, model_view, page_inputs, sync_url
 from explorer import figures as F
 from explorer import state as S
 from explorer.pipeline import cost_summary
 from explorer.traces import conv_linear_difference, patch_size_rows
-from pages._ui import model_input, model_view, page_inputs, sync_url
 from vitcore import patchify
 from vitcore.model.config import valid_patch_sizes
 
-spec, loaded, _, image, _ = page_inputs("1 · Patches")
+spec, loaded, _, image, _ = page_inputs("patches")
 cfg = loaded.config
 sizes = valid_patch_sizes(cfg.image_size)
 if st.session_state.get(S.PATCH_SIZE) not in sizes:

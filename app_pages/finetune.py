@@ -6,18 +6,18 @@ from datetime import timedelta
 
 import streamlit as st
 
+from app_pages._ui import cached_model, current_model, show_error
 from explorer import figures as F
 from explorer import state as S
 from explorer import training as T
 from explorer.jobs import FINISHED, INTERRUPTED, default_manager, new_code
 from explorer.models import ModelSpec
+from explorer.registry import heading
 from explorer.training import FinetuneRequest, resume_request, run_finetune, warm_shapes
-from pages._ui import cached_model, current_model, enter_page, show_error
 from vitcore.data import SHAPE_CLASSES
 from vitcore.train import STRATEGIES, FitOptions
 
-enter_page()
-st.title("10 · Train from scratch / fine-tune")
+st.title(heading("finetune"))
 manager, store = default_manager(), default_manager().store
 code = T.session_code(st.session_state, st.query_params)
 T.restore_session(st.session_state, store, code)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+from app_pages._ui import clickable, model_view, page_inputs, patch_picker, trace_for
 from explorer import figures as F
 from explorer import state as S
-from pages._ui import clickable, model_view, page_inputs, patch_picker, trace_for
 from vitcore.inspect import analysis
 
-spec, loaded, key, image, _ = page_inputs("2 · Embeddings")
+spec, loaded, key, image, _ = page_inputs("embeddings")
 cfg = loaded.config
 trace = trace_for(spec, loaded, key, image)
 grid = tuple(trace.grid)

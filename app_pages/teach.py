@@ -7,16 +7,16 @@ from datetime import timedelta
 
 import streamlit as st
 
+from app_pages._ui import cached_model, show_error
 from explorer import fewshot as T
 from explorer import figures as F
 from explorer import state as S
 from explorer.images import ImageError, load_image
 from explorer.jobs import FINISHED, default_manager
 from explorer.models import ModelSpec
-from pages._ui import cached_model, enter_page, show_error
+from explorer.registry import heading
 
-enter_page()
-st.title("7 · Teach it your classes")
+st.title(heading("teach"))
 st.caption("Photograph or upload a few examples of 2 to 6 things; DINOv2 ViT-S/14 (frozen) describes every photo, "
            "a linear head learns your classes in seconds, and the maps below show what it looks at.")
 ss = st.session_state

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app_pages._cache import cached_model, cached_samples
 from explorer import specs
 from explorer import state as S
 from explorer.models import MODEL_KINDS
-from pages._cache import cached_model, cached_samples
 from vitcore import PRESETS
 from vitcore.model.config import TOKEN_MIXERS
 from vitcore.model.mixers import MIXER_LABELS
