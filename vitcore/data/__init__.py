@@ -2,9 +2,11 @@
 safe zips, the synthetic Shapes set, and images -> tensors through one preprocessing record.
 """
 
-from .bundle import DataBundle, from_image_folder, from_zip
+from .bundle import DataBundle
+from .folders import from_image_folder
 from .images import ImageError, Preprocessing, load_image
 from .shapes import SHAPE_CLASSES, SHAPES_NORMALIZATION, ShapesDataset, shapes_bundle
+from .zips import from_zip
 
 __all__ = [
     "SHAPES_NORMALIZATION",
