@@ -436,35 +436,17 @@ def explain(model: VisionTransformer, backbone: VisionTransformer, preprocessing
             "cls_attention": cls_attention, "view": np.asarray(preprocessing.fit_image(image).convert("RGB"))}
 
 
-@torch.no_grad()
 def block_occlusion(model: VisionTransformer, x: torch.Tensor, target: int, block: int = 2,
                     batch_size: int = 16) -> np.ndarray:
-    """Drop of the ``target`` logit when each block of block × block patches is filled with the image mean.
+    """Drop of the ``target`` logit when each block of block × block patches shows the data set's mean colour.
 
-    ``block=1`` is :func:`vitcore.inspect.analysis.occlusion_map` (one patch at a time); larger blocks need
-    block² times fewer forward passes. Returned on the patch grid (gh, gw), each block's value
-    repeated over its patches.
+    :func:`vitcore.inspect.analysis.occlusion_map` with ``block`` (1: one patch at a time); larger
+    blocks need block² times fewer forward passes. Returned on the patch grid (gh, gw), each
+    block's value repeated over its patches.
     """
-    if block == 1:
-        from vitcore.inspect.analysis import occlusion_map
+    from vitcore.inspect.analysis import occlusion_map
 
-        return occlusion_map(model, x, target).numpy()
-    P = model.config.patch_size
-    gh, gw = model.grid_for(x.shape[-2], x.shape[-1])
-    filler = x.mean(dim=(-2, -1), keepdim=True).expand_as(x)  # (1, C, H, W) per-channel mean
-    base = float(model(x)[0, target])
-    boxes = [(r, c) for r in range(0, gh, block) for c in range(0, gw, block)]
-    out = np.zeros((gh, gw), dtype=np.float32)
-    for start in range(0, len(boxes), batch_size):
-        chunk = boxes[start : start + batch_size]
-        batch = x.repeat(len(chunk), 1, 1, 1)  # (K, C, H, W)
-        for k, (r, c) in enumerate(chunk):
-            rows, cols = slice(r * P, (r + block) * P), slice(c * P, (c + block) * P)
-            batch[k, :, rows, cols] = filler[0, :, rows, cols]
-        scores = model(batch)[:, target]  # (K,)
-        for (r, c), score in zip(chunk, scores.tolist()):
-            out[r : r + block, c : c + block] = base - score
-    return out
+    return occlusion_map(model, x, target, fill="mean", batch_size=batch_size, block=block).numpy()
 
 
 def submit_teach(manager: Any, owner: str, request: TeachRequest) -> Job:

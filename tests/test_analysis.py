@@ -287,18 +287,18 @@ def toy() -> VisionTransformer:
 
 def test_occlusion_of_nothing_changes_nothing(toy):
     image = torch.randn(3, 16, 24)
-    for fill in ("mean", "zero", "blur"):
+    for fill in ("mean", "blur", "noise", "image"):
         change = occlusion_probe(toy, image, [], fill=fill)
         assert change.shape == (3,) and torch.allclose(change, torch.zeros(3), atol=1e-6)
 
 
-def test_occlusion_probe_of_everything_with_zero_is_the_zero_image(toy):
+def test_occlusion_probe_of_everything_with_the_data_set_mean_is_the_zero_image(toy):
     image = torch.randn(1, 3, 16, 24)
-    change = occlusion_probe(toy, image, torch.ones(4, 6, dtype=torch.bool), fill="zero")
+    change = occlusion_probe(toy, image, torch.ones(4, 6, dtype=torch.bool), fill="mean")
     with torch.no_grad():
         expected = toy(torch.zeros_like(image))[0] - toy(image)[0]
     assert torch.allclose(change, expected, atol=1e-5)
-    mean_fill = occlusion_probe(toy, image, list(range(24)), fill="mean")
+    mean_fill = occlusion_probe(toy, image, list(range(24)), fill="image")
     with torch.no_grad():
         flat = image.mean(dim=(-2, -1), keepdim=True).expand_as(image)
         assert torch.allclose(mean_fill, toy(flat)[0] - toy(image)[0], atol=1e-5)
@@ -306,8 +306,15 @@ def test_occlusion_probe_of_everything_with_zero_is_the_zero_image(toy):
         occlusion_probe(toy, image, [24])
     with pytest.raises(ValueError, match="outside the 4x6 grid"):
         occlusion_probe(toy, image, [(4, 0)])
-    with pytest.raises(ValueError, match="fill='noise'"):
-        occlusion_probe(toy, image, [0], fill="noise")
+    with pytest.raises(ValueError, match="fill='purple'"):
+        occlusion_probe(toy, image, [0], fill="purple")
+    with pytest.raises(ValueError, match="'zero' had two meanings"):
+        occlusion_probe(toy, image, [0], fill="zero")
+    with pytest.raises(ValueError, match="normalization"):
+        occlusion_probe(toy, image, [0], fill="black")
+    black = occlusion_probe(toy, image, list(range(24)), fill="black", normalization=((0.5,) * 3, (0.25,) * 3))
+    with torch.no_grad():
+        assert torch.allclose(black, toy(torch.full_like(image, -2.0))[0] - toy(image)[0], atol=1e-5)
 
 
 def test_occlusion_map_agrees_with_single_probes_and_batching(toy):

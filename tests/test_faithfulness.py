@@ -152,9 +152,9 @@ def test_chefer_perturbations_hand_computed(hand):
 def test_fills_differ_and_are_reported(hand):
     model, x, _, _ = hand
     blur = FA.deletion_curve(model, x, true_map(), target=0, fill="blur")
-    zero = FA.deletion_curve(model, x, true_map(), target=0, fill="zero", normalization=((0.5,) * 3, (0.5,) * 3))
+    zero = FA.deletion_curve(model, x, true_map(), target=0, fill="black", normalization=((0.5,) * 3, (0.5,) * 3))
     mean = FA.deletion_curve(model, x, true_map(), target=0, fill="mean")
-    assert (blur.fill, zero.fill, mean.fill) == ("blur", "zero", "mean")
+    assert (blur.fill, zero.fill, mean.fill) == ("blur", "black", "mean")
     assert len({round(blur.auc, 6), round(zero.auc, 6), round(mean.auc, 6)}) == 3
 
 
@@ -247,6 +247,8 @@ def test_bad_input_says_what_to_do(hand):
     with pytest.raises(ValueError, match="fill"):
         FA.deletion_curve(model, x, true_map(), fill="purple")
     with pytest.raises(ValueError, match="normalization"):
+        FA.deletion_curve(model, x, true_map(), fill="black")
+    with pytest.raises(ValueError, match="two meanings"):
         FA.deletion_curve(model, x, true_map(), fill="zero")
     with pytest.raises(ValueError, match="unknown method"):
         FA.relevance_maps(model, x, methods=["saliency"])
@@ -255,8 +257,10 @@ def test_bad_input_says_what_to_do(hand):
     with pytest.raises(ValueError, match="not a class"):
         FA.relevance_maps(model, x, target=7)
     backbone = VisionTransformer(ViTConfig.preset("micro", num_classes=0)).eval()
-    with pytest.raises(ValueError, match="few-shot head"):
+    with pytest.raises(ValueError, match="target='similarity'"):
         FA.relevance_maps(backbone, torch.randn(3, 32, 32))
+    with pytest.raises(ValueError, match="one flat colour"):
+        FA.relevance_maps(model, torch.full_like(x, 0.3), 0)
     training = VisionTransformer(ViTConfig.preset("micro"))  # nn.Module starts in training mode
     with pytest.raises(ValueError, match=r"model.eval\(\)"):
         FA.deletion_curve(training, torch.randn(3, 32, 32), torch.zeros(4, 4))

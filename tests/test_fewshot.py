@@ -320,6 +320,10 @@ def test_block_occlusion_of_one_patch_is_vitcores_occlusion_map(backbone, pre):
     assert np.allclose(T.block_occlusion(model, x, 0, block=1), occlusion_map(model, x, 0).numpy())
     coarse = T.block_occlusion(model, x, 0, block=2)
     assert coarse.shape == (4, 4) and coarse[0, 0] == coarse[1, 1]
+    with torch.no_grad():
+        boxed = x.clone()
+        boxed[..., : 2 * model.config.patch_size, : 2 * model.config.patch_size] = 0
+        assert coarse[0, 0] == pytest.approx(float(model(x)[0, 0] - model(boxed)[0, 0]), abs=1e-5)
 
 
 @pytest.mark.parametrize("strategy", ["last_k", "lora", "full"])

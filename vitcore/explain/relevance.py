@@ -83,9 +83,6 @@ def check_relevance_model(model: nn.Module) -> None:
             f"relevance propagation (Chefer et al. 2021) has rules for attention only, but this model mixes tokens "
             f"with {mixer!r} ({', '.join(others)}); use 'occlusion', 'grad-x-input' or 'integrated-gradients'"
         )
-    if getattr(model, "head_dist", None) is not None:
-        raise ValueError("relevance propagation has no rule for DeiT's averaged distillation head; use "
-                         "'gradient-rollout' or 'occlusion' for this model")
     if model.config.pool not in ("cls", "mean", "cls+mean"):
         raise ValueError(f"relevance propagation does not know pool={model.config.pool!r}")
 
@@ -146,8 +143,15 @@ def chefer_relevance(model: nn.Module, image: torch.Tensor, target: Any = None) 
             weight = model.head.weight[score_fn.index : score_fn.index + 1]  # (1, D') the class's row
         else:
             weight = score_fn.direction[None].to(pooled.dtype)  # (1, D') the linearised similarity
-        r = lrp_linear(pooled, weight, torch.ones(1, 1, dtype=pooled.dtype, device=pooled.device))  # (1, D')
-        r = _pool_relevance(model, features, r)  # (1, T, D); the final LayerNorm passes it on
+        one = torch.ones(1, 1, dtype=pooled.dtype, device=pooled.device)
+        head_dist = getattr(model, "head_dist", None)
+        if head_dist is not None and score_fn.index is not None:  # DeiT: the mean of two heads, half each
+            r = _pool_relevance(model, features, lrp_linear(pooled, weight, one / 2))  # (1, T, D)
+            dist_weight = head_dist.weight[score_fn.index : score_fn.index + 1]  # (1, D)
+            r[:, 1] += lrp_linear(features[:, 1], dist_weight, one / 2)[0]  # the distillation token
+        else:
+            r = _pool_relevance(model, features, lrp_linear(pooled, weight, one))  # (1, T, D)
+        # the final LayerNorm passes the relevance on
         cams = []
         for block, s, grad in zip(reversed(model.blocks), reversed(saved), reversed(grads)):
             s = {key: value.detach() for key, value in s.items()}

@@ -12,13 +12,15 @@ summing to 1, T = prefix + N tokens with the CLS token first, and patch tokens r
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange, reduce
 from torch import nn
+
+from ..explain import perturb
 
 __all__ = [
     "attention_mass_in_mask",
@@ -172,7 +174,11 @@ def _targets(target: int | Iterable[int] | torch.Tensor | None, logits: torch.Te
 
 
 def gradient_rollout(
-    model: nn.Module, images: torch.Tensor, target: int | Iterable[int] | torch.Tensor | None = None
+    model: nn.Module,
+    images: torch.Tensor,
+    target: int | Iterable[int] | torch.Tensor | None = None,
+    *,
+    score: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Class-specific relevance of each patch for ``target``, (B, gh, gw) or (gh, gw) for one image.
 
@@ -184,17 +190,21 @@ def gradient_rollout(
     with :meth:`VisionTransformer.forward_intermediates` and gradients from ``torch.autograd.grad``
     with respect to the attention maps only: the model's mode, flags, hooks and ``.grad`` are never
     touched, so a shared model serves many threads. ``target`` is one class, one per image, or None
-    for the predicted class.
+    for the predicted class; ``score`` (final tokens (B, T, D) -> (B,)) replaces the class logit,
+    e.g. :meth:`vitcore.explain.targets.Scorer.from_tokens` for a similarity.
     """
     unbatched = isinstance(images, torch.Tensor) and images.ndim == 3
     x = images[None] if unbatched else images  # (B, C, H, W)
     x = x.detach().to(_model_device(model)).clone().requires_grad_(True)  # leaf, so frozen models work too
     with torch.enable_grad():
-        inter = model.forward_intermediates(x, attention=True)  # explicit attention, no flag or hook touched
+        inter = model.forward_intermediates(x, attention=True, head=score is None)  # no flag or hook touched
         maps = inter.attention  # per block (B, H, T, T), still in the graph
-        t = _targets(target, inter.logits)
-        score = inter.logits.gather(1, t[:, None]).sum()
-        grads = torch.autograd.grad(score, maps)  # per block (B, H, T, T); no parameter .grad is written
+        if score is None:
+            t = _targets(target, inter.logits)
+            total = inter.logits.gather(1, t[:, None]).sum()
+        else:
+            total = score(inter.features).sum()  # e.g. a similarity read from the final tokens (B, T, D)
+        grads = torch.autograd.grad(total, maps)  # per block (B, H, T, T); no parameter .grad is written
     B, _, T, _ = maps[0].shape
     prefix = model.num_prefix_tokens
     gh, gw = model.grid_for(x.shape[-2], x.shape[-1])
@@ -328,113 +338,54 @@ def cls_similarity(tokens: torch.Tensor, grid: tuple[int, int], num_prefix_token
 
 
 # --------------------------------------------------------------------------- occlusion
-_FILLS = ("mean", "zero", "blur")
-
-
-def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (1, C, H, W) with edge replication."""
-    radius = max(1, math.ceil(3 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
-    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()  # (2r+1,)
-    C = image.shape[1]
-    x = F.pad(image, (radius, radius, radius, radius), mode="replicate")  # (1, C, H+2r, W+2r)
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)  # along W
-    return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)  # along H -> (1, C, H, W)
-
-
-def _filler(image: torch.Tensor, fill: str, patch_size: int) -> torch.Tensor:
-    """What an occluded patch shows, as a full (1, C, H, W) image."""
-    if fill == "zero":
-        return torch.zeros_like(image)
-    if fill == "mean":
-        return image.mean(dim=(-2, -1), keepdim=True).expand_as(image)  # per-channel mean
-    if fill == "blur":
-        return gaussian_blur(image, sigma=patch_size / 2)
-    raise ValueError(f"fill={fill!r} must be one of {_FILLS}")
-
-
-def _patch_selection(patches: Any, grid: tuple[int, int]) -> torch.Tensor:
-    """A (N,) bool mask from flat indices, (row, col) pairs, or a bool mask (N,) / (gh, gw)."""
-    gh, gw = grid
-    n = gh * gw
-    if isinstance(patches, torch.Tensor) and patches.dtype == torch.bool:
-        if patches.numel() != n:
-            raise ValueError(f"a patch mask needs {n} entries ({gh}x{gw} grid), got {tuple(patches.shape)}")
-        return patches.flatten().cpu()
-    items = patches.tolist() if isinstance(patches, torch.Tensor) else list(patches)
-    mask = torch.zeros(n, dtype=torch.bool)
-    for item in items:
-        if isinstance(item, (tuple, list)) and len(item) == 2:
-            r, c = int(item[0]), int(item[1])
-            if not (0 <= r < gh and 0 <= c < gw):
-                raise ValueError(f"patch {(r, c)} is outside the {gh}x{gw} grid; rows 0..{gh - 1}, cols 0..{gw - 1}")
-            index = r * gw + c
-        else:
-            index = int(item)
-            if not 0 <= index < n:
-                raise ValueError(f"patch {index} is out of range; the {gh}x{gw} grid has patches 0..{n - 1}")
-        mask[index] = True
-    return mask
-
-
-def _pixel_masks(patch_masks: torch.Tensor, grid: tuple[int, int], patch_size: int) -> torch.Tensor:
-    """(K, N) bool patch masks -> (K, 1, H, W) pixel masks."""
-    gh, gw = grid
-    m = rearrange(patch_masks, "k (gh gw) -> k 1 gh gw", gh=gh, gw=gw)  # (K, 1, gh, gw)
-    return m.repeat_interleave(patch_size, dim=-2).repeat_interleave(patch_size, dim=-1)  # (K, 1, H, W)
-
-
 def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(x)  # (B, C), the model read as it is (shared models are in eval mode)
 
 
-def occlusion_probe(model: nn.Module, image: torch.Tensor, patches: Any, fill: str = "mean") -> torch.Tensor:
+def occlusion_probe(
+    model: nn.Module, image: torch.Tensor, patches: Any, fill: str = "mean", normalization: Any = None
+) -> torch.Tensor:
     """Change of every class logit when the given patches are hidden, (C,): masked minus original.
 
     Occlusion sensitivity of Zeiler & Fergus, "Visualizing and Understanding Convolutional
     Networks" (ECCV 2014), with whole ViT patches as the occluder. ``patches`` are flat indices,
-    (row, col) pairs or a bool mask over the grid; ``fill`` is the image's per-channel ``mean``,
-    ``zero``, or a Gaussian ``blur`` (sigma = P/2) of the image. Both passes run in one batch.
+    (row, col) pairs or a bool mask over the grid; ``fill`` is one of
+    :data:`vitcore.explain.perturb.FILLS` (``mean``: the data set's mean colour; ``black`` needs
+    ``normalization``). Both passes run in one batch.
     """
     x = _one_image(image).to(_model_device(model))  # (1, C, H, W)
     P = model.config.patch_size
     grid = model.grid_for(x.shape[-2], x.shape[-1])
-    filler = _filler(x, fill, P)  # (1, C, H, W)
-    mask = _pixel_masks(_patch_selection(patches, grid)[None].to(x.device), grid, P)  # (1, 1, H, W)
-    masked = torch.where(mask, filler, x)  # (1, C, H, W)
+    filler = perturb.fill_image(x, fill, patch_size=P, normalization=normalization)  # (1, C, H, W)
+    masked = perturb.perturb(x, perturb.patch_selection(patches, grid)[None], filler, grid, P)  # (1, C, H, W)
     logits = _logits(model, torch.cat([x, masked]))  # (2, C)
     return (logits[1] - logits[0]).cpu()  # (C,)
 
 
 def occlusion_map(
-    model: nn.Module, image: torch.Tensor, target: int | None = None, fill: str = "mean", batch_size: int = 64
+    model: nn.Module, image: torch.Tensor, target: int | None = None, fill: str = "mean", batch_size: int = 64,
+    *, block: int = 1, normalization: Any = None,
 ) -> torch.Tensor:
     """Drop of the ``target`` logit when each single patch is hidden, (gh, gw); positive = the patch helped.
 
     Zeiler & Fergus (ECCV 2014) occlusion sensitivity over the patch grid: entry (r, c) is
     ``logit(image) - logit(image with patch (r, c) filled)`` for ``target`` (None: the predicted
-    class), i.e. ``-occlusion_probe(model, image, [(r, c)])[target]``. The N occluded copies run in
-    batches of ``batch_size``.
+    class), i.e. ``-occlusion_probe(model, image, [(r, c)])[target]``; ``block`` > 1 hides boxes of
+    block x block patches instead (each patch gets its box's drop). The occluded copies run in
+    batches of ``batch_size`` (:func:`vitcore.explain.perturb.occlusion`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     x = _one_image(image).to(_model_device(model))  # (1, C, H, W)
-    P = model.config.patch_size
-    gh, gw = model.grid_for(x.shape[-2], x.shape[-1])
-    filler = _filler(x, fill, P)  # (1, C, H, W)
-    base = _logits(model, x)  # (1, C)
-    t = int(_targets(target, base)[0])
-    n = gh * gw
-    drops = []
-    for start in range(0, n, batch_size):
-        index = torch.arange(start, min(start + batch_size, n), device=x.device)  # (K,)
-        one_hot = F.one_hot(index, n).bool()  # (K, N)
-        masks = _pixel_masks(one_hot, (gh, gw), P)  # (K, 1, H, W)
-        batch = torch.where(masks, filler, x)  # (K, C, H, W)
-        drops.append(base[0, t] - _logits(model, batch)[:, t])  # (K,)
-    return torch.cat(drops).reshape(gh, gw).cpu()  # (gh, gw)
+    t = int(_targets(target, _logits(model, x))[0])
+    grid = model.grid_for(x.shape[-2], x.shape[-1])
+
+    def score(images: torch.Tensor) -> torch.Tensor:
+        return model(images)[:, t]  # (K,)
+
+    return perturb.occlusion(score, x, grid, model.config.patch_size, fill=fill, block=block,
+                             normalization=normalization, batch_size=batch_size)
 
 
 def attention_mass_in_mask(heatmap: torch.Tensor, mask: torch.Tensor) -> float | torch.Tensor:
