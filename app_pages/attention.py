@@ -82,13 +82,13 @@ def query_view() -> None:
                            on_click="ignore")
     with right:
         st.plotly_chart(cached_figure((*fig_key, "heads", layer, query), lambda: F.head_maps(maps, head_names, cols=4)),
-                        key="attn_heads")
+                        key=S.ATTN_HEADS_FIG)
         st.caption(f"All {cfg.heads} heads of layer {layer} for query patch {query}: each head learns its own "
                    "notion of relevance.")
 
     st.subheader("What the CLS token attends to")
     st.plotly_chart(cached_figure((*fig_key, "cls", layer), lambda: F.head_maps(
-        query_maps(trace, layer, None), head_names, cols=6)), key="attn_cls")
+        query_maps(trace, layer, None), head_names, cols=6)), key=S.ATTN_CLS_FIG)
 
     if not attention_mixer:
         st.caption(f"This model mixes tokens with {cfg.token_mixer} instead of softmax attention: the maps above "
@@ -134,7 +134,7 @@ else:
     names = loaded.class_names
     g1, g2 = st.columns(2)
     g1.plotly_chart(cached_figure((*fig_key, "rollout", fusion, float(discard)), lambda: F.heatmap_over_image(
-        resized, rollout, title=f"rollout ({fusion}, discard {discard:.0%})", name="rollout")), key="attn_rollout")
+        resized, rollout, title=f"rollout ({fusion}, discard {discard:.0%})", name="rollout")), key=S.ATTN_ROLLOUT_FIG)
     maps = {"rollout": rollout}
     if names:
         probs = trace.logits[0].softmax(-1).numpy()
@@ -143,7 +143,8 @@ else:
                               key=S.ATTN_TARGET)
         maps["gradient rollout"] = relevance = cached_gradient_rollout(spec, key, loaded, x, int(target))
         g2.plotly_chart(cached_figure((*fig_key, "gradient", int(target)), lambda: F.heatmap_over_image(
-            resized, relevance, name="relevance", title=f"gradient rollout for '{names[target]}'")), key="attn_grad")
+            resized, relevance, name="relevance", title=f"gradient rollout for '{names[target]}'")),
+            key=S.ATTN_GRADIENT_FIG)
     else:
         g2.info("This model has no classifier head (DINOv2 learned from photos without labels), so there is no "
                 "class to explain: the gradient rollout needs one. Teach it your own classes on the Teach page; "
@@ -165,7 +166,7 @@ else:
     st.subheader("Mean attention distance (Fig. 7, right)")
     distance = cached_distance(spec, key, cfg.patch_size, trace)
     st.plotly_chart(cached_figure((*fig_key, "distance"), lambda: F.distance_figure(distance, cfg.patch_size)),
-                    key="attn_distance")
+                    key=S.ATTN_DISTANCE_FIG)
     st.caption("How far, in pixels, each head looks on average. In trained ViTs some early heads already look far "
                "(global), others stay local like a convolution; deeper layers look far.")
 
@@ -187,6 +188,6 @@ with st.expander("The MLP and its activation: GELU vs ReLU vs ELU", expanded=Fal
         "standard normal variable is below it, x·Φ(x): smooth everywhere, slightly negative just left of 0, "
         "and the activation BERT and ViT use."
     )
-    st.plotly_chart(cached_figure(("activations",), F.activation_curves), key="attn_activations")
+    st.plotly_chart(cached_figure(("activations",), F.activation_curves), key=S.ATTN_ACTIVATIONS_FIG)
 
 del trace  # the cache holds it; the page's globals (kept by the fragment) must not

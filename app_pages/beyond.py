@@ -9,6 +9,7 @@ import streamlit as st
 
 from app_pages._ui import page_inputs, show_error
 from explorer import beyond as B
+from explorer import state as S
 from explorer.models import LoadedModel, ModelSpec
 
 
@@ -45,14 +46,14 @@ n_val = len(report.val)
 if not 0 <= st.session_state.get(B.IMAGE_INDEX, 0) < n_val:
     st.session_state[B.IMAGE_INDEX] = 0
 index = int(st.number_input(f"Shapes validation image (0–{n_val - 1})", 0, n_val - 1, key=B.IMAGE_INDEX))
-st.plotly_chart(B.masks_figure(report, index), key="beyond_masks")
+st.plotly_chart(B.masks_figure(report, index), key=S.BEYOND_MASKS_FIG)
 probe_row = report.mask_rows[0]
 c1, c2, c3 = st.columns(3)
 c1.metric("Linear probe mIoU (Shapes validation)", f"{probe_row['mIoU']:.3f}")
 c2.metric("Best the patch grid allows", f"{report.grid_ceiling:.3f}",
           help="mIoU of the true object fraction of each patch, upsampled like the probe's logits")
 c3.metric("Validation images", n_val)
-st.dataframe(report.mask_rows, hide_index=True, key="beyond_mask_table")
+st.dataframe(report.mask_rows, hide_index=True, key=S.BEYOND_MASK_TABLE)
 gh, gw = report.grid
 st.caption(
     f"The probe is one linear map D → 1 (least squares) applied to each of the {gh}×{gw} patch tokens, trained on "
@@ -67,14 +68,14 @@ for note in report.notes:
 with st.expander("The same three masks on your image (sidebar)"):
     masks = cached_image_masks(spec, key, report, loaded, image)
     pixels = np.asarray(loaded.preprocessing.fit_image(image).convert("RGB"))
-    st.plotly_chart(B.image_masks_figure(pixels, masks), key="beyond_your_masks")
+    st.plotly_chart(B.image_masks_figure(pixels, masks), key=S.BEYOND_YOUR_MASKS_FIG)
     st.caption("No ground truth here: the probe was trained on Shapes only.")
 
 # ----------------------------------------------------------------------------- boxes
 st.header("Where is it? Boxes from the CLS token and from the mean patch token")
 left, right = st.columns([3, 2])
-left.plotly_chart(B.boxes_figure(report, index), key="beyond_boxes")
-right.dataframe(report.box_rows, hide_index=True, key="beyond_box_table")
+left.plotly_chart(B.boxes_figure(report, index), key=S.BEYOND_BOXES_FIG)
+right.dataframe(report.box_rows, hide_index=True, key=S.BEYOND_BOX_TABLE)
 iou = {row["box from"]: row["mean IoU"] for row in report.box_rows}
 cls_iou, mean_iou = iou["CLS token"], iou["mean patch token"]
 baseline = iou["the average training box (baseline)"]
@@ -104,14 +105,14 @@ if maps is None:
     st.info("The token-mixing MLP has no mixing matrix: it is a nonlinear function of all tokens at once, with "
             "one weight per token position, so it only works at the token count it was built for.")
 else:
-    st.plotly_chart(B.mixing_figure(maps, query), key="beyond_mixing")
+    st.plotly_chart(B.mixing_figure(maps, query), key=S.BEYOND_MIXING_FIG)
     st.caption(f"Row {query} of each head's matrix, over the 4×4 patch grid (prefix tokens left out); the row's "
                f"patch weights sum to {round(float(maps[0].sum()), 3) + 0.0:.3f} in head 0.")
 
 rows = B.mixer_table()
 st.subheader("Same time budget, same data")
 if rows:
-    st.dataframe(rows, hide_index=True, key="beyond_mixer_table")
+    st.dataframe(rows, hide_index=True, key=S.BEYOND_MIXER_TABLE)
     st.caption("From `python benchmarks/mixers.py --readme`: micro ViTs trained from scratch on 32×32 Shapes for "
                "the same seconds; parameters, GFLOPs and batch-1 latency (2 threads) of tiny ViTs at 224 px "
                "(197 tokens) and 448 px (785 tokens). The × columns: how each cost grows for 4× the tokens.")

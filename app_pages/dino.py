@@ -19,7 +19,7 @@ if "licence" in loaded.metadata:
 st.subheader("Each head's CLS attention, keeping 60 % of its mass (DINO, Caron et al. 2021)")
 attention, masks, kept = dino.attention_mask_maps(trace)
 st.plotly_chart(F.head_maps(attention * masks, [f"head {h}: {k:.0%} kept" for h, k in enumerate(kept)], cols=6),
-                key="dino_masks")
+                key=S.DINO_MASKS_FIG)
 st.caption("For every head of the last block: the fewest patches that hold 60 % of what the CLS token attends to. "
            "In Caron et al.'s DINO models these masks outline the object without any label. Look at where this "
            "model's heads put theirs: on the object, on parts of it, or on the background (many ViTs park "
@@ -50,9 +50,9 @@ st.caption(f"The first principal component of the patch tokens, thresholded, is 
 st.subheader("Artifact tokens (Darcet et al. 2023, \"Vision Transformers Need Registers\")")
 summary = dino.artifact_summary(trace)
 a1, a2 = st.columns(2)
-a1.plotly_chart(dino.norms_figure(summary.per_layer_max_ratio), key="dino_norms")
+a1.plotly_chart(dino.norms_figure(summary.per_layer_max_ratio), key=S.DINO_NORMS_FIG)
 a2.plotly_chart(F.heatmap_over_image(resized, summary.outliers.astype(float), name="outlier",
-                                     title="high-norm patch tokens at the last layer"), key="dino_outliers")
+                                     title="high-norm patch tokens at the last layer"), key=S.DINO_OUTLIERS_FIG)
 st.info(summary.verdict)
 prefix = trace.num_prefix_tokens
 if prefix > 1:

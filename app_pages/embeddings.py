@@ -22,7 +22,7 @@ layer = st.slider("After block (0 = embeddings + position, before any block)", 0
                   key=S.EMB_LAYER)
 rgb = analysis.patch_pca_rgb(trace.tokens[layer][0], grid, num_prefix_tokens=prefix)
 left, right = st.columns(2)
-left.plotly_chart(F.image_with_grid(resized, cfg.patch_size, title="input"), key="emb_input")
+left.plotly_chart(F.image_with_grid(resized, cfg.patch_size, title="input"), key=S.EMB_INPUT_FIG)
 right.image(np.kron(np.asarray(rgb), np.ones((16, 16, 1))).clip(0, 1), caption=(
     "first three principal components of the patch tokens as red, green, blue: patches the model "
     "represents alike get alike colours"), width="stretch")
@@ -36,7 +36,7 @@ with st.expander("What is a token, and what is the CLS token for?"):
 
 st.subheader("Embedding filters (Fig. 7, left)")
 filters = analysis.embedding_filters(loaded.model, k=min(28, 3 * cfg.patch_size**2, cfg.dim))
-st.plotly_chart(F.filters_figure(filters.numpy()), key="emb_filters")
+st.plotly_chart(F.filters_figure(filters.numpy()), key=S.EMB_FILTERS_FIG)
 st.caption("The principal components of the rows of E (the patch-embedding weights), each shown as a P×P RGB "
            "patch. Trained ViTs learn smooth, Gabor-like bases; a random model shows noise.")
 
@@ -49,10 +49,10 @@ clickable(F.heatmap_over_image(resized, sim[patch], highlight=patch, name="cosin
                                title=f"cosine of patch {patch}'s position with all others"),
           S.EMB_CLICK, S.EMB_PATCH, cols[1])
 cols[0].plotly_chart(F.similarity_grid(sim, grid, title="all patches (tile r, c = patch at row r, column c)"),
-                     key="emb_pos_all")
+                     key=S.EMB_POS_ALL_FIG)
 st.download_button("Position similarity (CSV, N×N)", F.to_csv(sim.reshape(N, N)), "position_similarity.csv")
 
 st.subheader("How much each patch resembles CLS")
 cls = analysis.cls_similarity(trace.tokens[-1][0], grid, num_prefix_tokens=prefix).numpy()
 st.plotly_chart(F.heatmap_over_image(resized, cls, title="cosine(patch token, CLS token) after the last block",
-                                     name="cosine"), key="emb_cls")
+                                     name="cosine"), key=S.EMB_CLS_FIG)

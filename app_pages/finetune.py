@@ -59,36 +59,36 @@ def submit(request: FinetuneRequest) -> None:
 with st.container(border=True):
     st.markdown(f"Starting model: **{loaded.label}** ({cfg.image_size[0]}×{cfg.image_size[1]}, "
                 f"P={cfg.patch_size}); change it in the sidebar (a random-initialised preset trains from scratch).")
-    source = st.radio("Data", ["shapes", "zip", "folder", "collected"], horizontal=True, key="ft_source",
+    source = st.radio("Data", ["shapes", "zip", "folder", "collected"], horizontal=True, key=S.FT_SOURCE,
                       format_func={"shapes": "Shapes (synthetic)", "zip": "Zip of class folders",
                                    "folder": "Folder on the server", "collected": "Collect per class"}.get)
     c1, c2 = st.columns(2)
-    classes = c1.multiselect("Shapes classes", list(SHAPE_CLASSES), default=list(SHAPE_CLASSES), key="ft_classes")
-    per_class = c2.slider("Shapes images per class", 20, 2000, 1000, step=20, key="ft_per_class")
-    zip_file = st.file_uploader("Zip of class folders (class_a/…, class_b/…)", type=["zip"], key="ft_zip")
-    folder = st.text_input("Folder under EXPLORER_DATA_ROOT (e.g. hymenoptera_data)", key="ft_folder")
+    classes = c1.multiselect("Shapes classes", list(SHAPE_CLASSES), default=list(SHAPE_CLASSES), key=S.FT_CLASSES)
+    per_class = c2.slider("Shapes images per class", 20, 2000, 1000, step=20, key=S.FT_PER_CLASS)
+    zip_file = st.file_uploader("Zip of class folders (class_a/…, class_b/…)", type=["zip"], key=S.FT_ZIP)
+    folder = st.text_input("Folder under EXPLORER_DATA_ROOT (e.g. hymenoptera_data)", key=S.FT_FOLDER)
     st.caption("Collect per class: name up to three classes and upload or photograph at least two images each.")
     collect_cols = st.columns(3)
     collected_inputs = []
     for i, col in enumerate(collect_cols):
-        name = col.text_input(f"Class {i + 1}", key=f"ft_cname_{i}")
+        name = col.text_input(f"Class {i + 1}", key=S.finetune_class_key("name", i))
         files = col.file_uploader(f"Images of class {i + 1}", type=["png", "jpg", "jpeg", "webp"],
-                                  accept_multiple_files=True, key=f"ft_cfiles_{i}")
+                                  accept_multiple_files=True, key=S.finetune_class_key("files", i))
         collected_inputs.append((name, files))
     s1, s2, s3, s4 = st.columns(4)
-    strategy = s1.selectbox("Strategy", list(STRATEGIES), key="ft_strategy",
+    strategy = s1.selectbox("Strategy", list(STRATEGIES), key=S.FT_STRATEGY,
                             format_func={"full": "full", "head": "head only (linear probe)",
                                          "last_k": "last k blocks", "lora": "LoRA"}.get)
-    last_k = s2.slider("k (last blocks)", 1, cfg.depth, min(2, cfg.depth), key="ft_last_k")
-    budget = s3.slider("Time budget (s)", 10, 300, 60, step=10, key="ft_budget")
-    epochs = s4.slider("Epochs", 1, 100, 15, key="ft_epochs")
+    last_k = s2.slider("k (last blocks)", 1, cfg.depth, min(2, cfg.depth), key=S.FT_LAST_K)
+    budget = s3.slider("Time budget (s)", 10, 300, 60, step=10, key=S.FT_BUDGET)
+    epochs = s4.slider("Epochs", 1, 100, 15, key=S.FT_EPOCHS)
     s5, s6, s7 = st.columns(3)
     lr = s5.number_input("Learning rate (0 = strategy default)", 0.0, 1.0, 0.003, step=0.0005, format="%.4f",
-                         key="ft_lr")
-    augment = s6.checkbox("Augment training images", key="ft_augment")
-    baseline = s7.checkbox("Also train a ResNet-18 baseline", key="ft_baseline")
+                         key=S.FT_LR)
+    augment = s6.checkbox("Augment training images", key=S.FT_AUGMENT)
+    baseline = s7.checkbox("Also train a ResNet-18 baseline", key=S.FT_BASELINE)
     warming = T.shapes_warming(cfg.image_size)
-    start = st.button("Start fine-tuning", type="primary", disabled=busy, key="ft_start",
+    start = st.button("Start fine-tuning", type="primary", disabled=busy, key=S.FT_START,
                       help="Disabled while this session's job runs or waits.")
 
 if start and not busy:
@@ -105,7 +105,7 @@ if start and not busy:
         problems.append("Name at least two classes and add at least two images to each.")
     try:
         options = FitOptions(strategy=strategy, last_k=int(last_k), epochs=int(epochs), max_seconds=float(budget),
-                             lr=float(lr) or None, augment=bool(augment))
+                             lr=float(lr) or None, augment=bool(augment), seed=None)  # no global reseed
     except ValueError as exc:
         problems.append(str(exc))
     if problems:
@@ -144,10 +144,10 @@ def use_model(data: bytes, name: str) -> None:
 def checkpoint_actions(ckpt: bytes, name: str, finished: bool, resumable: bool) -> None:
     d1, d2, d3 = st.columns(3)
     d1.download_button("Download the best checkpoint (.safetensors)", ckpt, "finetuned.safetensors",
-                       key="ft_download")
-    if finished and d2.button("Use this model on every page", key="ft_use"):
+                       key=S.FT_DOWNLOAD)
+    if finished and d2.button("Use this model on every page", key=S.FT_USE):
         use_model(ckpt, name)
-    if resumable and d3.button("Resume from this checkpoint", key="ft_resume"):
+    if resumable and d3.button("Resume from this checkpoint", key=S.FT_RESUME):
         resume(ckpt)
 
 
@@ -206,7 +206,7 @@ def live() -> None:
     st.progress(snap["progress"], text=f"{status}: {snap['message']} ({snap['elapsed']:.0f} s{tail})")
     if code:
         st.caption(f"Session code **{code}**: this page's address keeps it, so a reload finds the job again.")
-    if status not in FINISHED and st.button("Stop", key="ft_stop"):
+    if status not in FINISHED and st.button("Stop", key=S.FT_STOP):
         job.stop()
         manager.sweep()
     history = snap["history"]
@@ -221,20 +221,20 @@ def live() -> None:
         m3.metric("learning rate", f"{last['lr']:.2e}")
         m4.metric("images/s", f"{last['images_per_second']:.0f}")
         c1, c2 = st.columns(2)
-        c1.plotly_chart(figs["steps"], key="ft_steps")
-        c2.plotly_chart(figs["epochs"], key="ft_epochs_fig")
+        c1.plotly_chart(figs["steps"], key=S.FT_STEPS_FIG)
+        c2.plotly_chart(figs["epochs"], key=S.FT_EPOCHS_FIG)
     timeline = artifacts.get("timeline", [])
     if timeline and artifacts.get("probe") is not None:
         pick = len(timeline) - 1
         if len(timeline) > 1:
-            pick = st.slider("Attention timeline (epoch)", 0, len(timeline) - 1, len(timeline) - 1, key="ft_timeline")
+            pick = st.slider("Attention timeline (epoch)", 0, len(timeline) - 1, len(timeline) - 1, key=S.FT_TIMELINE)
         else:
             st.caption("Attention timeline of a validation image: before training; a point is added after every "
                        "epoch.")
         epoch = timeline[pick]["epoch"]
         t1, t2 = st.columns(2)
-        t1.plotly_chart(figs[("rollout", epoch)], key="ft_tl_rollout")
-        t2.plotly_chart(figs[("head", epoch)], key="ft_tl_head")
+        t1.plotly_chart(figs[("rollout", epoch)], key=S.FT_TIMELINE_ROLLOUT_FIG)
+        t2.plotly_chart(figs[("head", epoch)], key=S.FT_TIMELINE_HEAD_FIG)
     if status == "failed":
         st.error(f"Training stopped: {snap['message']}. The app keeps working; the last good checkpoint "
                  "(if any) is below.")
@@ -273,7 +273,7 @@ def results(summary: dict, names: list[str], probe) -> None:
         st.markdown(f"ResNet-18 baseline, same data and budget: **{b['best_val_accuracy']:.1%}** in "
                     f"{b['seconds']:.0f} s ({b['params'] / 1e6:.1f} M parameters).")
     c1, c2 = st.columns(2)
-    c1.plotly_chart(F.confusion_figure(summary["confusion"], names), key="ft_confusion")
+    c1.plotly_chart(F.confusion_figure(summary["confusion"], names), key=S.FT_CONFUSION_FIG)
     with c2:
         cols = st.columns(4)
         for i, item in enumerate(summary["grid"]):
@@ -282,13 +282,13 @@ def results(summary: dict, names: list[str], probe) -> None:
                               caption=f"{'✅' if ok else '❌'} {names[item['pred']]} (true: {names[item['true']]})")
     if "before" in summary and probe is not None:
         b1, b2 = st.columns(2)
-        for col, key in ((b1, "before"), (b2, "after")):
+        for col, key, chart in ((b1, "before", S.FT_BEFORE_FIG), (b2, "after", S.FT_AFTER_FIG)):
             point = summary[key]
             top = int(point["probs"].argmax())
             label = names[top] if top < len(names) else str(top)
             col.plotly_chart(F.heatmap_over_image(probe, point["rollout"], name="rollout",
                                                   title=f"{key}: predicts {label} ({point['probs'][top]:.0%})"),
-                             key=f"ft_{key}")
+                             key=chart)
 
 
 # poll only while this session's job runs or waits (or the data warms up): an idle page costs nothing

@@ -36,11 +36,11 @@ c4.metric("attention entries per head T²", (N + 1) ** 2)
 left, right = st.columns(2)
 with left:
     st.plotly_chart(F.image_with_grid(resized, P, title=f"{H}×{W} image as a {gh}×{gw} grid"),
-                    key="patch_grid")
+                    key=S.PATCH_GRID_FIG)
 with right:
     patches = patchify(x, P)[0].numpy()  # (N, 3·P·P)
     st.plotly_chart(F.matrix_heatmap(patches, f"flattened patches: a {N} × {3 * P * P} matrix",
-                                     "element (channel, row, column)", "patch"), key="patch_matrix")
+                                     "element (channel, row, column)", "patch"), key=S.PATCH_MATRIX_FIG)
     st.download_button("Patch matrix (CSV)", F.to_csv(patches), "patches.csv", "text/csv")
 
 st.subheader("conv = flatten + linear, on this image")

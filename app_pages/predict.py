@@ -26,7 +26,7 @@ top = int(np.argmax(probs))
 
 k = st.slider("Show the top k classes", 1, min(10, len(names)), min(5, len(names)), key=S.TOPK)
 left, right = st.columns(2)
-right.plotly_chart(F.topk_bars(probs, names, k), key="pred_topk")
+right.plotly_chart(F.topk_bars(probs, names, k), key=S.PRED_TOPK_FIG)
 order = np.argsort(-probs)[:k]
 right.download_button("Probabilities (CSV)", "\n".join(f"{names[i]},{probs[i]:.6f}" for i in order).encode(),
                       "probabilities.csv")
@@ -68,5 +68,5 @@ target = st.selectbox("Class", range(len(names)), index=top, key=S.PRED_TARGET,
 heat = cached_occlusion_map(spec, key, loaded, x, int(target))
 st.plotly_chart(F.heatmap_over_image(resized, heat, colorscale="RdBu_r", name="logit drop",
                                      title=f"drop of the '{names[target]}' logit when each patch is masked"),
-                key="pred_occlusion")
+                key=S.PRED_OCCLUSION_FIG)
 st.download_button("Occlusion map (CSV)", F.to_csv(heat), "occlusion.csv")

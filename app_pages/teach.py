@@ -53,13 +53,13 @@ def replace_collection(loader, *args) -> None:
 if source == "zip":
     z1, z2 = st.columns([3, 1])
     zipped = z1.file_uploader("Zip of class folders (cat/…, dog/…)", type=["zip"], key=S.TEACH_ZIP)
-    if z2.button("Load the zip", disabled=zipped is None, key="teach_zip_load"):
+    if z2.button("Load the zip", disabled=zipped is None, key=S.TEACH_ZIP_LOAD):
         replace_collection(T.collection_from_zip, zipped.getvalue())
         st.rerun()
 elif source == "folder":
     f1, f2 = st.columns([3, 1])
     folder = f1.text_input("Folder under EXPLORER_DATA_ROOT", key=S.TEACH_FOLDER)
-    if f2.button("Load the folder", disabled=not folder.strip(), key="teach_folder_load"):
+    if f2.button("Load the folder", disabled=not folder.strip(), key=S.TEACH_FOLDER_LOAD):
         replace_collection(T.collection_from_folder, folder.strip())
         st.rerun()
 
@@ -116,7 +116,7 @@ for i, cls in enumerate(collection.classes):
         if len(collection.classes) > T.MIN_CLASSES:
             st.button("Remove this class", key=S.teach_key("drop", cls.uid), on_click=remove_class, args=(cls.uid,))
 
-if len(collection.classes) < T.MAX_CLASSES and st.button("Add a class", key="teach_add_class"):
+if len(collection.classes) < T.MAX_CLASSES and st.button("Add a class", key=S.TEACH_ADD_CLASS):
     collection.add_class()
     st.rerun()
 for message in messages:
@@ -130,7 +130,7 @@ t1, t2, t3 = st.columns(3)
 strategy = t1.selectbox("What learns", list(T.STRATEGIES), key=S.TEACH_STRATEGY, format_func=T.STRATEGIES.get)
 last_k = t2.slider("k (last blocks)", 1, 12, 2, key=S.TEACH_LAST_K, disabled=strategy != "last_k")
 epochs = t3.slider("Epochs (deeper strategies)", 1, 30, 8, key=S.TEACH_EPOCHS, disabled=strategy == "linear")
-if st.button("Start", type="primary", disabled=busy, key="teach_start"):
+if st.button("Start", type="primary", disabled=busy, key=S.TEACH_START):
     try:
         names, images = collection.request_data()
     except ValueError as exc:
@@ -158,7 +158,7 @@ def live() -> None:
     if snap["status"] == "queued":
         st.warning(f"Waiting for the trainer: place {manager.position(job)} in line.")
     st.progress(snap["progress"], text=f"{snap['status']}: {snap['message']} ({snap['elapsed']:.1f} s)")
-    if snap["status"] not in FINISHED and st.button("Stop", key="teach_stop"):
+    if snap["status"] not in FINISHED and st.button("Stop", key=S.TEACH_STOP):
         job.stop()
     if snap["status"] == "failed":
         st.error(f"Training failed: {snap['message']}. The app keeps working; change the photos and try again.")
@@ -192,7 +192,7 @@ c1, c2 = st.columns(2)
 confusion = F.confusion_figure(summary["confusion"], labels)
 confusion.update_xaxes(type="category")
 confusion.update_yaxes(type="category")
-c1.plotly_chart(confusion, key="teach_confusion")
+c1.plotly_chart(confusion, key=S.TEACH_CONFUSION_FIG)
 with c2:
     mistakes = summary["mistakes"]
     if not mistakes:
@@ -225,16 +225,16 @@ if shot is not None:
     if explained is not None:
         out = explained[1]
         top = out["target"]
-        p2.plotly_chart(F.topk_bars(out["probs"], labels, k=len(names), title="probabilities"), key="teach_probs")
+        p2.plotly_chart(F.topk_bars(out["probs"], labels, k=len(names), title="probabilities"), key=S.TEACH_PROBS_FIG)
         p2.text(f"Prediction: {names[top]} ({out['probs'][top]:.0%})")
         view = out["view"]
         h1, h2, h3 = st.columns(3)
         h1.plotly_chart(F.heatmap_over_image(view, out["rollout"], name="relevance",
-                                             title=f"gradient rollout for {labels[top]}"), key="teach_rollout")
+                                             title=f"gradient rollout for {labels[top]}"), key=S.TEACH_ROLLOUT_FIG)
         h2.plotly_chart(F.heatmap_over_image(view, out["occlusion"], name="logit drop", colorscale="RdBu_r",
-                                             title=f"occlusion: drop of {labels[top]}"), key="teach_occlusion")
+                                             title=f"occlusion: drop of {labels[top]}"), key=S.TEACH_OCCLUSION_FIG)
         h3.plotly_chart(F.heatmap_over_image(view, out["cls_attention"], name="attention",
-                                             title="DINOv2 CLS attention (no class)"), key="teach_cls")
+                                             title="DINOv2 CLS attention (no class)"), key=S.TEACH_CLS_FIG)
         st.caption("Left and middle: what the taught head uses for this class (Chefer et al. relevance; the logit "
                    "drop when each block of 4×4 patches is hidden). Right: where the frozen backbone's CLS token "
                    "looks in its last layer, the same for every class: the features the head reads.")
@@ -251,8 +251,8 @@ def use_model() -> None:
 
 
 k1, k2 = st.columns(2)
-k1.button("Use this model on every page", key="teach_use", on_click=use_model, type="primary")
-k2.download_button("Download (.safetensors with the preprocessing record)", key="teach_download",
+k1.button("Use this model on every page", key=S.TEACH_USE, on_click=use_model, type="primary")
+k2.download_button("Download (.safetensors with the preprocessing record)", key=S.TEACH_DOWNLOAD,
                    data=lambda: T.checkpoint_bytes(model, names, backbone.preprocessing,
                                                    {"val_accuracy": summary["val_accuracy"]}),
                    file_name="taught.safetensors", mime="application/octet-stream")
