@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from scipy import stats
 
 from vitcore import VisionTransformer, ViTConfig
 from vitcore.explain import faithfulness as FA
@@ -175,7 +176,11 @@ def test_methods_find_the_patch_the_model_reads(hand):
 # --------------------------------------------------------------------------- similarity and randomisation
 def test_spearman_and_ssim_hand_computed():
     a = torch.tensor([[1.0, 2.0], [2.0, 3.0]])
-    assert FA.spearman(a, a) == 1.0 and FA.ssim(a, a) == pytest.approx(1.0)
+    assert FA.spearman(a, 3 * torch.exp(a) - 1) == pytest.approx(1.0, abs=1e-12)  # a monotone map, not a copy
+    assert FA.ssim(a, a) == pytest.approx(1.0)
+    pi, e = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0], [2.0, 7.0, 1.0, 8.0, 2.0, 8.0, 1.0, 8.0]  # ties in both
+    assert FA.spearman(pi, e) == pytest.approx(stats.spearmanr(pi, e).statistic, abs=1e-12)
+    assert FA.spearman(pi, e) == pytest.approx(0.1988536812, abs=1e-9)
     assert FA.spearman([1.0, 2.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0]) == pytest.approx(3 / math.sqrt(10))
     assert FA.spearman([1.0, 2.0, 3.0], [3.0, 2.0, 1.0]) == pytest.approx(-1.0)
     assert FA.ssim(a, -a) < 0
