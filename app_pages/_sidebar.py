@@ -8,6 +8,7 @@ from app_pages._cache import cached_model, cached_samples
 from explorer import specs
 from explorer import state as S
 from explorer.models import MODEL_KINDS
+from explorer.texts import page_name
 from vitcore import PRESETS
 from vitcore.model.config import TOKEN_MIXERS
 from vitcore.model.mixers import MIXER_LABELS
@@ -64,7 +65,8 @@ def sidebar() -> None:
             if names:
                 st.selectbox("Fine-tuned model", names, key=S.SESSION_MODEL_NAME)
             else:
-                st.info("No model fine-tuned in this session yet: use the Fine-tune page.")
+                st.info(f"No model trained in this session yet: train one on the {page_name('finetune')} page "
+                        f"or teach one on the {page_name('teach')} page.")
         elif kind == "torchvision":
             name = st.selectbox("Architecture", specs.TORCHVISION_NAMES, key=S.TORCHVISION_NAME)
             st.caption("Uses weights from the local torch hub cache when present, random weights otherwise.")

@@ -31,6 +31,7 @@ from explorer import state as S
 from explorer.images import ImageError
 from explorer.models import LoadedModel, ModelSpec
 from explorer.registry import heading
+from explorer.texts import sentences
 
 
 def show_error(exc: BaseException, what: str = "") -> None:
@@ -137,7 +138,7 @@ def model_caption(loaded: LoadedModel) -> None:
     for key in ("notes", "licence"):
         value = meta.get(key)
         if value:
-            st.sidebar.caption(" ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value))
+            st.sidebar.caption(sentences(value))  # a list of notes reads as sentences
 
 
 def page_inputs(slug: str) -> tuple[ModelSpec, LoadedModel, str, Any, Any]:

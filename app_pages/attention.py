@@ -21,6 +21,7 @@ from app_pages._ui import (
 )
 from explorer import figures as F
 from explorer import state as S
+from explorer.texts import page_name
 from explorer.traces import mask_shares, query_maps
 
 spec, loaded, key, image, mask = page_inputs("attention")
@@ -33,7 +34,7 @@ except ValueError as exc:  # the guard: too large for the memory budget or the t
     st.stop()
 if trace.attention is None:  # a token-mixing MLP mixes with fixed weights: no token-to-token matrix
     st.info(f"{loaded.label} mixes tokens with an MLP (MLP-Mixer): there is no token-to-token matrix to show. "
-            "Pick another token mixer in the sidebar, or see the Beyond the CLS token page.")
+            f"Pick another token mixer in the sidebar, or see the {page_name('beyond')} page.")
     st.stop()
 attention_mixer = cfg.token_mixer == "attention"
 grid = tuple(trace.grid)
@@ -147,7 +148,8 @@ else:
             key=S.ATTN_GRADIENT_FIG)
     else:
         g2.info("This model has no classifier head (DINOv2 learned from photos without labels), so there is no "
-                "class to explain: the gradient rollout needs one. Teach it your own classes on the Teach page; "
+                "class to explain: the gradient rollout needs one. Teach it your own classes on the "
+                f"{page_name('teach')} page; "
                 "the class-agnostic maps on this page work as they are.")
     if mask is not None:
         shares = mask_shares(maps, mask)

@@ -8,6 +8,7 @@ from app_pages._ui import cached_samples, model_view, page_inputs, show_error, t
 from explorer import dino
 from explorer import figures as F
 from explorer import state as S
+from explorer.texts import page_name
 
 spec, loaded, key, image, _ = page_inputs("dino")
 cfg = loaded.config
@@ -23,7 +24,8 @@ st.plotly_chart(F.head_maps(attention * masks, [f"head {h}: {k:.0%} kept" for h,
 st.caption("For every head of the last block: the fewest patches that hold 60 % of what the CLS token attends to. "
            "In Caron et al.'s DINO models these masks outline the object without any label. Look at where this "
            "model's heads put theirs: on the object, on parts of it, or on the background (many ViTs park "
-           "attention on a few background patches); the Trust page measures how much such maps can be believed.")
+           f"attention on a few background patches); the {page_name('trust')} page measures how much such maps "
+           "can be believed.")
 
 st.subheader("Patch features in colour (DINOv2, Oquab et al. 2023)")
 photos = [name for name in cached_samples() if not name.startswith("shapes:") and f"sample:{name}" != key]

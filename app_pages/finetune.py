@@ -13,6 +13,7 @@ from explorer import training as T
 from explorer.jobs import FINISHED, INTERRUPTED, default_manager, new_code
 from explorer.models import ModelSpec
 from explorer.registry import heading
+from explorer.texts import page_name
 from explorer.training import FinetuneRequest, resume_request, run_finetune, warm_shapes
 from vitcore.data import SHAPE_CLASSES
 from vitcore.train import STRATEGIES, FitOptions
@@ -28,7 +29,7 @@ spec, loaded = picked
 if spec.kind == "dinov2":  # the automatic photo model is taught on the Teach page; this page trains a small ViT
     spec = ModelSpec("preset", preset="micro")
     loaded = cached_model(spec)
-    st.caption("The sidebar's DINOv2 is taught on the **Teach it your classes** page; here a micro ViT learns "
+    st.caption(f"The sidebar's DINOv2 is taught on the {page_name('teach')} page; here a micro ViT learns "
                "Shapes from random weights in about a minute. Pick another model in the sidebar to fine-tune it.")
 cfg = loaded.config
 warm_shapes(cfg.image_size)  # render the default Shapes set while the teacher sets up

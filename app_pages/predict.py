@@ -8,14 +8,15 @@ import streamlit as st
 from app_pages._ui import cached_occlusion_map, model_input, model_view, page_inputs, trace_for
 from explorer import figures as F
 from explorer import state as S
+from explorer.texts import page_name
 from explorer.traces import occlusion_effect
 
 spec, loaded, key, image, _ = page_inputs("predict")
 cfg = loaded.config
 if not loaded.class_names:
     st.info(f"{loaded.label} has no classifier head: it was trained without labels (self-supervised), so it "
-            "describes images but names no classes. Teach it classes of your own in seconds on the **Teach** "
-            "page; \"Use this model\" there brings the taught model back here with its labels.")
+            f"describes images but names no classes. Teach it classes of your own in seconds on the "
+            f"{page_name('teach')} page; \"Use this model\" there brings the taught model back here with its labels.")
     st.stop()
 x = model_input(loaded, image)
 names = loaded.class_names

@@ -15,6 +15,7 @@ from explorer.images import ImageError, load_image
 from explorer.jobs import FINISHED, default_manager
 from explorer.models import ModelSpec
 from explorer.registry import heading
+from explorer.texts import page_name
 
 st.title(heading("teach"))
 st.caption("Photograph or upload a few examples of 2 to 6 things; DINOv2 ViT-S/14 (frozen) describes every photo, "
@@ -257,4 +258,5 @@ k2.download_button("Download (.safetensors with the preprocessing record)", key=
                                                    {"val_accuracy": summary["val_accuracy"]}),
                    file_name="taught.safetensors", mime="application/octet-stream")
 if ss.get(S.MODEL_KIND) == "session" and str(ss.get(S.SESSION_MODEL_NAME, "")).startswith("taught #"):
-    st.caption("Every page now uses this model; Predict shows your class names. Pick another model in the sidebar.")
+    st.caption(f"Every page now uses this model; {page_name('predict')} shows your class names. Pick another model "
+               "in the sidebar.")

@@ -31,6 +31,7 @@ from torch import nn
 
 from explorer.images import ImageError, load_image
 from explorer.jobs import Job
+from explorer.texts import page_name
 from explorer.training import MAX_CLASS_NAME, allowed_data_folder, check_class_names
 from vitcore import VisionTransformer
 from vitcore.data.images import Preprocessing
@@ -406,7 +407,7 @@ def checkpoint_bytes(model: VisionTransformer, class_names: list[str], preproces
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "taught.safetensors"
         save_checkpoint(model, path, class_names=list(class_names), preprocessing=preprocessing,
-                        extra={"source": "taught on the Teach page", **(extra or {})})
+                        extra={"source": f"taught on the {page_name('teach', False)} page", **(extra or {})})
         return path.read_bytes()
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from explorer.texts import page_name
 from vitcore import VisionTransformer, patchify
 from vitcore.model import parameter_count
 from vitcore.model.mixers import mixer_cost
@@ -77,7 +78,7 @@ def shape_flow(model: VisionTransformer, images: torch.Tensor) -> list[Stage]:
         Stage("logits", "[B, C]", tuple(logits.shape), f"one score per class ({logits.shape[-1]})")
         if cfg.num_classes else
         Stage("features", "[B, D]", tuple(logits.shape), "no classifier head: the model's output is this feature "
-              "vector (a head can be trained on it in seconds, see the Teach page)"),
+              f"vector (a head can be trained on it in seconds, see the {page_name('teach', False)} page)"),
     ]
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from explorer import state as S
 from explorer.models import ModelSpec, digest
+from explorer.texts import page_name
 from vitcore.model.config import PATCH_SIZES, PRESETS, TOKEN_MIXERS, ViTConfig, divisors
 
 __all__ = [
@@ -117,7 +118,8 @@ def spec_from_state(state: Mapping[str, Any]) -> tuple[ModelSpec, bytes | None]:
         name = state.get(S.SESSION_MODEL_NAME)
         models = state.get(S.SESSION_MODELS) or {}
         if not name or name not in models:
-            raise ValueError("No model fine-tuned in this session yet: train one on the Fine-tune page.")
+            raise ValueError(f"No model trained in this session yet: train one on the {page_name('finetune', False)} "
+                             f"page or teach one on the {page_name('teach', False)} page.")
         data = models[name]
         return ModelSpec("session", name=name, digest=digest(data)), data
     if kind == "torchvision":

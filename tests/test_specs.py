@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from explorer import specs
+from explorer import registry, specs
 from explorer import state as S
 from explorer.models import ModelSpec, digest
 
@@ -50,7 +52,7 @@ def test_uploads_and_session_models_are_keyed_by_their_digest():
     ("state", "message"),
     [
         ({S.MODEL_KIND: "checkpoint"}, "Upload a .safetensors"),
-        ({S.MODEL_KIND: "session"}, "No model fine-tuned"),
+        ({S.MODEL_KIND: "session"}, re.escape(f"train one on the “{registry.page('finetune').label}” page")),
         ({S.MODEL_KIND: "hf", S.HF_SOURCE: "  "}, "Hugging Face model id"),
         ({S.MODEL_KIND: "torchvision", S.TORCHVISION_NAME: "../etc"}, "unknown torchvision model"),
         ({S.MODEL_KIND: "<script>"}, "unknown model choice"),

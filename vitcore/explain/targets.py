@@ -192,7 +192,8 @@ def scorer(model: nn.Module, image: torch.Tensor, target: Any = None) -> Scorer:
     if num_classes == 0:
         raise ValueError(
             "this model has no classification head (num_classes=0), so there is no class to explain; explain "
-            "target='similarity' (what keeps its features what they are), or teach it classes (Teach page)"
+            "target='similarity' (what keeps its features what they are), or fit a head on its features first "
+            "(vitcore.train.fewshot.train_linear_head; in the app, the page 'Teach it your classes')"
         )
     index = target.index
     if index is not None and not 0 <= index < num_classes:
