@@ -38,12 +38,29 @@ def images() -> torch.Tensor:
     return torch.randn(2, 3, 16, 24)
 
 
-def test_lazy_exports_are_these_objects():
-    from vitcore.inspect.capture import Trace
+def test_importing_the_capture_module_leaves_vitcore_capture_the_function():
+    """In a fresh process, importing the submodules (``vitcore.inspect.capture`` first) must not
+    shadow the top-level function ``vitcore.capture`` with a module."""
+    import subprocess
+    import sys
 
-    assert vitcore.capture is capture and vitcore.capturing is capturing
-
-    assert vitcore.Trace is Trace
+    script = """
+import types
+import vitcore.inspect.capture as module
+import vitcore.inspect
+import vitcore.inspect.analysis, vitcore.inspect.views, vitcore.inspect.dense
+import vitcore
+import torch
+assert not isinstance(vitcore.capture, types.ModuleType), vitcore.capture
+assert vitcore.capture is module.capture and vitcore.capturing is module.capturing
+assert vitcore.Trace is module.Trace
+model = vitcore.VisionTransformer(vitcore.ViTConfig(image_size=8, patch_size=4, dim=8, depth=1, heads=2))
+trace = vitcore.capture(model, torch.zeros(1, 3, 8, 8))
+print(type(trace).__name__, tuple(trace.attention[0].shape))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["Trace", "(1,", "2,", "5,", "5)"]
 
 
 def test_logits_bit_identical_to_explicit_path_and_close_to_fused(model, images):
