@@ -154,8 +154,26 @@ def test_a_queued_job_whose_page_closed_gives_way():
     wait_for(lambda: mine.status == "done")
 
 
-def test_the_default_heartbeat_lets_an_orphan_go_within_10_s():
-    assert JobManager().heartbeat_timeout <= 8.0
+def test_with_the_default_heartbeat_an_orphan_goes_within_10_s_and_a_late_poller_stays():
+    """Pages poll every second. With the default heartbeat, a queued job whose page last polled 3 s
+    ago (a slow rerun) keeps its place, and one whose page closed 10 s ago gives way at the next
+    sweep. The owners' clocks are set back instead of waited for."""
+    manager = JobManager(max_running=1)
+    gate = threading.Event()
+    running = manager.submit("a", lambda job: gate.wait(5))
+    wait_for(lambda: running.status == "running")
+    late = manager.submit("b", lambda job: "late")
+    orphan = manager.submit("c", lambda job: "orphan")
+    mine = manager.submit("d", lambda job: "mine")
+    now = time.monotonic()
+    late.last_seen, orphan.last_seen = now - 3.0, now - 10.0
+    assert manager.position(mine) == 2  # the late poller still counts, the orphan no longer does
+    manager.sweep()
+    assert orphan.status == "stopped" and "page was closed" in orphan.message
+    assert late.status == "queued" and not late.stop_requested
+    gate.set()
+    wait_for(lambda: late.status == "done" and mine.status == "done")
+    assert (late.result, mine.result, orphan.result) == ("late", "mine", None)
 
 
 def test_version_grows_with_every_visible_change_and_snapshots_thin_steps():
