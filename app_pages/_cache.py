@@ -188,3 +188,45 @@ def cached_distance(spec: ModelSpec, image_key: str, patch_size: int, _trace: An
 
     return _cached(("distance", spec, image_key, tuple(_trace.grid), int(patch_size)),
                    lambda: distance_map(_trace, patch_size), _array_bytes)
+
+
+def cached_shape_flow(spec: ModelSpec, image_key: str, size: tuple[int, int], _loaded: LoadedModel,
+                      _x: torch.Tensor | Callable[[], torch.Tensor]):
+    """The Home page's data flow (:func:`explorer.pipeline.shape_flow`) of one image, one forward pass per key."""
+    from explorer.pipeline import shape_flow
+
+    trace_guard(_loaded, size)  # the same cost check as the trace: one forward pass of this model at this size
+    return _cached(("shape_flow", spec, image_key, tuple(size)),
+                   lambda: shape_flow(_loaded.model, _x() if callable(_x) else _x),
+                   lambda stages: 256 * len(stages), "Running the model stage by stage…")
+
+
+def cached_patch_colours(spec: ModelSpec, image_key: str, layer: int, _trace: Any):
+    """The patch tokens after ``layer`` blocks as PCA colours (:func:`explorer.embeddings.patch_colours`)."""
+    from explorer.embeddings import patch_colours
+
+    return _cached(("patch_colours", spec, image_key, tuple(_trace.grid), int(layer)),
+                   lambda: patch_colours(_trace, int(layer)), _array_bytes)
+
+
+def cached_filters(spec: ModelSpec, _loaded: LoadedModel):
+    """Principal components of the model's patch-embedding filters (one SVD per model)."""
+    from explorer.embeddings import filters
+
+    return _cached(("filters", spec), lambda: filters(_loaded.model), _array_bytes)
+
+
+def cached_position_similarity(spec: ModelSpec, _trace: Any):
+    """Position-embedding cosine similarity (N, gh, gw): per model and grid, the same for every image."""
+    from explorer.embeddings import position_similarity
+
+    return _cached(("position_similarity", spec, tuple(_trace.grid)), lambda: position_similarity(_trace),
+                   _array_bytes)
+
+
+def cached_cls_similarity(spec: ModelSpec, image_key: str, _trace: Any):
+    """Cosine of each patch token with the CLS token after the last block, (gh, gw)."""
+    from explorer.embeddings import cls_similarity
+
+    return _cached(("cls_similarity", spec, image_key, tuple(_trace.grid)), lambda: cls_similarity(_trace),
+                   _array_bytes)

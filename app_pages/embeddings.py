@@ -2,28 +2,26 @@
 
 from __future__ import annotations
 
-import numpy as np
 import streamlit as st
 
+from app_pages._cache import cached_cls_similarity, cached_filters, cached_patch_colours, cached_position_similarity
 from app_pages._ui import clickable, model_view, page_inputs, patch_picker, trace_for
 from explorer import figures as F
 from explorer import state as S
-from vitcore.inspect import analysis
 
 spec, loaded, key, image, _ = page_inputs("embeddings")
 cfg = loaded.config
 trace = trace_for(spec, loaded, key, image)
 grid = tuple(trace.grid)
 resized = model_view(loaded, image)
-prefix = trace.num_prefix_tokens
 
 st.subheader("Patch tokens as colours")
 layer = st.slider("After block (0 = embeddings + position, before any block)", 0, cfg.depth, cfg.depth,
                   key=S.EMB_LAYER)
-rgb = analysis.patch_pca_rgb(trace.tokens[layer][0], grid, num_prefix_tokens=prefix)
+colours = cached_patch_colours(spec, key, layer, trace)  # (gh·16, gw·16, 3) in [0, 1]
 left, right = st.columns(2)
 left.plotly_chart(F.image_with_grid(resized, cfg.patch_size, title="input"), key=S.EMB_INPUT_FIG)
-right.image(np.kron(np.asarray(rgb), np.ones((16, 16, 1))).clip(0, 1), caption=(
+right.image(colours, caption=(
     "first three principal components of the patch tokens as red, green, blue: patches the model "
     "represents alike get alike colours"), width="stretch")
 with st.expander("What is a token, and what is the CLS token for?"):
@@ -35,13 +33,13 @@ with st.expander("What is a token, and what is the CLS token for?"):
     )
 
 st.subheader("Embedding filters (Fig. 7, left)")
-filters = analysis.embedding_filters(loaded.model, k=min(28, 3 * cfg.patch_size**2, cfg.dim))
-st.plotly_chart(F.filters_figure(filters.numpy()), key=S.EMB_FILTERS_FIG)
+filters = cached_filters(spec, loaded)  # (k, C, P, P)
+st.plotly_chart(F.filters_figure(filters), key=S.EMB_FILTERS_FIG)
 st.caption("The principal components of the rows of E (the patch-embedding weights), each shown as a P×P RGB "
            "patch. Trained ViTs learn smooth, Gabor-like bases; a random model shows noise.")
 
 st.subheader("Position embedding similarity (Fig. 7, centre)")
-sim = analysis.position_embedding_similarity(trace.pos_embedding, grid, num_prefix_tokens=prefix).numpy()
+sim = cached_position_similarity(spec, trace)  # (N, gh, gw)
 N = grid[0] * grid[1]
 cols = st.columns([1, 1])
 patch = patch_picker("Patch (or click one on the right)", S.EMB_PATCH, N, cols[0])
@@ -53,6 +51,6 @@ cols[0].plotly_chart(F.similarity_grid(sim, grid, title="all patches (tile r, c 
 st.download_button("Position similarity (CSV, N×N)", F.to_csv(sim.reshape(N, N)), "position_similarity.csv")
 
 st.subheader("How much each patch resembles CLS")
-cls = analysis.cls_similarity(trace.tokens[-1][0], grid, num_prefix_tokens=prefix).numpy()
+cls = cached_cls_similarity(spec, key, trace)  # (gh, gw)
 st.plotly_chart(F.heatmap_over_image(resized, cls, title="cosine(patch token, CLS token) after the last block",
                                      name="cosine"), key=S.EMB_CLS_FIG)

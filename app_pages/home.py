@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import streamlit as st
-import torch
 
-from app_pages._ui import current_image, current_model, model_input
-from explorer.pipeline import shape_flow
+from app_pages._cache import cached_shape_flow
+from app_pages._ui import current_image, current_model, model_input, show_error
 from explorer.registry import tour
 
 st.title("ViT Explorer")
@@ -15,18 +14,21 @@ st.markdown(
     "16x16 Words*, 2021). Pick an image and a model in the sidebar; every page uses them."
 )
 
-picked = current_model()
-img = current_image()
+picked, img = current_model(), current_image()
+stages = []
 if picked is not None and img is not None:
     spec, loaded = picked
-    _, image, _ = img
+    image_key, image, _ = img
+    size = tuple(loaded.preprocessing.crop_size)  # the input the model reads (DINOv2: 224, not its native 518)
+    try:  # one forward pass per (model, image, size), shared by every session
+        stages = cached_shape_flow(spec, image_key, size, loaded, lambda: model_input(loaded, image))
+    except ValueError as exc:  # the guard: this model at this size does not fit the budget
+        show_error(exc, "Data flow")
+if stages:
     cfg = loaded.config
-    x = model_input(loaded, image)
-    with torch.no_grad():
-        stages = shape_flow(loaded.model, x)
     st.subheader("The data flow, with the shapes of this run")
     st.caption(
-        f"Model: {loaded.label} · image {cfg.image_size[0]}×{cfg.image_size[1]}, patch P={cfg.patch_size}, "
+        f"Model: {loaded.label} · image {size[0]}×{size[1]}, patch P={cfg.patch_size}, "
         f"D={cfg.dim}, {cfg.depth} blocks × {cfg.heads} heads"
     )
     left, right = st.columns([1, 2])
