@@ -10,14 +10,18 @@ import streamlit as st
 from app_pages._ui import page_inputs, show_error
 from explorer import beyond as B
 from explorer import state as S
+from explorer.beyond_assets import stored_report
 from explorer.models import LoadedModel, ModelSpec
 
 
 @st.cache_resource(max_entries=8, show_spinner="Rendering Shapes, reading this model's frozen tokens and fitting the "
                                                "heads (seconds for the bundled model, about a minute for a ViT-S)…")
 def cached_report(spec: ModelSpec, _loaded: LoadedModel) -> B.DenseReport:
+    """The page's report: precomputed for the default models (assets/beyond, by fingerprint), else computed."""
     pre = _loaded.preprocessing
-    return B.dense_report(_loaded.model, pre.normalization, tuple(pre.crop_size))
+    size = tuple(pre.crop_size)
+    stored = stored_report(_loaded.model, pre.normalization, size)
+    return stored if stored is not None else B.dense_report(_loaded.model, pre.normalization, size)
 
 
 @st.cache_resource(max_entries=64, show_spinner=False)
@@ -110,11 +114,13 @@ else:
                f"patch weights sum to {round(float(maps[0].sum()), 3) + 0.0:.3f} in head 0.")
 
 rows = B.mixer_table()
-st.subheader("Same time budget, same data")
+st.subheader("Same training steps, same data")
 if rows:
     st.dataframe(rows, hide_index=True, key=S.BEYOND_MIXER_TABLE)
     st.caption("From `python benchmarks/mixers.py --readme`: micro ViTs trained from scratch on 32×32 Shapes for "
-               "the same seconds; parameters, GFLOPs and batch-1 latency (2 threads) of tiny ViTs at 224 px "
-               "(197 tokens) and 448 px (785 tokens). The × columns: how each cost grows for 4× the tokens.")
+               "the same number of steps (seeded, so the accuracies do not depend on the machine); parameters, "
+               "GFLOPs and batch-1 latency of tiny ViTs at 224 px (197 tokens) and 448 px (785 tokens), the "
+               "latency as a ratio to attention's in the same run. ×FLOPs and ×latency: how each cost grows for 4× "
+               "the tokens. " + B.mixer_note())
 else:
     st.info("No comparison yet: run `python benchmarks/mixers.py --readme` (a few minutes) to fill the table.")

@@ -39,6 +39,7 @@ __all__ = [
     "micro_image",
     "image_masks_figure",
     "masks_figure",
+    "mixer_note",
     "mixer_table",
     "mixing_figure",
     "mixing_maps",
@@ -280,6 +281,16 @@ def mixer_table(text: str | None = None) -> list[dict[str, str]]:
 
     header = cells(lines[0])
     return [dict(zip(header, cells(line))) for line in lines[2:]]
+
+
+def mixer_note(text: str | None = None) -> str:
+    """The prose under the README's mixer table: where, when and under what load it was measured."""
+    text = README.read_text() if text is None else text
+    found = re.search(r"<!-- mixers:start -->\n(.*?)\n<!-- mixers:end -->", text, flags=re.S)
+    if not found:
+        return ""
+    return " ".join(line.strip() for line in found.group(1).splitlines()
+                    if line.strip() and not line.strip().startswith("|"))
 
 
 @torch.no_grad()
