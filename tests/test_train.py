@@ -194,7 +194,7 @@ def test_callbacks_and_stop_event_stop_the_run(micro, tiny_data):
 def test_max_seconds_limit(micro, tiny_data):
     result = fit(micro, tiny_data, epochs=1000, max_seconds=0.5)
     assert result.stop_reason == "max_seconds"
-    assert len(result.history) >= 1 and result.seconds < 30
+    assert 1 <= len(result.history) < 1000 and result.seconds >= 0.5  # stopped by the limit, not before it
 
 
 def test_resnet18_baseline_head_and_full(tiny_data):
