@@ -209,7 +209,7 @@ def test_finetune_page_follows_a_short_job_to_a_usable_model():
     at = app(page)
     assert any("press **Start fine-tuning**" in i.value for i in at.info)
     request = FinetuneRequest(loaded=build_model(ModelSpec("bundled")), strategy="last_k", last_k=1,
-                              shapes_per_class=40, epochs=2, max_seconds=30)
+                              shapes_per_class=40, epochs=2, max_seconds=600)  # seed 0; ends by epochs, not time
     job = default_manager().submit("apptest", lambda j: run_finetune(j, request))
     at.session_state[S.TRAIN_JOB] = job.id
     deadline = time.monotonic() + 240
@@ -221,7 +221,7 @@ def test_finetune_page_follows_a_short_job_to_a_usable_model():
     assert job.status == "done", job.message
     results = " ".join(m.value for m in at.markdown if "Best validation accuracy" in m.value)
     accuracy = float(results.split("**")[1].rstrip("%")) / 100
-    assert accuracy > 0.2  # five classes: above chance
+    assert accuracy >= 0.8  # five classes: chance is 0.2; measured 1.00 (the bundled model was trained on Shapes)
     assert [m.value for m in at.metric if m.label == "val accuracy"]
     model, meta = load_checkpoint(job.snapshot()["artifacts"]["best_checkpoint"])
     assert meta["class_names"] == ["circle", "square", "triangle", "cross", "star"]
