@@ -1,8 +1,8 @@
 """Bring your own ViT: torchvision, Hugging Face and timm Vision Transformers as vitcore models.
 
-Modules: ``common`` (shared helpers), ``torchvision``, ``hf`` (ViT, DeiT, DINO, DINOv2; which
-sources an app may accept), ``timm``, ``verify`` and ``downloads`` (fetching weights on an
-explicit call).
+Modules: ``common`` (shared helpers), ``torchvision``, ``hf`` (loading ViT, DeiT, DINO, DINOv2;
+which sources an app may accept), ``hf_convert`` (a Hugging Face module -> vitcore weights),
+``timm``, ``verify`` and ``downloads`` (fetching weights on an explicit call).
 
 Every converter copies the reference's tensors into a :class:`~vitcore.model.VisionTransformer`
 whose config says the same thing (width, depth, heads, MLP width, LayerNorm eps, qkv bias,

@@ -1,20 +1,8 @@
-"""Hugging Face ViT / DeiT / DINO / DINOv2 as vitcore models, and where an app may read them from.
+"""Hugging Face ViT / DeiT / DINO / DINOv2 as vitcore models: finding and loading them (a local folder or
+a cached hub id, safe weights only), their preprocessing, and which sources an app may accept.
 
-DINOv2 (Oquab et al. 2023) differs from the ViT of the paper in three ways, each reproduced:
-
-- LayerScale after the attention and the MLP branch: folded into ``attn.proj`` and ``mlp.fc2``
-  (see :func:`~vitcore.pretrained.common.linear_state_scaled`);
-- register tokens (Darcet et al. 2023, ``Dinov2WithRegistersModel``): Hugging Face inserts them
-  right after CLS, after the position embedding was added, so they carry none; vitcore's
-  ``num_registers`` does the same;
-- the position embedding is resized with ``F.interpolate(mode="bicubic", size=grid,
-  align_corners=False)``: without antialias in ``Dinov2Model`` and with ``antialias=True`` in
-  ``Dinov2WithRegistersModel`` (transformers 5.x), hence ``pos_interpolation``.
-
-Name mapping for DINOv2 (block ``i``): ``encoder.layer[i].norm1 / norm2`` -> ``blocks[i].norm1 /
-norm2``; ``attention.{q,k,v}_proj`` -> ``attn.qkv``; ``attention.o_proj`` x ``layer_scale1`` ->
-``attn.proj``; ``mlp.fc1`` -> ``mlp.fc1``; ``mlp.fc2`` x ``layer_scale2`` -> ``mlp.fc2``;
-``embeddings.register_tokens`` -> ``register_tokens``.
+The conversion itself (which classes, the config and weight mapping, DINOv2's LayerScale and
+registers) is :mod:`vitcore.pretrained.hf_convert`.
 """
 
 from __future__ import annotations
@@ -28,36 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..model.config import ViTConfig
 from ..model.vit import VisionTransformer
-from .common import (
-    HF_DEFAULT_MEAN,
-    HF_DEFAULT_STD,
-    build_vit,
-    check_patch_conv,
-    layer_norm_of,
-    linear_state,
-    linear_state_scaled,
-    mlp_ratio_for,
-    strip_prefix,
-)
+from .common import HF_DEFAULT_MEAN, HF_DEFAULT_STD, strip_prefix
+from .hf_convert import DINOV2_TYPES, HF_ARCHITECTURES, HF_REFUSED, convert_hf
 
 __all__ = ["MODELS_ROOT_ENV", "from_hf", "from_hf_source", "load_hf", "models_root_from_env", "resolve_hf_source"]
 
-# Hugging Face classes we reproduce exactly, by model_type.
-_HF_ARCHITECTURES = {
-    "vit": ("ViTModel", "ViTForImageClassification"),
-    "deit": ("DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher"),
-    "dinov2": ("Dinov2Model",),
-    "dinov2_with_registers": ("Dinov2WithRegistersModel",),
-}
-_DINOV2_TYPES = ("dinov2", "dinov2_with_registers")
-# Classes of a supported model type whose head vitcore cannot reproduce, with the reason.
-_HF_REFUSED = {
-    "Dinov2ForImageClassification": "its head reads [CLS, mean of the patch tokens] concatenated (2D inputs)",
-    "Dinov2WithRegistersForImageClassification": "its head reads [CLS, mean of the patch tokens] concatenated (2D "
-    "inputs)",
-}
 # Parameters a checkpoint may lack without changing what vitcore reproduces: the pooler (not
 # reproduced) and DINOv2's mask token (used only for masked pre-training).
 _HF_OPTIONAL_KEYS = re.compile(r"^(.*\.)?(pooler\..*|embeddings\.mask_token)$")
@@ -153,16 +117,16 @@ def load_hf(id_or_path: str, download: bool = False, *, folders: bool = True) ->
     except Exception as err:
         raise ValueError(f"could not read the config of {where!r}: {err}") from err
     model_type = getattr(config, "model_type", None)
-    if model_type not in _HF_ARCHITECTURES:
+    if model_type not in HF_ARCHITECTURES:
         raise ValueError(
             f"{where!r} is a {model_type!r} model; vitcore reproduces the Hugging Face model types "
-            f"{list(_HF_ARCHITECTURES)}"
+            f"{list(HF_ARCHITECTURES)}"
         )
-    supported = _HF_ARCHITECTURES[model_type]
+    supported = HF_ARCHITECTURES[model_type]
     architecture = (getattr(config, "architectures", None) or [supported[0]])[0]
-    if architecture in _HF_REFUSED:
+    if architecture in HF_REFUSED:
         raise ValueError(
-            f"{where!r} is a {architecture}: {_HF_REFUSED[architecture]}, which vitcore's single linear head does "
+            f"{where!r} is a {architecture}: {HF_REFUSED[architecture]}, which vitcore's single linear head does "
             f"not reproduce; vitcore reproduces {list(supported)} (the backbone, features only)"
         )
     if architecture not in supported:
@@ -209,147 +173,6 @@ def _check_loading_info(where: str, architecture: str, info: dict[str, Any]) -> 
         f"the weights in {where!r} do not fit its config ({architecture}): {' and '.join(problems)}{extra}. "
         f"They would start from random values; save the model again with save_pretrained, or fix config.json"
     )
-
-
-def hf_parts(hf: nn.Module) -> tuple[nn.Module, str, nn.Module | None, nn.Module | None]:
-    """(base model, architecture, class head, distillation head) of a supported HF model."""
-    architecture = type(hf).__name__
-    model_type = getattr(getattr(hf, "config", None), "model_type", None)
-    if architecture in _HF_REFUSED:
-        raise ValueError(
-            f"{architecture}: {_HF_REFUSED[architecture]}, which vitcore's single linear head does not reproduce; "
-            f"convert its backbone (model.{getattr(hf, 'base_model_prefix', 'dinov2')}) instead"
-        )
-    if model_type not in _HF_ARCHITECTURES or architecture not in _HF_ARCHITECTURES[model_type]:
-        known = [a for archs in _HF_ARCHITECTURES.values() for a in archs]
-        raise ValueError(f"expected one of the Hugging Face classes {known}, got {architecture}")
-    if architecture in ("ViTModel", "DeiTModel", "Dinov2Model", "Dinov2WithRegistersModel"):
-        return hf, architecture, None, None
-    base = hf.vit if model_type == "vit" else hf.deit
-    if architecture == "DeiTForImageClassificationWithTeacher":
-        return base, architecture, hf.cls_classifier, hf.distillation_classifier
-    return base, architecture, hf.classifier, None
-
-
-def _hf_config(
-    hf_config: Any, distilled: bool, num_classes: int, mlp_dim: int, distilled_head: bool = True
-) -> ViTConfig:
-    c = hf_config
-    patch = c.patch_size if isinstance(c.patch_size, int) else tuple(c.patch_size)
-    if not isinstance(patch, int):
-        if patch[0] != patch[1]:
-            raise ValueError(f"patch_size={patch} is not square; vitcore uses square P x P patches")
-        patch = patch[0]
-    if c.hidden_act != "gelu":
-        raise ValueError(f"hidden_act={c.hidden_act!r}; vitcore's MLP uses the exact GELU ('gelu')")
-    head_dim = getattr(c, "head_dim", None)
-    if head_dim is not None and head_dim * c.num_attention_heads != c.hidden_size:
-        raise ValueError(f"head_dim={head_dim} x heads={c.num_attention_heads} != hidden_size={c.hidden_size}")
-    image_size = c.image_size if isinstance(c.image_size, int) else tuple(c.image_size)
-    return ViTConfig(
-        image_size=image_size,
-        patch_size=patch,
-        in_channels=c.num_channels,
-        num_classes=num_classes,
-        dim=c.hidden_size,
-        depth=c.num_hidden_layers,
-        heads=c.num_attention_heads,
-        mlp_ratio=mlp_ratio_for(c.hidden_size, mlp_dim),
-        dropout=float(c.hidden_dropout_prob),
-        attention_dropout=float(c.attention_probs_dropout_prob),
-        qkv_bias=bool(c.qkv_bias),
-        layer_norm_eps=float(c.layer_norm_eps),
-        distilled=distilled,
-        distilled_head=distilled_head,
-        num_registers=int(getattr(c, "num_register_tokens", 0) or 0) if c.model_type == "dinov2_with_registers" else 0,
-        # transformers 5.x: Dinov2Embeddings interpolates without antialias, the registers variant with it
-        pos_interpolation="bicubic_antialias" if c.model_type == "dinov2_with_registers" else "bicubic",
-    )
-
-
-def _convert_hf(hf: nn.Module) -> tuple[VisionTransformer, str]:
-    base, architecture, head, head_dist = hf_parts(hf)
-    emb = base.embeddings
-    distilled = getattr(emb, "distillation_token", None) is not None
-    if head is not None and isinstance(head, nn.Linear):
-        num_classes = head.out_features
-    elif head is None or isinstance(head, nn.Identity):
-        num_classes = 0
-    else:
-        raise ValueError(f"the classifier of this {architecture} is {head!r}, not a Linear")
-    if architecture == "DeiTForImageClassificationWithTeacher" and num_classes == 0:
-        raise ValueError("a DeiTForImageClassificationWithTeacher without labels averages two tokens; use DeiTModel")
-    # DeiTForImageClassification's head reads only the CLS token (the distillation token still
-    # attends); the teacher variant averages a CLS head and a distillation head.
-    if hf.config.model_type in _DINOV2_TYPES:
-        return _convert_dinov2(hf), architecture
-    mlp_dim = base.layers[0].mlp.fc1.out_features
-    config = _hf_config(
-        hf.config, distilled, num_classes, mlp_dim, distilled_head=architecture != "DeiTForImageClassification"
-    )
-
-    conv = check_patch_conv(emb.patch_embeddings.projection, "embeddings.patch_embeddings.projection")
-    state: dict[str, torch.Tensor] = {
-        "patch_embed.proj.weight": conv.weight.detach(),
-        "patch_embed.proj.bias": conv.bias.detach(),
-        "cls_token": emb.cls_token.detach(),  # (1, 1, D)
-        "pos_embedding": emb.position_embeddings.detach(),  # (1, prefix+N, D)
-        **linear_state("norm", layer_norm_of(base.layernorm, "layernorm")),
-    }
-    if distilled:
-        state["dist_token"] = emb.distillation_token.detach()  # (1, 1, D)
-    if num_classes:
-        state.update(linear_state("head", head))
-    if head_dist is not None:
-        state.update(linear_state("head_dist", head_dist))
-    for i, layer in enumerate(base.layers):
-        attn, p = layer.attention, f"blocks.{i}"
-        q, k, v = attn.q_proj, attn.k_proj, attn.v_proj
-        # rows of each projection are (h d); stacked they are vitcore's (three h d)
-        state[f"{p}.attn.qkv.weight"] = torch.cat([q.weight, k.weight, v.weight]).detach()  # (3D, D)
-        if q.bias is not None:
-            state[f"{p}.attn.qkv.bias"] = torch.cat([q.bias, k.bias, v.bias]).detach()  # (3D,)
-        state.update(linear_state(f"{p}.attn.proj", attn.o_proj))
-        state.update(linear_state(f"{p}.norm1", layer_norm_of(layer.layernorm_before, f"layer {i} layernorm_before")))
-        state.update(linear_state(f"{p}.norm2", layer_norm_of(layer.layernorm_after, f"layer {i} layernorm_after")))
-        state.update(linear_state(f"{p}.mlp.fc1", layer.mlp.fc1))
-        state.update(linear_state(f"{p}.mlp.fc2", layer.mlp.fc2))
-
-    return build_vit(config, state, like=conv.weight), architecture
-
-
-def _convert_dinov2(hf: nn.Module) -> VisionTransformer:
-    """Dinov2Model / Dinov2WithRegistersModel: LayerScale folded into the linears, registers after CLS."""
-    c, emb, layers = hf.config, hf.embeddings, list(hf.encoder.layer)
-    if getattr(c, "use_swiglu_ffn", False) or not hasattr(layers[0].mlp, "fc1"):
-        raise ValueError(
-            "this DINOv2 uses a SwiGLU MLP (use_swiglu_ffn=True, as DINOv2 giant does); vitcore's MLP is "
-            "Linear-GELU-Linear, so only the small, base and large DINOv2 (plain MLP) can be converted"
-        )
-    config = _hf_config(c, False, 0, layers[0].mlp.fc1.out_features)
-    conv = check_patch_conv(emb.patch_embeddings.projection, "embeddings.patch_embeddings.projection")
-    state: dict[str, torch.Tensor] = {
-        "patch_embed.proj.weight": conv.weight.detach(),
-        "patch_embed.proj.bias": conv.bias.detach(),
-        "cls_token": emb.cls_token.detach(),  # (1, 1, D)
-        "pos_embedding": emb.position_embeddings.detach(),  # (1, 1+N, D): CLS and patches, none for registers
-        **linear_state("norm", layer_norm_of(hf.layernorm, "layernorm")),
-    }
-    if config.num_registers:
-        state["register_tokens"] = emb.register_tokens.detach()  # (1, R, D)
-    for i, layer in enumerate(layers):
-        attn, p = layer.attention, f"blocks.{i}"
-        q, k, v = attn.q_proj, attn.k_proj, attn.v_proj
-        state[f"{p}.attn.qkv.weight"] = torch.cat([q.weight, k.weight, v.weight]).detach()  # (3D, D)
-        if q.bias is not None:
-            state[f"{p}.attn.qkv.bias"] = torch.cat([q.bias, k.bias, v.bias]).detach()  # (3D,)
-        # x + LS1(o_proj(a)) with LS1(y) = lambda1 * y  ==  x + o_proj'(a) with o_proj' = lambda1-scaled rows
-        state.update(linear_state_scaled(f"{p}.attn.proj", attn.o_proj, layer.layer_scale1.lambda1))
-        state.update(linear_state(f"{p}.norm1", layer_norm_of(layer.norm1, f"layer {i} norm1")))
-        state.update(linear_state(f"{p}.norm2", layer_norm_of(layer.norm2, f"layer {i} norm2")))
-        state.update(linear_state(f"{p}.mlp.fc1", layer.mlp.fc1))
-        state.update(linear_state_scaled(f"{p}.mlp.fc2", layer.mlp.fc2, layer.layer_scale2.lambda1))
-    return build_vit(config, state, like=conv.weight)
 
 
 def _read_preprocessor(path: str | None) -> dict[str, Any]:
@@ -409,7 +232,7 @@ def from_hf(
     else:
         raise ValueError("expected a Hugging Face ViT/DeiT/DINOv2 model, a local folder or a hub id")
 
-    model, architecture = _convert_hf(hf)
+    model, architecture = convert_hf(hf)
     num_classes = model.config.num_classes
     id2label = getattr(hf.config, "id2label", None) or {}
     labels = {int(k): str(v) for k, v in id2label.items()}
@@ -419,7 +242,7 @@ def from_hf(
         notes.append("the Hugging Face pooler (dense + tanh on CLS) is not reproduced; compare last_hidden_state")
     if architecture == "DeiTForImageClassification":
         notes.append("DeiT without teacher: the head reads the CLS token only (head_dist is None)")
-    if hf.config.model_type in _DINOV2_TYPES:
+    if hf.config.model_type in DINOV2_TYPES:
         notes.append("DINOv2: LayerScale is folded into attn.proj and mlp.fc2 (exact); the model returns CLS features")
     if model.config.num_registers:
         notes.append(f"{model.config.num_registers} register tokens after CLS, without position embedding")

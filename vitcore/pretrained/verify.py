@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..model.vit import VisionTransformer
-from .hf import hf_parts
+from .hf_convert import hf_parts
 
 __all__ = ["verify"]
 
