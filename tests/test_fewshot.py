@@ -164,6 +164,24 @@ def test_lbfgs_finds_the_minimum_of_a_convex_quadratic():
     assert np.allclose(x, target, atol=1e-6) and f < 1e-10 and iterations < 500
 
 
+def test_lbfgs_runs_blas_on_one_thread_and_gives_the_pool_back():
+    from threadpoolctl import threadpool_info
+
+    def blas_threads() -> list[int]:
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    before, seen = blas_threads(), []
+
+    def quadratic(x):
+        seen.append(blas_threads())
+        return 0.5 * float(x @ x), x
+
+    x, f, _ = minimize_lbfgs(quadratic, np.ones(8))
+    assert f < 1e-12 and np.allclose(x, 0)
+    assert seen and all(threads and set(threads) == {1} for threads in seen)
+    assert blas_threads() == before
+
+
 def test_logistic_gradient_matches_finite_differences():
     rng = np.random.default_rng(0)
     f, y = rng.normal(size=(7, 5)), rng.integers(0, 3, 7)
