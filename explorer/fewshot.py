@@ -378,8 +378,8 @@ def _finetune(job: Job, request: TeachRequest, head: nn.Linear, train_images: li
     loaders = {"train": torch.utils.data.DataLoader(train, batch_size=request.batch_size, shuffle=True),
                "val": torch.utils.data.DataLoader(val, batch_size=request.batch_size)}
     data = DataBundle(dataloaders=loaders, class_names=list(request.class_names),
-                      dataset_sizes={"train": len(train), "val": len(val)}, normalization=pre.normalization,
-                      image_size=tuple(pre.crop_size), datasets={"train": train, "val": val, "train_plain": train},
+                      dataset_sizes={"train": len(train), "val": len(val)}, preprocessing=pre,
+                      datasets={"train": train, "val": val, "train_plain": train},
                       batch_size=request.batch_size, augment=False)
 
     def on_event(event: dict[str, Any]) -> None:

@@ -79,6 +79,68 @@ def test_a_checkpoint_saved_before_the_record_still_loads(tmp_path):
         load_checkpoint(newer)
 
 
+def _header_metadata(path) -> tuple[str, dict]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata()
+    return header["format"], json.loads(header["metadata"])
+
+
+def test_a_new_checkpoint_stores_the_record_alone(checkpoint):
+    path, _, pre = checkpoint
+    fmt, stored = _header_metadata(path)
+    assert fmt == "vitcore/3"
+    assert Preprocessing.from_dict(stored["preprocessing"]) == pre
+    assert "normalization" not in stored and "image_size" not in stored  # no second copy to disagree
+    _, meta = load_checkpoint(path)
+    assert meta["image_size"] == [32, 32] and meta["normalization"]["std"] == list(pre.std)  # views of the record
+
+
+def test_a_checkpoint_with_the_record_split_in_three_still_loads(tmp_path):
+    """vitcore/2 stored the record next to normalization and image_size; the record wins."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = VisionTransformer(ViTConfig(image_size=32, patch_size=8, dim=32, depth=1, heads=2, num_classes=2))
+    pre = Preprocessing(crop_size=32, resize_size=36, interpolation="bilinear", mean=(0.4,) * 3, std=(0.3,) * 3,
+                        fit="crop")
+    meta = {"class_names": ["x", "y"], "normalization": {"mean": [0.4] * 3, "std": [0.3] * 3},
+            "image_size": [32, 32], "preprocessing": pre.to_dict()}
+    path = tmp_path / "v2.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
+              metadata={"format": "vitcore/2", "config": model.config.to_json(), "metadata": json.dumps(meta)})
+    loaded, loaded_meta = load_checkpoint(path)
+    assert Preprocessing.from_dict(loaded_meta["preprocessing"]) == pre
+    assert loaded_meta["normalization"] == {"mean": [0.4] * 3, "std": [0.3] * 3}
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model.eval()(x))
+
+
+def test_a_bundle_carries_one_record_to_the_checkpoint(tmp_path):
+    from vitcore.data import DataBundle, shapes_bundle
+    from vitcore.data.bundle import val_transform
+
+    data = shapes_bundle(32, per_class_train=2, per_class_val=1, batch_size=4)
+    assert isinstance(data.preprocessing, Preprocessing)
+    assert data.preprocessing == val_transform(32, data.normalization)
+    assert data.image_size == data.preprocessing.crop_size == (32, 32)
+    assert data.normalization == data.preprocessing.normalization
+    # a record with a resize margin (a backbone's, as the Teach page trains on) survives the bundle
+    pre = Preprocessing(crop_size=32, resize_size=40, interpolation="bilinear", mean=IMAGENET_NORMALIZATION[0],
+                        std=IMAGENET_NORMALIZATION[1], fit="crop")
+    custom = DataBundle(dataloaders=data.dataloaders, class_names=data.class_names,
+                        dataset_sizes=data.dataset_sizes, preprocessing=pre)
+    model = VisionTransformer(ViTConfig(image_size=32, patch_size=8, dim=32, depth=1, heads=2,
+                                        num_classes=data.num_classes))
+    path = save_checkpoint(model, tmp_path / "b.safetensors", class_names=custom.class_names,
+                           preprocessing=custom.preprocessing)
+    assert Preprocessing.from_dict(load_checkpoint(path)[1]["preprocessing"]) == pre
+    with pytest.raises(ValueError, match="Preprocessing record"):
+        DataBundle(dataloaders={}, class_names=[], dataset_sizes={}, preprocessing=((0.5,), (0.5,)))
+
+
 def test_record_validation_and_sizes():
     with pytest.raises(ValueError, match="std"):
         Preprocessing(std=(0.0, 1.0, 1.0))

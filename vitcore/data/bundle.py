@@ -2,9 +2,10 @@
 safe zips: :mod:`vitcore.data.zips`, the synthetic Shapes set: :mod:`vitcore.data.shapes`).
 
 A :class:`DataBundle` is the seed tutorial's contract (``dataloaders``, ``class_names``,
-``dataset_sizes``) plus what a model needs at inference time: the normalisation statistics and the
-image size. ``DataBundle.datasets`` keeps the underlying datasets so :func:`vitcore.train.fit` can
-rebuild seeded or distributed loaders.
+``dataset_sizes``) plus what a model needs at inference time: one
+:class:`~vitcore.data.images.Preprocessing` record (size, fit, interpolation, mean, std), the one
+its validation split applies and a checkpoint stores. ``DataBundle.datasets`` keeps the underlying
+datasets so :func:`vitcore.train.fit` can rebuild seeded or distributed loaders.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+
+from .images import Preprocessing
 
 __all__ = [
     "IMAGENET_NORMALIZATION",
@@ -73,12 +76,16 @@ class DataBundle:
     dataloaders: dict[str, DataLoader]  # {"train", "val"}
     class_names: list[str]  # index i is the name of label i
     dataset_sizes: dict[str, int]  # {"train", "val"}
-    normalization: Normalization  # (mean, std) applied by the transforms; travels with the model
-    image_size: tuple[int, int]  # (H, W) of every tensor the loaders yield
+    preprocessing: Preprocessing  # what the validation split applies; travels with a model trained on this data
     datasets: dict[str, Dataset] = field(default_factory=dict)  # "train", "val" and "train_plain" (no augmentation)
     batch_size: int = 32
     augment: bool = True  # whether datasets["train"] applies random augmentation
     _keepalive: Any = field(default=None, repr=False)  # e.g. the temporary directory a zip was extracted into
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.preprocessing, Preprocessing):
+            raise ValueError(f"preprocessing must be a vitcore Preprocessing record, got "
+                             f"{type(self.preprocessing).__name__}; e.g. val_transform(image_size, normalization)")
 
     @property
     def num_classes(self) -> int:
@@ -86,9 +93,14 @@ class DataBundle:
         return len(self.class_names)
 
     @property
-    def preprocessing(self) -> Any:
-        """The record the validation split applies; save it with a model trained on this data."""
-        return val_transform(self.image_size, self.normalization)
+    def normalization(self) -> Normalization:
+        """(mean, std) the transforms apply, from the preprocessing record."""
+        return self.preprocessing.normalization
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of every tensor the loaders yield, from the preprocessing record."""
+        return self.preprocessing.crop_size
 
     def loader(
         self, split: str, *, shuffle: bool | None = None, generator: torch.Generator | None = None
@@ -107,8 +119,7 @@ def make_bundle(
     val: Dataset,
     train_plain: Dataset,
     class_names: list[str],
-    normalization: Normalization,
-    image_size: tuple[int, int],
+    preprocessing: Preprocessing,
     batch_size: int,
     augment: bool,
     num_workers: int = 0,
@@ -124,8 +135,7 @@ def make_bundle(
         dataloaders=loaders,
         class_names=list(class_names),
         dataset_sizes={"train": len(train), "val": len(val)},  # type: ignore[arg-type]
-        normalization=normalization,
-        image_size=image_size,
+        preprocessing=preprocessing,
         datasets={"train": train, "val": val, "train_plain": train_plain},
         batch_size=batch_size,
         augment=augment,
@@ -153,7 +163,8 @@ def train_transform(image_size: int | tuple[int, int], normalization: Normalizat
     ])
 
 
-def val_transform(image_size: int | tuple[int, int], normalization: Normalization = IMAGENET_NORMALIZATION) -> Any:
+def val_transform(image_size: int | tuple[int, int],
+                  normalization: Normalization = IMAGENET_NORMALIZATION) -> Preprocessing:
     """The validation split's preprocessing: PIL image -> normalised (C, H, W) tensor.
 
     It is the :class:`vitcore.data.images.Preprocessing` record that is saved with a model trained on
@@ -161,8 +172,6 @@ def val_transform(image_size: int | tuple[int, int], normalization: Normalizatio
     the same logits everywhere. Images become RGB, or grey when ``normalization`` has one value
     per channel.
     """
-    from .images import Preprocessing
-
     return Preprocessing.for_model(as_pair(image_size), check_normalization(normalization))
 
 

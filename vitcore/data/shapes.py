@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
-from .bundle import DataBundle, Normalization, as_pair, check_normalization, make_bundle
+from .bundle import DataBundle, Normalization, as_pair, check_normalization, make_bundle, val_transform
 
 __all__ = ["SHAPE_CLASSES", "SHAPES_NORMALIZATION", "ShapesDataset", "shapes_bundle"]
 
@@ -185,5 +185,5 @@ def shapes_bundle(
         plain.__dict__.update(train.__dict__)
         plain.augment = False
     return make_bundle(
-        train, val, plain, train.class_names, train.normalization, train.image_size, batch_size, augment
+        train, val, plain, train.class_names, val_transform(train.image_size, train.normalization), batch_size, augment
     )

@@ -9,7 +9,8 @@ in this order and stops at the first problem with a ``ValueError`` that says wha
 1. the bytes: size limit, safetensors header (JSON, read without touching tensor data);
 2. the config: valid ``ViTConfig`` fields, and a memory budget (weights, one input image and
    one attention map) that it must fit *before* anything is allocated;
-3. the metadata: class names, normalisation and image size agree with the config;
+3. the metadata: class names and the preprocessing record agree with the config (files written
+   before the record, ``vitcore/1``, and with it split into three fields, ``vitcore/2``, still load);
 4. the tensors: every parameter the config implies exists in the file with the right shape
    (compared against a model built on the ``meta`` device, which allocates nothing);
 5. only then the tensors are read and the model is built.
@@ -41,8 +42,9 @@ __all__ = [
     "save_checkpoint",
 ]
 
-FORMAT = "vitcore/2"  # 2 adds the preprocessing record; 1 (normalisation only) still loads
-_READABLE_FORMATS = ("vitcore/1", "vitcore/2")
+FORMAT = "vitcore/3"  # 3 stores the preprocessing record alone; 2 (record + normalization + image_size) and
+# 1 (normalization + image_size, no record) still load
+_READABLE_FORMATS = ("vitcore/1", "vitcore/2", "vitcore/3")
 DEFAULT_MAX_BYTES = 2_000_000_000  # a checkpoint whose model needs more than this (float32) is refused
 _MAX_HEADER = 100 * 2**20  # a safetensors header larger than this is not a checkpoint of ours
 _MAX_TENSORS = 20_000  # ViT-22B has about 600 tensors; far more means a hostile or foreign file
@@ -111,14 +113,18 @@ def _check_image_size(image_size: Any, config: ViTConfig, where: str) -> list[in
     return expected
 
 
-def _check_preprocessing(metadata: dict[str, Any], config: ViTConfig, where: str) -> dict[str, Any]:
-    """The stored preprocessing record, validated; checkpoints from before it get one from their normalisation."""
+def _check_preprocessing(metadata: dict[str, Any], config: ViTConfig, where: str):
+    """The stored preprocessing record, validated; checkpoints from before it get one from their normalisation.
+
+    ``metadata["normalization"]``, when present (``vitcore/1`` and ``/2`` files), has been checked already.
+    """
     from ..data.images import Preprocessing
 
     record = metadata.get("preprocessing")
     try:
         if record is None:
-            norm = metadata["normalization"]
+            c = config.in_channels
+            norm = metadata.get("normalization") or {"mean": [0.5] * c, "std": [0.5] * c}
             pre = Preprocessing.for_model(config.image_size, (norm["mean"], norm["std"]))
         else:
             pre = Preprocessing.from_dict(record)
@@ -127,11 +133,15 @@ def _check_preprocessing(metadata: dict[str, Any], config: ViTConfig, where: str
     if pre.channels != config.in_channels:
         raise ValueError(f"{where}: the preprocessing record normalises {pre.channels} channel(s) but the model "
                          f"reads {config.in_channels}; re-save the checkpoint with matching mean and std")
-    return pre.to_dict()
+    return pre
 
 
 def _checked_metadata(metadata: Any, config: ViTConfig, where: str) -> dict[str, Any]:
-    """The metadata dict with class names, normalisation and image size checked (defaults filled in)."""
+    """The metadata dict with class names and the preprocessing record checked (defaults filled in).
+
+    The record is the one source of the model's input: ``normalization`` and ``image_size`` are
+    views of it (and of the config) for readers of older metadata, no longer stored.
+    """
     if not isinstance(metadata, dict):
         raise ValueError(f"{where}: the metadata must be a JSON object (a dict), got {type(metadata).__name__}; "
                          "re-save it with save_checkpoint()")
@@ -139,10 +149,14 @@ def _checked_metadata(metadata: Any, config: ViTConfig, where: str) -> dict[str,
     n, c = config.num_classes, config.in_channels
     metadata["class_names"] = _check_class_names(
         metadata.get("class_names", [f"class_{i}" for i in range(n)]), n, where)
-    metadata["normalization"] = _check_normalization(
-        metadata.get("normalization", {"mean": [0.5] * c, "std": [0.5] * c}), c, where)
-    metadata["image_size"] = _check_image_size(metadata.get("image_size", list(config.image_size)), config, where)
-    metadata["preprocessing"] = _check_preprocessing(metadata, config, where)
+    if "normalization" in metadata:  # vitcore/1 and /2 files stored it next to (or instead of) the record
+        metadata["normalization"] = _check_normalization(metadata["normalization"], c, where)
+    if "image_size" in metadata:
+        _check_image_size(metadata["image_size"], config, where)
+    pre = _check_preprocessing(metadata, config, where)
+    metadata["preprocessing"] = pre.to_dict()
+    metadata["normalization"] = {"mean": list(pre.mean), "std": list(pre.std)}  # views of the record
+    metadata["image_size"] = list(config.image_size)
     metadata["config"] = config.to_dict()
     return metadata
 
@@ -459,12 +473,12 @@ def save_checkpoint(
         preprocessing = Preprocessing.from_dict(preprocessing)
     if not isinstance(preprocessing, Preprocessing):
         raise ValueError(f"preprocessing must be a vitcore Preprocessing, got {type(preprocessing).__name__}")
+    _check_normalization(preprocessing.normalization, config.in_channels, "save_checkpoint()")
+    views = ("normalization", "image_size")  # derived from the record and the config when loading, not stored
     metadata = {
-        **(extra or {}),
+        **{k: v for k, v in (extra or {}).items() if k not in views},
         "class_names": class_names,
-        "normalization": _check_normalization(preprocessing.normalization, config.in_channels, "save_checkpoint()"),
         "preprocessing": preprocessing.to_dict(),
-        "image_size": list(config.image_size),
     }
     try:
         metadata_json = json.dumps(metadata, allow_nan=False)
@@ -491,8 +505,9 @@ def load_checkpoint(
     ``.safetensors`` files carry their own config; a ``.pt``/``.pth`` state dict (read with
     ``weights_only=True``) needs ``config=`` unless it is a dict holding ``state_dict`` and ``config``.
     The metadata dict has ``class_names`` (one string per output; none for a ``num_classes=0``
-    backbone), ``normalization`` {mean, std} (one value per input channel), ``image_size``,
-    ``config`` and whatever ``extra`` held when it was saved.
+    backbone), ``preprocessing`` (the stored record as a dict; for files written before it, one
+    built from their normalisation), ``normalization`` {mean, std} and ``image_size`` (views of the
+    record and the config), ``config`` and whatever ``extra`` held when it was saved.
 
     Any bad file (truncated, not a checkpoint, broken JSON, wrong types, a config that does not
     match the weights or needs more than ``max_bytes`` of memory) raises ``ValueError`` with a
