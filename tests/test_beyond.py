@@ -76,6 +76,18 @@ def test_split_sizes_shrink_for_big_models():
     assert 64 <= n_train < 200 and n_val >= 32
 
 
+def test_the_readme_table_compares_every_mixer_at_the_same_steps_with_latency_ratios():
+    rows = B.mixer_table()
+    assert [row["mixer"] for row in rows] == list(B.TOKEN_MIXERS)
+    steps = [key for key in rows[0] if key.startswith("val acc")]
+    assert len(steps) == 1 and "steps" in steps[0]  # a fixed number of steps, not seconds under some load
+    attention = rows[0]
+    assert attention["latency 224 (× attention)"] == attention["latency 448 (× attention)"] == "1.00"
+    assert B.mixer_note().startswith("Measured on ") and "load average" in B.mixer_note()
+    text = "<!-- mixers:start -->\n| a |\n| --- |\n| 1 |\n\nMeasured here.\n<!-- mixers:end -->"
+    assert B.mixer_note(text) == "Measured here." and B.mixer_note("none") == ""
+
+
 def test_mixer_table_reads_the_readme_block():
     text = ("intro\n<!-- mixers:start -->\n| mixer | val acc |\n| --- | ---: |\n| attention | 90.0% |\n"
             "| pooling | 85.0% |\n<!-- mixers:end -->\nmore")
