@@ -14,7 +14,7 @@ from explorer.jobs import FINISHED, INTERRUPTED, default_manager, new_code
 from explorer.models import ModelSpec
 from explorer.registry import heading
 from explorer.texts import page_name
-from explorer.training import FinetuneRequest, resume_request, run_finetune, warm_shapes
+from explorer.training import FinetuneRequest, resume_request, submit_finetune
 from vitcore.data import SHAPE_CLASSES
 from vitcore.train import STRATEGIES, FitOptions
 
@@ -32,7 +32,6 @@ if spec.kind == "dinov2":  # the automatic photo model is taught on the Teach pa
     st.caption(f"The sidebar's DINOv2 is taught on the {page_name('teach')} page; here a micro ViT learns "
                "Shapes from random weights in about a minute. Pick another model in the sidebar to fine-tune it.")
 cfg = loaded.config
-warm_shapes(cfg.image_size)  # render the default Shapes set while the teacher sets up
 job = manager.get(st.session_state.get(S.TRAIN_JOB)) or manager.find(code)
 if job is not None:
     st.session_state[S.TRAIN_JOB] = job.id
@@ -49,9 +48,7 @@ def submit(request: FinetuneRequest) -> None:
         code = new_code()
         st.session_state[S.SESSION_CODE] = code
     st.query_params["code"] = code
-    budget = request.fit_options().max_seconds or 600.0
-    new = manager.submit(code, lambda j, r=request: run_finetune(j, r), max_seconds=budget * 3 + 120, code=code,
-                         settings=request.settings())
+    new = submit_finetune(manager, code, request, code=code)  # trains in a worker process, not in this one
     st.session_state[S.TRAIN_JOB] = new.id
     st.session_state[S.TRAIN_REQUEST] = request
     st.session_state.pop(S.TRAIN_FIGS, None)
@@ -237,7 +234,7 @@ def live() -> None:
         t1.plotly_chart(figs[("rollout", epoch)], key=S.FT_TIMELINE_ROLLOUT_FIG)
         t2.plotly_chart(figs[("head", epoch)], key=S.FT_TIMELINE_HEAD_FIG)
     if status == "failed":
-        st.error(f"Training stopped: {snap['message']}. The app keeps working; the last good checkpoint "
+        st.error(f"Training failed: {snap['message']}. The app keeps working; the last good checkpoint "
                  "(if any) is below.")
     ckpt = artifacts.get("best_checkpoint")
     if ckpt:

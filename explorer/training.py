@@ -1,7 +1,8 @@
 """The live fine-tune behind the Fine-tune page: data sources, the worker, the attention timeline.
 
-:func:`run_finetune` is the work of one :class:`explorer.jobs.Job`. It runs in a background
-thread, never calls Streamlit, trains a private deep copy of the chosen model and publishes
+:func:`run_finetune` is the work of one :class:`explorer.jobs.Job`. :func:`submit_finetune` runs
+it in a worker process (:mod:`explorer.worker`), so the web process never trains. It never calls
+Streamlit, trains a private deep copy of the chosen model and publishes
 everything the page draws through the job: step and epoch metrics, the attention timeline of a
 fixed probe image, the best checkpoint so far (as bytes), and at the end a confusion matrix, a
 grid of validation predictions and an optional ResNet-18 baseline.
@@ -41,6 +42,7 @@ __all__ = [
     "checkpoint_bytes",
     "resume_request",
     "run_finetune",
+    "submit_finetune",
     "shapes_warming",
     "warm_shapes",
     "confusion_matrix",
@@ -397,7 +399,6 @@ def run_finetune(job: Job, request: FinetuneRequest) -> dict[str, Any]:
     Temporary folders (collected images, an extracted zip) are removed when the job ends, also
     when it fails or is stopped.
     """
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     options = request.fit_options()  # invalid settings fail the job with FitOptions' message
     job.update(message="preparing the data…", progress=0.0)
     with tempfile.TemporaryDirectory(prefix="vit-explorer-") as tmp:  # collected images; removed at the end
@@ -406,6 +407,21 @@ def run_finetune(job: Job, request: FinetuneRequest) -> dict[str, Any]:
             return _train_and_publish(job, request, options, data)
         finally:
             _release(data)
+
+
+def submit_finetune(manager: Any, owner: str, request: FinetuneRequest, *, code: str | None = None,
+                    max_seconds: float | None = None) -> Job:
+    """Queue ``run_finetune(job, request)`` in a worker process (what the Start button does).
+
+    The job may run for three times its training budget plus two minutes (data, evaluation,
+    baseline) unless ``max_seconds`` says otherwise; with a session ``code`` it is kept on disk.
+    """
+    from explorer.worker import ProcessWork
+
+    if max_seconds is None:
+        max_seconds = (request.fit_options().max_seconds or 600.0) * 3 + 120
+    work = ProcessWork("explorer.training:run_finetune", request, getattr(manager, "store", None))
+    return manager.submit(owner, work, max_seconds=max_seconds, code=code, settings=request.settings())
 
 
 def _release(data: DataBundle) -> None:

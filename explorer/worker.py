@@ -2,10 +2,15 @@
 
 A fine-tune or teach job's work is a :class:`ProcessWork`: when the job manager
 (:mod:`explorer.jobs`) starts it, the manager's thread becomes the job's *supervisor*. It pickles
-the request into the job's folder, starts a worker with the ``spawn`` start method (a fresh
-interpreter: nothing of the web process is inherited, no locks, no thread pools), and then only
+the request into the job's folder, spawns a worker (``python -m explorer.worker``: a fresh
+interpreter, nothing of the web process is inherited, no locks, no thread pools), and then only
 reads what the worker writes and copies it into the :class:`explorer.jobs.Job` the page polls.
 The web process never trains: no optimiser step and no backward pass run in it.
+
+Why not ``multiprocessing``'s spawn: its child re-imports the parent's ``__main__`` by path, and
+under ``streamlit run`` that is the app script (Streamlit installs it as ``__main__`` while a
+script runs): every worker would run the app, and a script that starts a job would start one
+again in its own worker. A command line names exactly what the worker imports.
 
 The worker runs the same function a thread used to run (``run_finetune(job, request)``,
 ``run_teach(job, request)``) with a :class:`WorkerJob`: the same ``update`` / ``log`` /
@@ -41,11 +46,12 @@ import contextlib
 import importlib
 import io
 import json
-import multiprocessing
 import os
 import pickle
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -78,7 +84,6 @@ POLL = 0.25  # seconds between the supervisor's reads
 STATE_EVERY = 0.25  # the worker rewrites its state at most this often for progress alone
 CHECK_EVERY = 0.1  # the worker looks for the stop file and its parent at most this often
 JOIN_AFTER_STOP = 60.0  # seconds a stopped worker may take to write its checkpoint before it is killed
-ORPHAN_REASON = "stopped because the web server process ended"
 
 
 def training_threads() -> int:
@@ -202,6 +207,7 @@ class WorkerJob:
         self.message = ""
         self.progress = 0.0
         self._stopped = False
+        self.orphaned = False  # the web process is gone: stop as at a shutdown, then clear the worker files
         self._small: dict[str, Any] = {}
         self._files: dict[str, list] = {}  # artifact name -> [file name, version]
         self._written = 0.0
@@ -231,7 +237,8 @@ class WorkerJob:
             if reason is not None:
                 self.stop(reason or "stopped by the user")
             elif os.getppid() != self.parent_pid:
-                self.stop(ORPHAN_REASON)
+                self.orphaned = True
+                self.stop(SHUTDOWN_REASON)
         return self._stopped
 
     def check(self) -> None:
@@ -327,7 +334,7 @@ def worker_main(folder: str, target: str, parent_pid: int, started: float, threa
         with contextlib.suppress(Exception):
             job.update(traceback=traceback.format_exc())
     job.finish(status, result)
-    if job.message == ORPHAN_REASON:  # nobody reads these files any more: leave only the checkpoint
+    if job.orphaned:  # nobody reads these files any more: leave only the checkpoint
         _remove_worker_files(Path(folder))
 
 
@@ -376,31 +383,32 @@ class ProcessWork:
     def _supervise(self, job: Job, folder: Path) -> Any:
         job.check()
         atomic_write(folder / REQUEST, pickle.dumps(self.request, protocol=pickle.HIGHEST_PROTOCOL))
-        context = multiprocessing.get_context("spawn")
-        process = context.Process(target=worker_main, name=f"vit-explorer-job-{job.id}", daemon=True,
-                                  args=(str(folder), self.target, os.getpid(), job.started or time.monotonic(),
-                                        training_threads()))
-        process.start()
-        job.update(worker_pid=process.pid)
+        root = str(Path(__file__).resolve().parent.parent)  # where explorer/ and vitcore/ live
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        command = [sys.executable, "-m", "explorer.worker", str(folder), self.target, str(os.getpid()),
+                   repr(job.started or time.monotonic()), str(training_threads())]
+        process = subprocess.Popen(command, cwd=root, env=env, stdin=subprocess.DEVNULL)  # same process group:
+        job.update(worker_pid=process.pid)  # Ctrl-C in the terminal reaches the worker too, which stops cleanly
         mirror = _Mirror(folder)
         stop_sent = None
         try:
-            while process.is_alive():
+            while process.poll() is None:
                 if job.stop_requested and stop_sent is None:
                     atomic_write(folder / STOP, (job.message or "stopped").encode("utf-8"))
                     stop_sent = time.monotonic()
                 if stop_sent is not None and time.monotonic() - stop_sent > JOIN_AFTER_STOP:
                     process.kill()  # it did not stop in time: the last checkpoint on disk is what is kept
                 mirror.pull(job)
-                process.join(POLL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(POLL)
         finally:
-            if process.is_alive():  # the supervisor itself failed: the worker must not outlive its job
+            if process.poll() is None:  # the supervisor itself failed: the worker must not outlive its job
                 process.kill()
-                process.join(10)
+                process.wait(10)
         state = mirror.pull(job)
         final = (state or {}).get("final")
         if not final:
-            raise JobFailed(_death_message(process.exitcode, job))
+            raise JobFailed(_death_message(process.returncode, job))
         if final["status"] == "failed":
             raise JobFailed(final["message"])
         result = read_artifact(folder / final["result"]) if final.get("result") else None
@@ -470,3 +478,8 @@ class _Mirror:
             with contextlib.suppress(ValueError):
                 job.log(json.loads(line))
         self.offset += end
+
+
+if __name__ == "__main__":  # python -m explorer.worker FOLDER TARGET PARENT_PID STARTED THREADS
+    _folder, _target, _parent, _started, _threads = sys.argv[1:6]
+    worker_main(_folder, _target, int(_parent), float(_started), int(_threads))

@@ -28,13 +28,13 @@ sys.path.insert(0, {str(ROOT)!r})
 import streamlit as st
 from explorer.jobs import default_manager
 from explorer.models import ModelSpec, build_model
-from explorer.training import FinetuneRequest, run_finetune
+from explorer.training import FinetuneRequest, submit_finetune
 
 manager = default_manager()
 if not manager.jobs_of({CODE!r}):
     request = FinetuneRequest(loaded=build_model(ModelSpec("preset", preset="micro")), shapes_per_class=40,
                               epochs=1000, max_seconds=600, batch_size=50)
-    job = manager.submit({CODE!r}, lambda j: run_finetune(j, request), code={CODE!r}, settings=request.settings())
+    job = submit_finetune(manager, {CODE!r}, request, code={CODE!r})  # trains in a worker process
 
     def watch():  # the page's polling, without a browser
         while True:
@@ -126,6 +126,10 @@ def test_a_crash_is_reported_as_interrupted_with_its_last_checkpoint(tmp_path, m
     finally:
         if proc.poll() is None:
             proc.kill()
+    deadline = time.monotonic() + 120  # the orphaned worker notices, writes its checkpoint and clears its files
+    while list(folder.glob("worker-*")):
+        assert time.monotonic() < deadline, sorted(p.name for p in folder.iterdir())
+        time.sleep(0.3)
     store = JobStore(data)
     assert store.record(CODE)["status"] == "running"  # so recent that its server may still be alive
     monkeypatch.setattr(jobs, "STALE_AFTER", 0.0)
