@@ -52,6 +52,7 @@ __all__ = [
     "explain",
     "plain_label",
     "run_teach",
+    "share_unchanged",
     "split_indices",
     "submit_teach",
     "take_result",
@@ -293,13 +294,13 @@ def _thumb(image: Image.Image) -> np.ndarray:
 def run_teach(job: Job, request: TeachRequest) -> dict[str, Any]:
     """The job's work: features (progress counts images) -> head (-> optional fine-tune) -> evaluation.
 
-    Publishes ``summary`` (val accuracy, confusion matrix, misclassified thumbnails, timings, the
-    head) and, for the deeper strategies, ``model`` (the fine-tuned copy) through the job's
-    artifacts; returns the summary.
+    Publishes ``summary`` (val accuracy, confusion matrix, misclassified thumbnails, timings),
+    ``head`` (its weight and bias tensors) and, for the deeper strategies, ``model`` (the
+    fine-tuned copy as checkpoint bytes) through the job's artifacts; returns the summary. It runs
+    in a worker process (:func:`submit_teach`): only these plain values reach the web process.
     """
     if request.strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {request.strategy!r}; choose one of {list(STRATEGIES)}")
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     started = time.perf_counter()
     names = list(request.class_names)
     counts = [len(images) for images in request.images]
@@ -355,11 +356,12 @@ def run_teach(job: Job, request: TeachRequest) -> dict[str, Any]:
         "feature_seconds": feature_seconds,
         "head_seconds": head_seconds,
         "seconds": time.perf_counter() - started,
-        "head": fitted.head,  # small: C x 2D
     }
-    job.update(summary=summary, model=model, progress=1.0,
+    head = {"weight": fitted.head.weight.detach(), "bias": fitted.head.bias.detach()}  # (C, 2D), (C,): small
+    model_bytes = checkpoint_bytes(model, names, request.preprocessing) if model is not None else None
+    job.update(summary=summary, head=head, model=model_bytes, progress=1.0,
                message=f"validation accuracy {summary['val_accuracy']:.0%} in {summary['seconds']:.1f} s")
-    return {k: v for k, v in summary.items() if k != "head"}
+    return summary
 
 
 def _finetune(job: Job, request: TeachRequest, head: nn.Linear, train_images: list[Image.Image],
@@ -395,8 +397,45 @@ def _finetune(job: Job, request: TeachRequest, head: nn.Linear, train_images: li
 
 # --------------------------------------------------------------------------- the taught model
 def taught_model(backbone: VisionTransformer, head: nn.Linear, class_names: list[str]) -> VisionTransformer:
-    """Backbone + head as one model (a copy of the backbone: the session's own model)."""
-    return attach_head(backbone, head, class_names)
+    """Backbone + head as one model that *shares* the backbone's tensors: no copy of its weights.
+
+    The model is a :class:`VisionTransformer` of its own (``pool="cls+mean"``, its own modules,
+    mode and head) whose encoder parameters are views of the shared backbone's storage, frozen
+    (``requires_grad=False``). Nothing is written to them: the web process only predicts and
+    explains (``torch.autograd.grad`` with respect to attention maps), so 30 taught sessions cost
+    30 heads, not 30 backbones. Its forward equals :func:`vitcore.attach_head`'s copy.
+    """
+    if not isinstance(head, nn.Linear) or head.in_features != 2 * backbone.config.dim:
+        raise ValueError(f"the head must be an nn.Linear reading [CLS ; mean patch] = {2 * backbone.config.dim} "
+                         "features of this backbone")
+    if len(class_names) != head.out_features:
+        raise ValueError(f"{len(class_names)} class names for a head with {head.out_features} outputs")
+    config = backbone.config.replace(num_classes=head.out_features, pool="cls+mean", distilled_head=False)
+    with torch.device("meta"):  # shapes only: every tensor is assigned below
+        model = VisionTransformer(config)
+    param = next(backbone.parameters())
+    state = {k: v.detach() for k, v in backbone.state_dict().items() if not k.startswith(("head.", "head_dist."))}
+    state["head.weight"] = head.weight.detach().to(param.device, param.dtype).clone()
+    state["head.bias"] = head.bias.detach().to(param.device, param.dtype).clone()
+    model.load_state_dict(state, assign=True)  # the backbone's storage, not copies
+    return model.requires_grad_(False).eval()
+
+
+def share_unchanged(model: VisionTransformer, backbone: VisionTransformer) -> VisionTransformer:
+    """``model`` with every tensor that equals the backbone's (same name, shape, dtype, values) replaced
+    by the backbone's own storage: a last-k or LoRA fine-tune keeps only what it changed.
+
+    The shared tensors are frozen and never written (see :func:`taught_model`).
+    """
+    shared = backbone.state_dict()
+    state = {}
+    for name, tensor in model.state_dict().items():
+        other = shared.get(name)
+        same = (other is not None and other.shape == tensor.shape and other.dtype == tensor.dtype
+                and other.device == tensor.device and torch.equal(other, tensor))
+        state[name] = other.detach() if same else tensor
+    model.load_state_dict(state, assign=True)
+    return model.requires_grad_(False).eval()
 
 
 def checkpoint_bytes(model: VisionTransformer, class_names: list[str], preprocessing: Preprocessing,
@@ -457,21 +496,35 @@ def submit_teach(manager: Any, owner: str, request: TeachRequest) -> Job:
     limit = 120.0 + 2.0 * photos * views  # ~0.1 s a photo on 2 idle cores; room for a busy server
     if request.strategy != "linear":
         limit += 60.0 * request.epochs
-    return manager.submit(owner, lambda job, r=request: run_teach(job, r), max_seconds=limit)
+    from explorer.worker import ProcessWork
+
+    work = ProcessWork("explorer.fewshot:run_teach", request, getattr(manager, "store", None))
+    return manager.submit(owner, work, max_seconds=limit)  # trained in a worker process, not in the web process
 
 
 def take_result(job: Job, backbone: VisionTransformer) -> dict[str, Any] | None:
-    """A finished job's result for the session that owns it: summary and the taught model (its own copy).
+    """A finished job's result for the session that owns it: summary and the taught model.
 
-    The job's artifacts then drop the model so its memory is freed with the session's copy.
+    The model is the shared ``backbone`` + this job's head (:func:`taught_model`, no copy of the
+    backbone); after a deeper strategy, the fine-tuned checkpoint with every unchanged tensor
+    shared (:func:`share_unchanged`). The job's artifacts then drop the model bytes.
     """
+    from vitcore import load_checkpoint
+
     snap = job.snapshot()
-    summary = snap["artifacts"].get("summary")
+    artifacts = snap["artifacts"]
+    summary = artifacts.get("summary")
     if snap["status"] != "done" or summary is None:
         return None
-    model = snap["artifacts"].get("model")
-    if model is None:
-        model = taught_model(backbone, summary["head"], summary["class_names"])
+    if artifacts.get("model") is not None:
+        model = share_unchanged(load_checkpoint(artifacts["model"])[0], backbone)
+    else:
+        weight, bias = artifacts["head"]["weight"], artifacts["head"]["bias"]  # (C, 2D), (C,)
+        head = nn.Linear(weight.shape[1], weight.shape[0])
+        with torch.no_grad():
+            head.weight.copy_(weight)
+            head.bias.copy_(bias)
+        model = taught_model(backbone, head, summary["class_names"])
     job.update(model=None)
     return {"job": job.id, "summary": copy.deepcopy(summary), "model": model}
 

@@ -352,13 +352,41 @@ def test_deeper_strategies_fine_tune_a_private_copy(backbone, pre, strategy):
     job = T.submit_teach(JobManager(max_running=1), "s", request)
     wait(job)
     assert job.status == "done", job.message
-    model = job.snapshot()["artifacts"]["model"]
+    assert isinstance(job.snapshot()["artifacts"]["model"], bytes)  # a checkpoint file from the worker process
+    model = T.take_result(job, backbone)["model"]
     assert isinstance(model, VisionTransformer) and model.config.num_classes == 2
     assert all(torch.equal(v, before[k]) for k, v in backbone.state_dict().items())
+    ptrs = {v.data_ptr() for v in backbone.state_dict().values()}
+    shared = [k for k, v in model.state_dict().items() if v.data_ptr() in ptrs]
+    if strategy == "last_k":  # the frozen blocks are the backbone's own storage, the last block is not
+        assert any(k.startswith("blocks.0.") for k in shared) and not any(k.startswith("blocks.1.") for k in shared)
     loaded, _ = load_checkpoint(T.checkpoint_bytes(model, ["r", "b"], pre))  # LoRA merged: a plain checkpoint
     x = pre(photo((220, 30, 30)))[None]
     with torch.no_grad():
         assert torch.allclose(loaded(x), model(x), atol=1e-5)
+
+
+def test_a_taught_model_shares_the_backbones_storage_and_predicts_like_a_copy(backbone, pre):
+    images, labels = coloured_set([(220, 30, 30), (30, 30, 220)], per_class=4)
+    head = train_linear_head(extract_features(backbone, images, pre), labels, 2).head
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    shared = T.taught_model(backbone, head, ["red", "blue"])
+    copied = attach_head(backbone, head, ["red", "blue"])
+    mine, theirs = shared.state_dict(), backbone.state_dict()
+    for name, tensor in theirs.items():
+        if not name.startswith("head"):
+            assert mine[name].data_ptr() == tensor.data_ptr(), name  # the same memory: nothing copied
+    assert mine["head.weight"].data_ptr() != head.weight.data_ptr()  # the head is the model's own
+    assert not any(p.requires_grad for p in shared.parameters())
+    x = pre.batch(images)
+    with torch.no_grad():
+        assert torch.allclose(shared(x), copied(x), atol=1e-6)
+    shared.train()  # its mode is its own: the shared backbone stays in eval mode
+    assert not backbone.training
+    shared.eval()
+    out = T.explain(shared, backbone, pre, images[0], occlusion_block=2)  # gradients without touching weights
+    assert out["target"] == 0 and all(p.grad is None for p in backbone.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in backbone.state_dict().items())
 
 
 def test_two_sessions_at_once_see_only_their_own_classes_and_models(backbone, pre):
@@ -372,9 +400,13 @@ def test_two_sessions_at_once_see_only_their_own_classes_and_models(backbone, pr
         t.start()
     for t in threads:
         t.join()
-    for job in jobs.values():
-        wait(job)
-        assert job.status == "done", job.message
+    end = time.monotonic() + 300
+    while any(job.status not in ("done", "stopped", "failed") for job in jobs.values()):
+        for job in jobs.values():  # both pages keep polling while either job runs
+            job.touch()
+        assert time.monotonic() < end, [job.message for job in jobs.values()]
+        time.sleep(0.05)
+    assert all(job.status == "done" for job in jobs.values()), [job.message for job in jobs.values()]
     ra, rb = T.take_result(jobs["session-a"], backbone), T.take_result(jobs["session-b"], backbone)
     assert ra["summary"]["class_names"] == ["apple", "plum"] and rb["summary"]["class_names"] == ["x", "y", "z"]
     assert jobs["session-a"].owner == "session-a" and jobs["session-b"].owner == "session-b"
