@@ -20,9 +20,10 @@ if "app_pages._ui" not in sys.modules:
     with st.spinner("Starting up: loading PyTorch and the models…"):
         import app_pages._ui  # noqa: F401
 
-from app_pages._ui import sidebar  # noqa: E402
+from app_pages._ui import count_run, sidebar  # noqa: E402
 from explorer.registry import PAGES  # noqa: E402
 
+count_run()  # a full script run (GET /_stcore/metrics?families=explorer_script_runs)
 navigation = st.navigation(
     [st.Page(p.file, title=p.label, icon=p.icon, url_path=p.slug, default=not p.numbered) for p in PAGES]
 )

@@ -230,3 +230,19 @@ def cached_cls_similarity(spec: ModelSpec, image_key: str, _trace: Any):
 
     return _cached(("cls_similarity", spec, image_key, tuple(_trace.grid)), lambda: cls_similarity(_trace),
                    _array_bytes)
+
+
+def cached_payload(key: tuple, build: Callable[[], Any]) -> Any:
+    """Maps packed for the browser (:class:`explorer.attention_payload.MapPayload`), once per key, shared.
+
+    ``key`` names the view: (spec, image key, size, layer, ...) and the query too when the view is
+    over the budget (a fallback view holds one query's rows). Counted by the bytes it sends.
+    """
+    return _cached(("payload", *key), build, lambda p: p.nbytes + 512)
+
+
+def cached_view_jpeg(spec: ModelSpec, image_key: str, size: tuple[int, int], _pixels: Any) -> bytes:
+    """The model's view of the image as JPEG bytes (the browser maps' background, about 15 KB at 224 px)."""
+    from explorer.attention_payload import encode_image
+
+    return _cached(("view_jpeg", spec, image_key, tuple(size)), lambda: encode_image(_pixels), len)

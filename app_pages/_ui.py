@@ -7,6 +7,7 @@ Pages lay out; the logic lives in ``explorer/`` (tested without Streamlit), the 
 from __future__ import annotations
 
 import hashlib
+import threading
 from typing import Any
 
 import streamlit as st
@@ -26,7 +27,7 @@ from app_pages._cache import (  # noqa: F401  (re-exported for the pages)
     trace_guard,
 )
 from app_pages._sidebar import sidebar, sync_url  # noqa: F401
-from explorer import guard, specs
+from explorer import guard, runs, specs
 from explorer import state as S
 from explorer.images import ImageError
 from explorer.models import LoadedModel, ModelSpec
@@ -153,3 +154,39 @@ def page_inputs(slug: str) -> tuple[ModelSpec, LoadedModel, str, Any, Any]:
     spec, loaded = picked
     key, image, mask = img
     return spec, loaded, key, image, mask
+
+
+_REGISTERING = threading.Lock()
+
+
+class RunStats:
+    """The script-run counts of :mod:`explorer.runs` as a Streamlit metrics family (``/_stcore/metrics``)."""
+
+    stats_families = (runs.FAMILY,)
+
+    def get_stats(self, family_names=None):
+        from streamlit.runtime.stats import CounterStat
+
+        return {runs.FAMILY: [CounterStat(runs.FAMILY, n, {"kind": kind}, help="script runs of the app by kind")
+                              for kind, n in runs.counts().items()]}
+
+
+def count_run(fragment: bool = False) -> None:
+    """Count this script run for :mod:`explorer.runs`: call at the top of the app and of a fragment.
+
+    In a fragment (``fragment=True``) only the fragment's own reruns count: during a full run the
+    app has counted it already.
+    """
+    from streamlit.runtime import Runtime
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    fragment_run = bool(ctx is not None and ctx.fragment_ids_this_run)
+    if fragment and not fragment_run:
+        return
+    runs.record("fragment" if fragment_run else "full")
+    if Runtime.exists():  # each server (and each AppTest) has its own metrics registry
+        manager = Runtime.instance().stats_mgr
+        with _REGISTERING:
+            if runs.FAMILY not in manager.registered_families():
+                manager.register_provider(RunStats())

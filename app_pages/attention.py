@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app_pages._cache import cached_figure, cached_steps
+from app_pages._cache import cached_figure, cached_payload, cached_steps, cached_view_jpeg
 from app_pages._ui import (
     cached_distance,
     cached_gradient_rollout,
     cached_rollout,
-    clickable,
+    count_run,
     model_input,
     model_view,
     page_inputs,
@@ -19,8 +19,10 @@ from app_pages._ui import (
     sync_url,
     trace_for,
 )
+from components.attention_grid import attention_grid
 from explorer import figures as F
 from explorer import state as S
+from explorer.attention_payload import attention_fits, attention_payload
 from explorer.texts import page_name
 from explorer.traces import mask_shares, query_maps
 
@@ -43,6 +45,9 @@ prefix = trace.num_prefix_tokens
 resized = model_view(loaded, image)
 x = model_input(loaded, image)
 fig_key = (spec, key, size)  # cached figures are shared by every session looking at this image and model
+token_names = {0: "CLS"} | ({1: "DIST"} if cfg.distilled else {}) | {
+    cfg.num_pos_prefix_tokens + r: f"REG {r}" for r in range(cfg.num_registers)}
+prefix_names = tuple(token_names.get(t, f"prefix {t}") for t in range(prefix))
 
 
 def index_slider(label: str, state_key: str, count: int, container) -> int:
@@ -58,38 +63,47 @@ def index_slider(label: str, state_key: str, count: int, container) -> int:
     return int(container.slider(label, 0, count - 1, key=state_key))
 
 
+def pin(query: int, head: int) -> None:
+    """The browser pinned a patch or picked a head (a click on its map): the URL and the arithmetic follow."""
+    st.session_state[S.QUERY] = query
+    st.session_state[S.HEAD] = head
+
+
 @st.fragment
 def query_view() -> None:
-    """Everything a click on a patch, a layer or a head changes; a click reruns only this part.
+    """Everything a layer, a head or a pinned patch changes; hovering a patch is drawn in the browser alone.
 
-    The trace is looked up again (a cache hit) rather than held by this function: a session that
-    sits idle must not keep an evicted trace alive outside the byte budget.
+    The maps of one layer go to the browser once (explorer.attention_payload, about 0.4 MB for
+    DINOv2 at 224 px); hovering redraws every head there with no script run, and only a click
+    (debounced) reruns this part, for the arithmetic below. The trace is looked up again (a cache
+    hit) rather than held by this function: an idle session must not keep an evicted trace alive.
     """
+    count_run(fragment=True)
     trace = trace_for(spec, loaded, key, image)
-    c1, c2, c3 = st.columns(3)
+    c1, c2 = st.columns(2)
     layer = index_slider("Layer", S.LAYER, cfg.depth, c1)
-    head = index_slider("Head", S.HEAD, cfg.heads, c2)
-    query = patch_picker("Query patch (or click the image)", S.QUERY, N, c3)
+    query = patch_picker("Query patch (or click the image)", S.QUERY, N, c2)
+    if not 0 <= st.session_state.get(S.HEAD, 0) < cfg.heads:
+        st.session_state[S.HEAD] = 0
+    head = int(st.session_state.get(S.HEAD, 0))  # picked by clicking a head's map (or the URL)
     sync_url(S.LAYER, S.HEAD, S.QUERY)
-    head_names = [f"head {h}" for h in range(cfg.heads)]
 
+    attention = trace.attention[trace.layer_slot(layer), 0]  # (H, T, T), float16 for large settings
+    H = attention.shape[0]
+    jpeg = cached_view_jpeg(spec, key, size, resized)
+    fits = attention_fits(H, grid, prefix, len(jpeg))
+    payload = cached_payload((spec, key, size, layer, *(() if fits else (query,))), lambda: attention_payload(
+        attention, grid, prefix, query=query, prefix_names=prefix_names, image=jpeg))
+    attention_grid(
+        payload, key=S.ATTN_GRID, query=query, head=head, panel_labels=[f"head {h}" for h in range(H)],
+        big_title=f"layer {layer}, {{panel}}: where patch {{query}} looks",
+        caption=f"{loaded.label}, layer {layer}: hover a patch to see where it looks in all {H} heads (drawn in "
+                "your browser); click a patch to pin it, or a head's map to show that head large. The "
+                "arithmetic below follows your clicks.",
+        cols=3 if H <= 6 else 4, cls_title="What the CLS token attends to", on_pick=pin)
     maps = query_maps(trace, layer, query)  # (H, gh, gw): one row of each head's map
-    left, right = st.columns(2)
-    with left:
-        clickable(cached_figure((*fig_key, "query", layer, head, query), lambda: F.heatmap_over_image(
-            resized, maps[head], highlight=query, name="attention",
-            title=f"layer {layer}, head {head}: where patch {query} looks")), S.ATTN_CLICK, S.QUERY)
-        st.download_button("This map (CSV)", F.to_csv(maps[head]), f"attention_l{layer}_h{head}_q{query}.csv",
-                           on_click="ignore")
-    with right:
-        st.plotly_chart(cached_figure((*fig_key, "heads", layer, query), lambda: F.head_maps(maps, head_names, cols=4)),
-                        key=S.ATTN_HEADS_FIG)
-        st.caption(f"All {cfg.heads} heads of layer {layer} for query patch {query}: each head learns its own "
-                   "notion of relevance.")
-
-    st.subheader("What the CLS token attends to")
-    st.plotly_chart(cached_figure((*fig_key, "cls", layer), lambda: F.head_maps(
-        query_maps(trace, layer, None), head_names, cols=6)), key=S.ATTN_CLS_FIG)
+    st.download_button("This map (CSV)", F.to_csv(maps[head]), f"attention_l{layer}_h{head}_q{query}.csv",
+                       on_click="ignore")
 
     if not attention_mixer:
         st.caption(f"This model mixes tokens with {cfg.token_mixer} instead of softmax attention: the maps above "
@@ -98,10 +112,8 @@ def query_view() -> None:
     st.subheader(f"The arithmetic for query patch {query}, layer {layer}, head {head}")
     steps = cached_steps(spec, key, size, layer, head, prefix + query, loaded, x)
     d = cfg.head_dim
-    label = {0: "CLS"} | ({1: "DIST"} if cfg.distilled else {}) | {
-        cfg.num_pos_prefix_tokens + r: f"REG {r}" for r in range(cfg.num_registers)}
-    rows = [{"key token": label.get(t, f"patch {t - prefix}"), "q·k / √d": round(s, 4), "softmax weight": round(w, 4)}
-            for t, s, w in steps.top]
+    rows = [{"key token": token_names.get(t, f"patch {t - prefix}"), "q·k / √d": round(s, 4),
+             "softmax weight": round(w, 4)} for t, s, w in steps.top]
     st.markdown(f"1. scores: $s_j = q \\cdot k_j / \\sqrt{{d}}$ with $d = {d}$, so $1/\\sqrt{{d}} = {steps.scale:.4f}$")
     st.markdown("2. weights: $a_j = e^{s_j} / \\sum_i e^{s_i}$, which sum to "
                 f"{steps.weights.sum():.6f}; the largest five:")

@@ -8,8 +8,10 @@ import numpy as np
 import streamlit as st
 
 from app_pages._ui import page_inputs, show_error
+from components.attention_grid import attention_grid
 from explorer import beyond as B
 from explorer import state as S
+from explorer.attention_payload import MapPayload, matrix_payload
 from explorer.beyond_assets import stored_report
 from explorer.models import LoadedModel, ModelSpec
 
@@ -29,9 +31,14 @@ def cached_image_masks(spec: ModelSpec, image_key: str, _report: B.DenseReport, 
     return B.image_masks(_report, _loaded.model, _loaded.preprocessing(_image)[None])
 
 
-@st.cache_resource(max_entries=256, show_spinner=False)
-def cached_mixing(mixer: str, index: int, query: int):
-    return B.mixing_maps(mixer, B.micro_image(index), query)
+@st.cache_resource(max_entries=64, show_spinner=False)
+def cached_mixing(mixer: str, index: int) -> tuple[MapPayload, str] | None:
+    """Every query's row of each head's mixing matrix, packed for the browser (a few KB), and its row sums."""
+    found = B.mixing_matrices(mixer, B.micro_image(index))
+    if found is None:
+        return None
+    matrices, grid = found
+    return matrix_payload(matrices, grid), B.row_sum_note(matrices)
 
 
 spec, loaded, key, image, _ = page_inputs("beyond")
@@ -97,21 +104,21 @@ st.markdown(
     "`ViTConfig(token_mixer=...)` swaps in another. Below: who mixes with whom in block 0 of a micro ViT "
     "(untrained, so you see each mixer's built-in structure) for the query patch you pick."
 )
-m1, m2 = st.columns([2, 1])
+m1, _ = st.columns([2, 1])
 if st.session_state.get(B.MIXER) not in B.TOKEN_MIXERS:
     st.session_state[B.MIXER] = "attention"
 mixer = m1.selectbox("Token mixer", list(B.TOKEN_MIXERS), key=B.MIXER, format_func=B.MIXER_LABELS.get)
-if not 0 <= st.session_state.get(B.MIXER_QUERY, 5) < 16:
-    st.session_state[B.MIXER_QUERY] = 5
-query = int(m2.number_input("Query patch (0–15)", 0, 15, key=B.MIXER_QUERY))
-maps = cached_mixing(mixer, index, query)
-if maps is None:
+mixing = cached_mixing(mixer, index)
+if mixing is None:
     st.info("The token-mixing MLP has no mixing matrix: it is a nonlinear function of all tokens at once, with "
             "one weight per token position, so it only works at the token count it was built for.")
 else:
-    st.plotly_chart(B.mixing_figure(maps, query), key=S.BEYOND_MIXING_FIG)
-    st.caption(f"Row {query} of each head's matrix, over the 4×4 patch grid (prefix tokens left out); the row's "
-               f"patch weights sum to {round(float(maps[0].sum()), 3) + 0.0:.3f} in head 0.")
+    payload, sums = mixing
+    attention_grid(payload, key=B.MIXER_GRID, query=5, panel_labels=[f"head {h}" for h in range(payload.panels)],
+                   big=False, cols=payload.panels, colour="rdbu" if payload.signed else "inferno",
+                   shared_scale=True, status="query patch {query} (row {row}, column {col}): hover another patch")
+    st.caption(f"Row q of each head's matrix for the query patch q under your pointer, over the 4×4 patch grid "
+               f"(prefix tokens left out), drawn in your browser; {sums}.")
 
 rows = B.mixer_table()
 st.subheader("Same training steps, same data")

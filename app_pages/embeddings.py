@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app_pages._cache import cached_cls_similarity, cached_filters, cached_patch_colours, cached_position_similarity
-from app_pages._ui import clickable, model_view, page_inputs, patch_picker, trace_for
+from app_pages._cache import (
+    cached_cls_similarity,
+    cached_filters,
+    cached_patch_colours,
+    cached_payload,
+    cached_position_similarity,
+    cached_view_jpeg,
+)
+from app_pages._ui import model_view, page_inputs, trace_for
+from components.attention_grid import attention_grid, picked
 from explorer import figures as F
 from explorer import state as S
+from explorer.attention_payload import matrix_fits, matrix_payload
 
 spec, loaded, key, image, _ = page_inputs("embeddings")
 cfg = loaded.config
@@ -42,10 +51,16 @@ st.subheader("Position embedding similarity (Fig. 7, centre)")
 sim = cached_position_similarity(spec, trace)  # (N, gh, gw)
 N = grid[0] * grid[1]
 cols = st.columns([1, 1])
-patch = patch_picker("Patch (or click one on the right)", S.EMB_PATCH, N, cols[0])
-clickable(F.heatmap_over_image(resized, sim[patch], highlight=patch, name="cosine",
-                               title=f"cosine of patch {patch}'s position with all others"),
-          S.EMB_CLICK, S.EMB_PATCH, cols[1])
+with cols[1]:  # hover a patch: its row is drawn in the browser, no script run (explorer.attention_payload)
+    size = tuple(loaded.preprocessing.crop_size)
+    jpeg = cached_view_jpeg(spec, key, size, resized)
+    patch = (picked(S.EMB_GRID) or (0, 0))[0]  # only reported back when the view is over the budget
+    fits = matrix_fits(1, grid, len(jpeg))
+    payload = cached_payload(("position", spec, key, size, *(() if fits else (patch,))),
+                             lambda: matrix_payload(sim.reshape(N, N), grid, query=patch, image=jpeg))
+    attention_grid(payload, key=S.EMB_GRID, query=patch, panel_labels=["cosine"],
+                   big_title="cosine of patch {query}'s position with all others",
+                   status="patch {query} (row {row}, column {col}): hover another patch, click to pin")
 cols[0].plotly_chart(F.similarity_grid(sim, grid, title="all patches (tile r, c = patch at row r, column c)"),
                      key=S.EMB_POS_ALL_FIG)
 st.download_button("Position similarity (CSV, N×N)", F.to_csv(sim.reshape(N, N)), "position_similarity.csv")

@@ -71,8 +71,10 @@ def main() -> None:
     for i in range(args.reps):
         for what, key, value in (("layer", S.LAYER, (i * 5 + 3) % 12), ("head", S.HEAD, (i + 1) % 3),
                                  ("query", S.QUERY, (i * 37 + 11) % 196)):
-            widget = at.slider(key=key) if what != "query" else at.number_input(key=key)
-            widget.set_value(value)
+            if what == "head":  # a click on a head's map in the browser maps sets it (app_pages/attention.py pin)
+                at.session_state[key] = value
+            else:
+                (at.slider(key=key) if what == "layer" else at.number_input(key=key)).set_value(value)
             start = time.perf_counter()
             at.switch_page(page).run()
             timings[what].append(time.perf_counter() - start)

@@ -45,7 +45,8 @@ MODELS = {  # URL settings of each model: the Shapes micro model on a Shapes sam
     "dinov2": {"model_kind": "dinov2", "sample_name": "chelsea"},
 }
 ANSWER_TIMEOUT_MS = 90_000
-TITLE_JS = ("() => { const t = document.querySelector('[data-testid=\"stPlotlyChart\"] .gtitle');"
+TITLE_JS = ("() => { const f = document.querySelector('iframe[src*=\"attention_grid\"]');"  # the browser maps
+            " const t = f && f.contentDocument && f.contentDocument.querySelector('figure.big .title');"
             " return t ? t.textContent : ''; }")
 
 

@@ -43,13 +43,15 @@ __all__ = [
     "mixer_table",
     "mixing_figure",
     "mixing_maps",
+    "mixing_matrices",
+    "row_sum_note",
     "split_sizes",
 ]
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 # Session-state keys of the page's widgets (listed here, next to the page's logic).
-IMAGE_INDEX, MIXER, MIXER_QUERY = S.BEYOND_IMAGE, S.BEYOND_MIXER, S.BEYOND_QUERY  # the page's session keys
+IMAGE_INDEX, MIXER, MIXER_GRID = S.BEYOND_IMAGE, S.BEYOND_MIXER, S.BEYOND_GRID  # the page's session keys
 
 METHODS = ("linear probe (trained)", "PCA, 1st component (DINOv2)", "CLS attention, 60% mass (DINO)")
 BOX_SOURCES = ("CLS token", "mean patch token", "box of the probe's mask")
@@ -294,13 +296,15 @@ def mixer_note(text: str | None = None) -> str:
 
 
 @torch.no_grad()
-def mixing_maps(mixer: str, image: torch.Tensor, query: int, layer: int = 0, seed: int = 0) -> np.ndarray | None:
-    """Row ``query`` of each head's mixing matrix in one block of a random micro ViT with ``mixer``, (H, gh, gw).
+def mixing_matrices(mixer: str, image: torch.Tensor, layer: int = 0,
+                    seed: int = 0) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """Each head's mixing matrix over the patches in one block of a random micro ViT with ``mixer``.
 
-    ``image`` is a normalised (1, 3, 32, 32) Shapes image and ``query`` a patch index (0..15). The
-    model is untrained (seeded), so what shows is each mixer's built-in structure: a 3 x 3 window
-    for pooling, a decay with grid distance for retention, content-driven weights for the two
-    attentions. None for the MLP mixer, which mixes without a matrix.
+    Returns ((H, N, N) with row q = how patch q mixes all patches (prefix tokens left out), the
+    (gh, gw) grid). ``image`` is a normalised (1, 3, 32, 32) Shapes image. The model is untrained
+    (seeded), so what shows is each mixer's built-in structure: a 3 x 3 window for pooling, a decay
+    with grid distance for retention, content-driven weights for the two attentions. None for the
+    MLP mixer, which mixes without a matrix.
     """
     if mixer not in TOKEN_MIXERS:
         raise ValueError(f"mixer={mixer!r} is unknown; choose one of {list(TOKEN_MIXERS)}")
@@ -312,8 +316,25 @@ def mixing_maps(mixer: str, image: torch.Tensor, query: int, layer: int = 0, see
     if not out.attention:
         return None
     p = config.num_prefix_tokens
-    row = out.attention[0][0, :, p + query, p:]  # (H, N)
-    return row.reshape(config.heads, *out.grid).numpy()
+    return out.attention[0][0, :, p:, p:].numpy(), tuple(out.grid)  # (H, N, N)
+
+
+def mixing_maps(mixer: str, image: torch.Tensor, query: int, layer: int = 0, seed: int = 0) -> np.ndarray | None:
+    """Row ``query`` (a patch index, 0..15) of each head's mixing matrix (:func:`mixing_matrices`), (H, gh, gw)."""
+    found = mixing_matrices(mixer, image, layer, seed)
+    if found is None:
+        return None
+    matrices, grid = found
+    return matrices[:, query].reshape(len(matrices), *grid)
+
+
+def row_sum_note(matrices: np.ndarray) -> str:
+    """How each query's patch weights add up, for the caption under the mixing maps."""
+    sums = np.asarray(matrices, dtype=np.float64).sum(-1)  # (H, N)
+    lo, hi = round(float(sums.min()), 3) + 0.0, round(float(sums.max()), 3) + 0.0
+    if hi - lo < 5e-4:
+        return f"every row's patch weights sum to {lo:.3f} in every head"
+    return f"a row's patch weights sum to between {lo:.3f} and {hi:.3f}"
 
 
 def mixing_figure(maps: np.ndarray, query: int) -> go.Figure:

@@ -39,12 +39,11 @@ HF_SOURCE = "hf_source"
 # page widgets
 PATCH_SIZE = "patches_patch_size"
 EMB_LAYER = "emb_layer"  # Embeddings: tokens after this block
-EMB_PATCH = "emb_patch"  # Embeddings: patch whose position similarity is shown
-EMB_CLICK = "emb_pos_click"  # Embeddings: clickable position-similarity figure
+EMB_GRID = "emb_grid"  # Embeddings: the position-similarity maps in the browser (components/attention_grid)
 LAYER = "attention_layer"
 HEAD = "attention_head"
 QUERY = "attention_query"  # patch index of the query token
-ATTN_CLICK = "attn_click"  # Attention: clickable map
+ATTN_GRID = "attn_grid"  # Attention: every head's maps in the browser; a pinned patch sets QUERY and HEAD
 ATTN_TARGET = "attn_target"  # Attention: class of the gradient rollout
 ROLLOUT_FUSION = "rollout_fusion"
 ROLLOUT_DISCARD = "rollout_discard"
@@ -56,13 +55,18 @@ PRED_TARGET = "pred_target"
 DINO_OTHER = "dino_other"  # DINO views: the second photo of the joint PCA
 BEYOND_IMAGE = "beyond_image"  # Beyond: Shapes validation image shown
 BEYOND_MIXER = "beyond_mixer"  # Beyond: token mixer whose mixing matrix is shown
-BEYOND_QUERY = "beyond_query"  # Beyond: query patch of the mixing maps
+BEYOND_GRID = "beyond_grid"  # Beyond: the mixing maps in the browser (hover a query patch)
 TRUST_CLASS = "trust_class"  # Trust: class to explain
 TRUST_FILL = "trust_fill"  # Trust: what removed patches show
 TRUST_STEPS = "trust_steps"  # Trust: steps per curve
 TRUST_RUN = "trust_run"  # Trust: (spec, image key, class, fill, steps) of the last "compute" click
 TRUST_RANDOMIZE = "trust_randomize"  # Trust: (spec, image key, class) of the last randomisation click
 TRUST_STRIP_METHOD = "trust_strip_method"  # Trust: method shown in the randomisation strip
+
+
+def component_record_key(key: str) -> str:
+    """Key of what was last sent to the browser component ``key`` (explorer.attention_payload.next_selection)."""
+    return f"_sent_{key}"
 
 
 def playground_key(side: str, name: str) -> str:
@@ -144,8 +148,6 @@ EMB_INPUT_FIG = "emb_input"
 EMB_FILTERS_FIG = "emb_filters"
 EMB_POS_ALL_FIG = "emb_pos_all"
 EMB_CLS_FIG = "emb_cls"
-ATTN_HEADS_FIG = "attn_heads"
-ATTN_CLS_FIG = "attn_cls"
 ATTN_ROLLOUT_FIG = "attn_rollout"
 ATTN_GRADIENT_FIG = "attn_grad"
 ATTN_DISTANCE_FIG = "attn_distance"
@@ -180,7 +182,6 @@ BEYOND_MASK_TABLE = "beyond_mask_table"
 BEYOND_YOUR_MASKS_FIG = "beyond_your_masks"
 BEYOND_BOXES_FIG = "beyond_boxes"
 BEYOND_BOX_TABLE = "beyond_box_table"
-BEYOND_MIXING_FIG = "beyond_mixing"
 BEYOND_MIXER_TABLE = "beyond_mixer_table"
 
 # training page (app_pages/finetune.py)

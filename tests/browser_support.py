@@ -79,3 +79,44 @@ def wait_idle(page, timeout_ms: int = 120_000) -> None:
     """Wait until Streamlit has finished the current script run of a Playwright page."""
     page.wait_for_timeout(300)
     page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=timeout_ms)
+
+
+# ------------------------------------------------------------------ the browser maps (components/attention_grid)
+GRID = 'iframe[src*="attention_grid"]'  # the component's frame (one per page that shows maps)
+GRID_TITLE_JS = ("() => { const f = document.querySelector('iframe[src*=\"attention_grid\"]');"
+                 " const t = f && f.contentDocument && f.contentDocument.querySelector('figure.big .title');"
+                 " return t ? t.textContent : ''; }")
+
+
+def grid_frame(page, timeout_ms: int = 120_000):
+    """The attention grid's frame once it has drawn its first view (``window.__attentionGrid.ready``)."""
+    page.locator(GRID).first.wait_for(timeout=timeout_ms)
+    frame = page.locator(GRID).first.element_handle().content_frame()
+    frame.wait_for_function("() => window.__attentionGrid && window.__attentionGrid.ready", timeout=timeout_ms)
+    return frame
+
+
+def grid_point(page, fx: float, fy: float, which: str = 'section[data-kind="query"] figure.big canvas') -> tuple:
+    """Page coordinates of the point at fractions (fx, fy) of a canvas in the grid (the big query map by default)."""
+    box = page.frame_locator(GRID).first.locator(which).first.bounding_box()
+    return box["x"] + box["width"] * fx, box["y"] + box["height"] * fy
+
+
+def canvas_digests(frame, selector: str = 'section[data-kind="query"] canvas') -> list[int]:
+    """One number per canvas of the grid, from all its pixels: equal digests, (almost surely) equal pixels."""
+    return frame.evaluate(
+        """(sel) => [...document.querySelectorAll(sel)].map(c => {
+             const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+             let h = 2166136261 >>> 0;
+             for (let i = 0; i < d.length; i++) { h ^= d[i]; h = Math.imul(h, 16777619) >>> 0; }
+             return h; })""",
+        selector,
+    )
+
+
+def script_runs(url: str) -> dict[str, int]:
+    """The server's script runs so far by kind (``explorer.runs``, from ``/_stcore/metrics``)."""
+    from explorer.runs import FAMILY, parse_metrics
+
+    with urllib.request.urlopen(f"{url}/_stcore/metrics?families={FAMILY}", timeout=10) as r:
+        return parse_metrics(r.read().decode())

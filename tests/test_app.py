@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("streamlit")
+from grid_support import grids
 from streamlit.testing.v1 import AppTest
 
 from explorer import registry
@@ -103,25 +104,42 @@ def test_patches_page_counts_tokens_and_proves_conv_is_linear():
 
 def test_embeddings_page_position_similarity_is_one_on_itself():
     at = app("app_pages/embeddings.py", **TINY)
-    figs = charts(at)
-    sim = next(f for f in figs if "position with all others" in json.dumps(f["layout"].get("title", "")))
-    heat = next(t for t in sim["data"] if t["type"] == "heatmap")
-    z = array(heat["z"])
-    assert z.shape == (14, 14) and abs(z[0, 0] - 1) < 1e-5 and z.max() <= 1 + 1e-5
+    args, payload = grids(at)[S.EMB_GRID]
+    assert not payload.fallback and payload.grid == (14, 14) and payload.rows == tuple(range(196))
+    assert args["report"] is False  # hovering and clicking stay in the browser
+    sim = payload.decode()[0]  # (196, 14, 14): every patch's cosine map
+    for q in (0, 97, 195):
+        r, c = divmod(q, 14)
+        assert abs(sim[q, r, c] - 1) <= 2 / 255 and sim[q].max() <= 1 + 1e-5
 
 
 def test_attention_page_arithmetic_matches_the_probe_and_query_moves():
+    from explorer.traces import query_maps
+
     at = app("app_pages/attention.py", **TINY)
     caption = next(c.value for c in at.caption if "max difference to the model's own weights" in c.value)
     assert float(caption.rsplit(" ", 1)[-1]) < 1e-6
     weights = at.dataframe[0].value["softmax weight"]
     assert (np.diff(weights.to_numpy()) <= 0).all()  # sorted, largest first
-    first = charts(at)[0]
+    args, payload = grids(at)[S.ATTN_GRID]
+    assert args["report"] is True and [s["kind"] for s in args["sections"]] == ["query", "cls"]
+    assert not payload.fallback and payload.panels == 3 and payload.rows[0] == -1 and len(payload.rows) == 197
+    # the browser's maps are the model's: every query's row of every head, within 1/255 of its maximum
+    from explorer.budget import shared_cache
+
+    trace = next(v for (k, (v, _)) in list(shared_cache()._items.items())
+                 if k[0] == "trace" and k[2] == "sample:chelsea" and tuple(v.attention.shape) == (2, 1, 3, 197, 197))
+    for q in (None, 0, 100):
+        want = query_maps(trace, 1, q)
+        got = payload.decode()[:, payload.row(q)]
+        assert (np.abs(got - want).max(axis=(1, 2)) <= want.max(axis=(1, 2)) / 255).all()
+    first = args["selection"]
     at.number_input(key=S.QUERY).set_value(100)
     rerun(at, "app_pages/attention.py")
-    second = charts(at)[0]
-    assert "patch 100" in json.dumps(second["layout"]["title"])
-    assert not np.array_equal(array(first["data"][1]["z"]), array(second["data"][1]["z"]))
+    args2, payload2 = grids(at)[S.ATTN_GRID]
+    assert args2["selection"]["query"] == 100 and args2["selection"]["nonce"] > first["nonce"]
+    assert payload2.id == payload.id  # the same layer's maps: nothing new to pack
+    assert any(s.value.startswith("The arithmetic for query patch 100") for s in at.subheader)
     assert at.query_params[S.QUERY] == ["100"] or at.query_params[S.QUERY] == "100"
 
 
@@ -188,8 +206,9 @@ def test_shared_link_opens_exactly_that_view():
     assert at.selectbox(key=S.MODEL_KIND).value == "preset"
     at.switch_page("app_pages/attention.py").run()
     assert not at.exception, [e.value for e in at.exception]
-    title = json.dumps(charts(at)[0]["layout"]["title"])
-    assert "layer 2, head 1: where patch 5 looks" in title
+    args, _ = grids(at)[S.ATTN_GRID]
+    assert args["labels"]["big_title"].startswith("layer 2, ")
+    assert (args["selection"]["query"], args["selection"]["head"]) == (5, 1)
 
 
 def test_finetune_page_follows_a_short_job_to_a_usable_model():

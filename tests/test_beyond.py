@@ -14,6 +14,7 @@ from explorer.models import ModelSpec, build_model
 from vitcore import ViTConfig
 
 pytest.importorskip("streamlit")
+from grid_support import grids
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
@@ -142,14 +143,18 @@ def test_beyond_page_shows_masks_scores_boxes_and_the_mixer_choice():
     assert list(boxes["box from"])[:2] == ["CLS token", "mean patch token"]
     charts = {c.proto.id: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
     assert len(charts) >= 3
-    # the mixer choice: pooling shows its fixed 3x3 window for the query patch
+    # the mixer choice: pooling shows its fixed 3x3 window for every query patch, drawn in the browser
     at.selectbox(key=B.MIXER).set_value("pooling")
-    at.number_input(key=B.MIXER_QUERY).set_value(5)
     at.switch_page(PAGE).run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.selectbox(key=B.MIXER).value == "pooling"
-    caption = next(c.value for c in at.caption if c.value.startswith("Row 5 of each head"))
-    assert "sum to 0.000" in caption  # P - I: the window's weights minus the query itself
+    caption = next(c.value for c in at.caption if c.value.startswith("Row q of each head"))
+    assert "every row's patch weights sum to 0.000" in caption  # P - I: the window's weights minus the query
+    args, payload = grids(at)[B.MIXER_GRID]
+    assert args["colour"] == {"map": "rdbu", "shared": True} and args["report"] is False
+    window = payload.decode()[0, payload.row(5)]  # patch (1, 1): a full 3x3 window, minus itself
+    assert np.allclose(window[:3, :3], [[1 / 9] * 3, [1 / 9, 1 / 9 - 1, 1 / 9], [1 / 9] * 3], atol=1 / 255)
+    assert np.abs(window[3]).max() <= 1 / 255 and np.abs(window[:, 3]).max() <= 1 / 255
     at.selectbox(key=B.MIXER).set_value("mlp")
     at.switch_page(PAGE).run()
     assert not at.exception, [e.value for e in at.exception]

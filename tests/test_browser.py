@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from browser_support import ARTIFACTS, CHROMIUM, FLAGS, app_server, wait_idle
+from browser_support import ARTIFACTS, CHROMIUM, FLAGS, GRID_TITLE_JS, app_server, grid_frame, grid_point, wait_idle
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -28,27 +28,27 @@ def page(server):
 
 
 def attention_title(page) -> str:
-    return page.locator('[data-testid="stPlotlyChart"] .gtitle').first.text_content()
+    return page.evaluate(GRID_TITLE_JS)
 
 
 def click_patch(page, fx: float, fy: float) -> int:
-    """Click the first map at (fx, fy) of its size; wait for the page to follow; the patch it now shows."""
-    before = attention_title(page)
-    box = page.locator('[data-testid="stPlotlyChart"]').first.locator(".nsewdrag").first.bounding_box()
-    x, y = box["x"] + box["width"] * fx, box["y"] + box["height"] * fy
-    page.mouse.move(x, y)  # plotly needs hover data under the pointer before a click selects
-    page.wait_for_timeout(400)
+    """Click the big map of the browser maps at (fx, fy) of its size; wait for the server's arithmetic to follow."""
+    before = page.get_by_text("The arithmetic for query patch").first.text_content()
+    x, y = grid_point(page, fx, fy)
+    page.mouse.move(x, y)
     page.mouse.click(x, y)
     page.wait_for_function(
-        "(before) => { const t = document.querySelector('[data-testid=\"stPlotlyChart\"] .gtitle');"
-        " return t && t.textContent !== before; }",
+        "(before) => [...document.querySelectorAll('h3')].some(h => h.textContent.startsWith('The arithmetic for "
+        "query patch') && h.textContent !== before)",
         arg=before,
         timeout=60_000,
     )
     wait_idle(page)
     after = attention_title(page)
-    assert after != before and "where patch" in after
-    return int(after.split("where patch ")[1].split()[0])
+    assert "where patch" in after
+    patch = int(after.split("where patch ")[1].split()[0])
+    assert page.get_by_text(f"The arithmetic for query patch {patch},").count() == 1  # the server followed
+    return patch
 
 
 def test_upload_open_attention_click_a_patch(server, page, tmp_path):
@@ -67,7 +67,7 @@ def test_upload_open_attention_click_a_patch(server, page, tmp_path):
     page.get_by_text("coffee.png").wait_for()
 
     page.locator('[data-testid="stSidebarNav"]').get_by_text("3 · Attention").click()
-    page.get_by_text("What the CLS token attends to").wait_for()
+    grid_frame(page)
     wait_idle(page)
     assert "where patch 0 looks" in attention_title(page)
     patch = click_patch(page, 0.72, 0.72)  # tiny sees a 14×14 grid; click inside the lower-right quarter
@@ -77,7 +77,7 @@ def test_upload_open_attention_click_a_patch(server, page, tmp_path):
 
 def test_attention_on_the_cat_with_dinov2_click_a_patch(server, page):
     page.goto(f"{server}/attention")  # the defaults: the cat photo through DINOv2 ViT-S/14 at 224 px (16x16)
-    page.get_by_text("What the CLS token attends to").wait_for(timeout=180_000)
+    grid_frame(page, timeout_ms=180_000)
     wait_idle(page)
     assert page.locator('[data-testid="stSidebar"]').get_by_text("DINOv2 ViT-S/14 at 224 px").count() >= 1
     patch = click_patch(page, 0.3, 0.3)

@@ -18,7 +18,7 @@ def test_concurrent_first_visits_on_a_deep_link_all_render_the_page():
             for page in pages:  # no visit to Home first: the server is fresh
                 page.goto(f"{url}/attention?sample_name=shapes%3A+star", wait_until="commit")
             for page in pages:
-                page.get_by_text("What the CLS token attends to").wait_for(timeout=240_000)
+                page.get_by_text("Inside a block: LayerNorm and the MLP").wait_for(timeout=240_000)
                 sidebar = page.locator('[data-testid="stSidebar"]')
                 sidebar.get_by_text("bundled Shapes micro ViT").first.wait_for(timeout=60_000)
                 assert page.locator('[data-testid="stSidebarNav"]').get_by_text("3 · Attention").count() == 1

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("streamlit")
+from grid_support import grids
 from streamlit.testing.v1 import AppTest
 
 from explorer import specs
@@ -49,6 +50,8 @@ def test_attention_page_shows_what_each_mixer_mixes(mixer):
         return
     assert at.slider(key=S.LAYER).value == 3  # the last of the micro preset's 4 blocks by default
     titles = [s.value for s in at.subheader]
-    assert "What the CLS token attends to" in titles
+    args, payload = grids(at)[S.ATTN_GRID]  # the maps, drawn in the browser
+    assert payload.grid == (4, 4) and not payload.fallback
+    assert "What the CLS token attends to" in [s["title"] for s in args["sections"]]
     assert ("Attention rollout (Abnar & Zuidema 2020)" in titles) == (mixer == "linear")
     assert not any(t.startswith("The arithmetic") for t in titles)  # no q·k/√d outside softmax attention
