@@ -63,6 +63,7 @@ def literal_keys(source: str, where: str = "<source>") -> list[str]:
         if isinstance(node, ast.Assign) and _dotted(node.value) == "st.session_state":
             aliases.update(_dotted(t) for t in node.targets if _dotted(t))
     docstrings = _docstrings(tree)
+    in_tuples = {id(e) for node in ast.walk(tree) if isinstance(node, ast.Tuple) for e in node.elts}  # cache keys
     found = []
 
     reported: set[int] = set()
@@ -90,7 +91,7 @@ def literal_keys(source: str, where: str = "<source>") -> list[str]:
                 "get", "setdefault", "pop", "keys", "items", "values", "to_dict", "update", "clear"):
             report(node, f"session_state.{node.attr} (attribute access spells the key)")
         if (isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in STATE_VALUES
-                and id(node) not in docstrings and id(node) not in reported):
+                and id(node) not in docstrings and id(node) not in reported and id(node) not in in_tuples):
             report(node, f"{node.value!r} spelled out (use S.{STATE_VALUES[node.value]})")
     return found
 
