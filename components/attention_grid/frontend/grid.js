@@ -88,6 +88,11 @@
     st.meta = meta;
     if (meta.id === st.dataId) return;
     st.dataId = meta.id;
+    probe.nbytes = meta.nbytes;
+    probe.fallback = meta.fallback;
+    probe.panels = meta.panels;
+    probe.grid = meta.grid;
+    probe.views = (probe.views || 0) + 1;
     st.codes = a.codes instanceof Uint8Array ? a.codes : new Uint8Array(0);
     st.low = floats(a.low);
     st.step = floats(a.step);
