@@ -11,25 +11,31 @@ import torch
 from app_pages._ui import model_input, page_inputs, show_error, trace_for
 from explorer import state as S
 from explorer import trust as T
+from explorer.budget import deep_nbytes, shared_cache
 from explorer.models import LoadedModel, ModelSpec
 
 
 # ----------------------------------------------------------------------------- caches (one entry per method)
-@st.cache_resource(max_entries=512, show_spinner=False)
+# In the server's byte cache (EXPLORER_CACHE_MB, explorer.budget), counted by their arrays' bytes:
+# a count of entries says nothing about memory (a randomisation check of a 448 px model holds
+# hundreds of maps). The leading-underscore arguments are inputs, not part of the key.
 def cached_map(spec: ModelSpec, image_key: str, target: int, method: str, _loaded: LoadedModel, _x: torch.Tensor):
-    return T.method_map(_loaded, _x, target, method)
+    return shared_cache().get_or_compute(("trust_map", spec, image_key, int(target), method),
+                                         lambda: T.method_map(_loaded, _x, target, method), deep_nbytes)
 
 
-@st.cache_resource(max_entries=512, show_spinner=False)
 def cached_curves(spec: ModelSpec, image_key: str, target: int, method: str, fill: str, steps: int,
                   _loaded: LoadedModel, _x: torch.Tensor, _relevance: np.ndarray):
-    return T.method_curves(_loaded, _x, target, method, _relevance, steps, fill)
+    return shared_cache().get_or_compute(
+        ("trust_curves", spec, image_key, int(target), method, fill, int(steps)),
+        lambda: T.method_curves(_loaded, _x, target, method, _relevance, steps, fill), deep_nbytes)
 
 
-@st.cache_resource(max_entries=256, show_spinner=False)
 def cached_randomization(spec: ModelSpec, image_key: str, target: int, method: str,
                          _loaded: LoadedModel, _x: torch.Tensor, _progress: Any = None):
-    return T.method_randomization(_loaded, _x, target, method, _progress)
+    return shared_cache().get_or_compute(("trust_randomization", spec, image_key, int(target), method),
+                                         lambda: T.method_randomization(_loaded, _x, target, method, _progress),
+                                         deep_nbytes)
 
 
 # ----------------------------------------------------------------------------- layout
@@ -51,7 +57,7 @@ left, mid, right = st.columns([2, 1, 1])
 target = int(left.selectbox("Class to explain", range(len(names)), index=int(np.argmax(probs)), key=S.TRUST_CLASS,
                             format_func=lambda i: f"{names[i]} ({probs[i]:.1%})"))
 fill = mid.radio("Removed patches show", T.FILLS, horizontal=True, key=S.TRUST_FILL,
-                 format_func={"mean": "mean colour", "blur": "blurred", "zero": "black"}.get)
+                 format_func=lambda f: {"mean": "mean colour", "blur": "blurred"}.get(f, f))
 steps = int(right.slider("Steps per curve", 2, 32, 10, key=S.TRUST_STEPS))
 
 run = (spec, key, target, fill, steps)

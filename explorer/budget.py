@@ -14,6 +14,7 @@ computes it and the others wait for its result instead of computing it 30 times.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import threading
@@ -22,7 +23,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ByteCache", "CacheStats", "DEFAULT_CACHE_MB", "cache_bytes", "shared_cache"]
+__all__ = ["ByteCache", "CacheStats", "DEFAULT_CACHE_MB", "cache_bytes", "deep_nbytes", "shared_cache"]
 
 # 2 GB by default, sized for a 16 GB teacher's laptop: the OS, the teacher's own browser and
 # the Python server with torch loaded (~1 GB) take 4-6 GB; the models live outside this budget
@@ -42,6 +43,36 @@ def cache_bytes() -> int:
     if not mb > 0:
         mb = DEFAULT_CACHE_MB
     return int(mb * 2**20)
+
+
+def deep_nbytes(value: Any, _seen: set[int] | None = None) -> int:
+    """Bytes held by a result: arrays and tensors (``nbytes``; a storage shared by two views counts
+    once), through dicts, lists, tuples and dataclasses, plus 64 bytes for every other object.
+
+    What a cache entry of maps, curves or a randomisation check costs, without knowing its type.
+    """
+    seen = set() if _seen is None else _seen
+    if id(value) in seen:
+        return 0
+    seen.add(id(value))
+    if hasattr(value, "untyped_storage"):  # a torch tensor: its storage, once
+        storage = value.untyped_storage()
+        key = ("storage", storage.data_ptr())
+        if key in seen:
+            return 64
+        seen.add(key)
+        return int(storage.nbytes()) + 64
+    if hasattr(value, "nbytes") and hasattr(value, "dtype"):  # a numpy array or scalar
+        return int(value.nbytes) + 64
+    if isinstance(value, (bytes, bytearray, str)):
+        return len(value) + 64
+    if isinstance(value, dict):
+        return 64 + sum(deep_nbytes(k, seen) + deep_nbytes(v, seen) for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return 64 + sum(deep_nbytes(v, seen) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return 64 + sum(deep_nbytes(getattr(value, f.name), seen) for f in dataclasses.fields(value))
+    return 64
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,21 @@ def test_budget_from_the_environment(monkeypatch):
         assert cache_bytes() == 2048 * 2**20
 
 
+def test_deep_nbytes_counts_arrays_and_tensors_once_through_containers():
+    import numpy as np
+    import torch
+
+    from explorer.budget import deep_nbytes
+    from vitcore.explain.randomization import RandomizationCheck
+
+    t = torch.zeros(1000)  # 4000 bytes
+    a = np.zeros((10, 10))  # 800 bytes
+    value = {"maps": [t, t[:10], t], "array": a, "again": a}
+    assert 4800 <= deep_nbytes(value) <= 4800 + 64 * 12  # the view and the repeats add no data bytes
+    check = RandomizationCheck(["trained", "head"], 0, maps={"m": [torch.zeros(56, 56), torch.zeros(56, 56)]})
+    assert 2 * 56 * 56 * 4 <= deep_nbytes(check) <= 2 * 56 * 56 * 4 + 64 * 20
+
+
 # --------------------------------------------------------------------------- server RSS
 BUDGET_MB = 200
 MAX_SECONDS = 2  # the guard's time limit in this test, so 20 images stay a test, not a lecture

@@ -104,3 +104,13 @@ def test_trust_page_shows_maps_curves_areas_and_the_randomisation_strip():
     checks = tables["ρ trained"]
     assert list(checks["method"]) == list(T.METHODS) and (checks["ρ trained"] == 1.0).all()
     assert checks.set_index("method").loc["random", "verdict"].startswith("fails")
+    # every map, curve set and randomisation check lives in the server's byte cache (EXPLORER_CACHE_MB)
+    from explorer.budget import deep_nbytes, shared_cache
+
+    cache = shared_cache()
+    where = (ModelSpec("bundled"), f"sample:{STAR}", target)
+    for method in T.METHODS:
+        assert ("trust_map", *where, method) in cache and ("trust_randomization", *where, method) in cache
+        assert ("trust_curves", *where, method, "mean", 10) in cache
+    check = cache.get(("trust_randomization", *where, "gradient-rollout"))
+    assert deep_nbytes(check) >= sum(m.numel() * m.element_size() for ms in check.maps.values() for m in ms)
