@@ -143,6 +143,17 @@ def test_attention_page_arithmetic_matches_the_probe_and_query_moves():
     assert at.query_params[S.QUERY] == ["100"] or at.query_params[S.QUERY] == "100"
 
 
+def test_attention_page_over_the_budget_sends_one_query_and_says_so():
+    at = app("app_pages/attention.py", **TINY, **{S.PRESET_PATCH: 8})  # 28x28 patches: 1.9 MB for all queries
+    args, payload = grids(at)[S.ATTN_GRID]
+    assert payload.fallback and payload.rows == (-1, 0) and payload.full_bytes > 1_000_000 >= payload.nbytes
+    assert "over the 1.0 MB budget" in args["notice"] and args["report"] is True
+    at.number_input(key=S.QUERY).set_value(500)
+    rerun(at, "app_pages/attention.py")
+    args, payload = grids(at)[S.ATTN_GRID]
+    assert payload.rows == (-1, 500) and args["selection"]["query"] == 500
+
+
 def test_attention_page_reports_mask_share_on_shapes():
     at = app("app_pages/attention.py", **{S.SAMPLE_NAME: "shapes: star"})
     info = " ".join(i.value for i in at.info)
