@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint checkpoint bench clean serve-class
+.PHONY: run test lint checkpoint beyond-assets bench clean serve-class
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ test: $(DEV_STAMP)
 
 checkpoint: $(STAMP)
 	$(BIN)/python -m vitcore.train.bundled
+
+# The Beyond page's reports of the default models (DINOv2 at 224, the bundled model); rerun after
+# `make checkpoint` or a change to explorer.beyond.dense_report (a few minutes)
+beyond-assets: $(STAMP)
+	$(BIN)/python -m explorer.beyond_assets
 
 bench: $(DEV_STAMP)
 	for b in forward capture train app finetune dinov2 fewshot faithfulness mixers; do \

@@ -4,12 +4,10 @@
 fits the heads: seconds for the bundled model, about a minute for DINOv2 ViT-S/14 on a shared
 CPU. The result depends only on the model's weights, its preprocessing and the split sizes, so
 ``python -m explorer.beyond_assets`` computes it once for the app's default models and stores it
-in ``assets/beyond/<fingerprint>.npz`` (masks bit-packed, boxes, the probe's weights, the score
-tables: a few hundred KB). The page looks its model up by fingerprint (:func:`stored_report`);
-any other model, or a file written for other weights, is computed as before.
-
-The validation images are not stored: they are rendered again (Shapes is seeded) and their masks
-must hash to the stored digest, so a changed renderer makes the file stale instead of wrong.
+in ``assets/beyond/<fingerprint>.npz`` (the scored validation images as uint8, masks bit-packed,
+boxes, the probe's weights, the score tables: about 150 KB). The page looks its model up by
+fingerprint (:func:`stored_report`); any other model, or a file written for other weights, is
+computed as before. Reading a file takes a fraction of a second.
 """
 
 from __future__ import annotations
@@ -27,17 +25,14 @@ from torch import nn
 
 from explorer.beyond import DenseReport, dense_report, split_sizes
 from explorer.models import ASSETS
+from explorer.texts import page_name
 from vitcore import VisionTransformer
 from vitcore.inspect import dense
 
 __all__ = ["ASSET_DIR", "VERSION", "fingerprint", "load_report", "save_report", "stored_report", "write_defaults"]
 
 ASSET_DIR = ASSETS / "beyond"
-VERSION = 1  # bump when dense_report's method changes: older files then no longer match any model
-
-
-def _digest(tensor: torch.Tensor) -> str:
-    return hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest()
+VERSION = 2  # bump when dense_report's method changes: older files then no longer match any model
 
 
 def fingerprint(model: VisionTransformer, normalization: Any, image_size: tuple[int, int],
@@ -61,8 +56,7 @@ def save_report(report: DenseReport, path: str | Path, key: str) -> Path:
     methods = list(report.masks)
     probe = report.probe
     meta = {
-        "key": key, "version": VERSION, "methods": methods, "n_val": len(report.val),
-        "mask_shape": list(report.val.masks.shape), "val_masks": _digest(report.val.masks),
+        "key": key, "version": VERSION, "methods": methods, "mask_shape": list(report.val.masks.shape),
         "grid": list(report.grid), "n_train": report.n_train, "mask_rows": report.mask_rows,
         "box_rows": report.box_rows, "grid_ceiling": report.grid_ceiling, "notes": report.notes,
         "seconds": report.seconds, "boxes": list(report.boxes),
@@ -71,6 +65,9 @@ def save_report(report: DenseReport, path: str | Path, key: str) -> Path:
     }
     arrays = {f"mask_{i}": np.packbits(report.masks[m].numpy().reshape(-1)) for i, m in enumerate(methods)}
     arrays.update({f"box_{i}": report.boxes[s].numpy() for i, s in enumerate(report.boxes)})
+    arrays["val_pixels"] = report.val.pixels.numpy()  # (n, 3, H, W) uint8: the images that were scored
+    arrays["val_masks"] = np.packbits(report.val.masks.numpy().reshape(-1))
+    arrays["val_labels"] = report.val.labels.numpy()
     arrays["probe_weight"] = probe.head.weight.detach().numpy()
     arrays["probe_bias"] = probe.head.bias.detach().numpy()
     with open(path, "wb") as f:
@@ -91,13 +88,18 @@ def load_report(path: str | Path, key: str, normalization: Any, image_size: tupl
         return None  # a damaged file is computed again, not trusted
     if meta.get("key") != key or meta.get("version") != VERSION:
         return None
-    val = dense.shapes_split(meta["n_val"], tuple(image_size), split="val", normalization=normalization)
-    if _digest(val.masks) != meta["val_masks"]:
-        return None  # the Shapes renderer changed since the file was written
-    shape = tuple(meta["mask_shape"])
-    count = int(np.prod(shape))
-    masks = {m: torch.from_numpy(np.unpackbits(arrays[f"mask_{i}"])[:count].reshape(shape).astype(bool))
-             for i, m in enumerate(meta["methods"])}
+    shape = tuple(meta["mask_shape"])  # (n, H, W)
+    if tuple(shape[1:]) != tuple(image_size):
+        return None
+
+    def unpack(bits: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.unpackbits(bits)[: int(np.prod(shape))].reshape(shape).astype(bool))
+
+    pixels = torch.from_numpy(arrays["val_pixels"])  # (n, 3, H, W) uint8
+    mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in normalization)
+    val = dense.DenseSplit(images=(pixels.float() / 255 - mean) / std, masks=unpack(arrays["val_masks"]),
+                           pixels=pixels, labels=torch.from_numpy(arrays["val_labels"]))
+    masks = {m: unpack(arrays[f"mask_{i}"]) for i, m in enumerate(meta["methods"])}
     boxes = {s: torch.from_numpy(arrays[f"box_{i}"]) for i, s in enumerate(meta["boxes"])}
     weight = torch.from_numpy(arrays["probe_weight"])  # (1, D)
     head = nn.Linear(weight.shape[1], weight.shape[0])
@@ -140,7 +142,8 @@ def write_defaults(folder: str | Path = ASSET_DIR, kinds: tuple[str, ...] = ("di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Precompute the Beyond page's reports of the default models.")
+    parser = argparse.ArgumentParser(
+        description=f"Precompute the {page_name('beyond', False)} page's reports of the default models.")
     parser.add_argument("--folder", default=str(ASSET_DIR), help="where the .npz files go (default assets/beyond)")
     parser.add_argument("--kinds", nargs="*", default=["dinov2", "bundled"], help="model kinds to precompute")
     args = parser.parse_args()

@@ -36,6 +36,7 @@ def test_a_stored_report_reads_back_exactly(bundled, tmp_path):
     for source, boxes in report.boxes.items():
         assert torch.equal(back.boxes[source], boxes)
     assert torch.equal(back.val.pixels, report.val.pixels) and torch.equal(back.val.masks, report.val.masks)
+    assert torch.allclose(back.val.images, report.val.images, atol=1e-6)
     # the probe works on any image as before: the same masks on a new input
     x = torch.randn(1, 3, *pre.crop_size, generator=torch.Generator().manual_seed(1))
     mine, theirs = B.image_masks(back, loaded.model, x), B.image_masks(report, loaded.model, x)
