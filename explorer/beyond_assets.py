@@ -102,7 +102,7 @@ def load_report(path: str | Path, key: str, normalization: Any, image_size: tupl
     masks = {m: unpack(arrays[f"mask_{i}"]) for i, m in enumerate(meta["methods"])}
     boxes = {s: torch.from_numpy(arrays[f"box_{i}"]) for i, s in enumerate(meta["boxes"])}
     weight = torch.from_numpy(arrays["probe_weight"])  # (1, D)
-    head = nn.Linear(weight.shape[1], weight.shape[0])
+    head = nn.Linear(weight.shape[1], weight.shape[0], device="meta").to_empty(device="cpu")  # no random init
     with torch.no_grad():
         head.weight.copy_(weight)
         head.bias.copy_(torch.from_numpy(arrays["probe_bias"]))
