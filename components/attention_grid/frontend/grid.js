@@ -513,9 +513,19 @@
     probe.ready = true;
   }
 
+  function applyTheme(theme) {
+    // the app's light or dark theme: text colour, font and the panel behind notices
+    if (!theme) return;
+    const css = document.documentElement.style;
+    if (theme.textColor) css.setProperty("--text", theme.textColor);
+    if (theme.font) css.setProperty("--font", theme.font);
+    if (theme.secondaryBackgroundColor) css.setProperty("--notice", theme.secondaryBackgroundColor);
+  }
+
   window.addEventListener("message", function (event) {
     const msg = event.data;
     if (!msg || msg.type !== "streamlit:render" || !msg.args || !msg.args.meta) return;
+    applyTheme(msg.theme);
     onRender(msg.args);
   });
 
