@@ -39,53 +39,14 @@ def trace_image(loaded: LoadedModel, x: torch.Tensor, *, qkv: bool = True,
                 attention_dtype: torch.dtype = torch.float32):
     """Capture of ``x`` with every layer's attention (and q/k/v with ``qkv``); the shared model is only read.
 
-    Without q/k/v the maps are packed into ``attention_dtype`` one layer at a time, so the peak is
-    the packed maps plus one layer in float32 (not every layer in float32 as in ``capture``, 2.3 GB
-    instead of 0.9 GB for tiny at P=4). The Attention page asks for q/k/v of one layer on demand
-    (:func:`layer_qkv`).
+    The maps are written into ``attention_dtype`` one layer at a time (:func:`vitcore.capture`), so
+    the peak is the packed maps plus one layer in float32 (0.9 GB for tiny at P=4 in float16, where
+    every layer in float32 first would take 2.3 GB). The Attention page asks for q/k/v of one layer
+    on demand (:func:`layer_qkv`).
     """
     from vitcore.inspect.capture import capture
 
-    if qkv or attention_dtype == torch.float32:
-        return capture(loaded.model, x, qkv=qkv, attention_dtype=attention_dtype)
-    return _packed_capture(loaded.model, x, attention_dtype)
-
-
-@torch.no_grad()
-def _packed_capture(model: VisionTransformer, x: torch.Tensor, attention_dtype: torch.dtype):
-    """``capture(model, x, attention_dtype=...)`` with each layer's maps packed as soon as they exist."""
-    from vitcore.inspect.capture import Trace, capture
-
-    if x.ndim == 3:
-        x = x[None]  # (1, C, H, W)
-    grid = model.grid_for(*x.shape[-2:])
-    patch_embeddings = model.patch_embed(x)  # (B, N, D)
-    h = model.embed_patches(patch_embeddings, grid, False)  # (B, T, D)
-    tokens, slab = [], None
-    for i, block in enumerate(model.blocks):
-        tokens.append(h)  # (B, T, D) z_i
-        h, matrix, _, _ = block.forward_explicit(h, grid)  # (B, T, D), (B, H, T, T)
-        if matrix is None:  # a token mixer without attention: the plain capture says so
-            return capture(model, x, attention_dtype=attention_dtype)
-        if slab is None:
-            slab = torch.empty((len(model.blocks), *matrix.shape), dtype=attention_dtype)  # (L, B, H, T, T)
-        slab[i].copy_(matrix)
-        del matrix  # this layer's float32 maps are freed before the next layer runs
-    tokens.append(h)  # z_L
-    P = model.config.patch_size
-    return Trace(
-        logits=model.forward_head(model.norm(h)),
-        grid=grid,
-        patch_size=P,
-        num_prefix_tokens=model.num_prefix_tokens,
-        patches=patchify(x, P),  # (B, N, C*P*P)
-        patch_embeddings=patch_embeddings,
-        pos_embedding=model.token_pos_embedding(grid)[0].clone(),  # (T, D)
-        tokens=tokens,
-        attention=slab,
-        layers=tuple(range(len(model.blocks))),
-        heads=tuple(range(model.config.heads)),
-    )
+    return capture(loaded.model, x, qkv=qkv, attention_dtype=attention_dtype)
 
 
 def layer_qkv(loaded: LoadedModel, x: torch.Tensor, layer: int, head: int):

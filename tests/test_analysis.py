@@ -139,7 +139,7 @@ def test_gradient_rollout_depends_on_the_target_class(trained_toy):
     x[:, :, 4:8, 4:8] += 2.0  # a left square ...
     x[:, :, 8:12, 16:20] += 2.0  # ... and a right square in both images
     model = trained_toy
-    model.fused_attention = True
+    assert model.config.fused_attention
     maps0, maps1 = gradient_rollout(model, x, 0), gradient_rollout(model, x, 1)
     assert maps0.shape == (2, 4, 6) and (maps0 >= 0).all()
     share0 = maps0 / maps0.sum(dim=(1, 2), keepdim=True)
@@ -147,8 +147,8 @@ def test_gradient_rollout_depends_on_the_target_class(trained_toy):
     assert ((share0 - share1).abs().sum(dim=(1, 2)) > 0.5).all()  # the two classes point at different patches
     assert torch.allclose(gradient_rollout(model, x[0], 1), maps1[0], atol=1e-6)  # unbatched
     assert torch.allclose(gradient_rollout(model, x, [0, 1])[1], maps1[1], atol=1e-6)  # one target per image
-    # the model is left as it was: fused, eval, no hooks, no .grad
-    assert model.fused_attention and not model.training and hooks(model) == 0
+    # the model is left as it was: eval, no hooks (so the fused path on a plain call), no .grad
+    assert not model.training and hooks(model) == 0 and not any(b.attn.explicit(None) for b in model.blocks)
     assert all(p.grad is None for p in model.parameters())
     with pytest.raises(ValueError, match=r"classes 0\.\.1"):
         gradient_rollout(model, x, 2)
@@ -166,8 +166,7 @@ def test_occlusion_map_of_the_toy_model_peaks_at_the_square(trained_toy):
 def test_gradient_rollout_matches_a_reference_computed_with_retain_grad(trained_toy):
     model = trained_toy
     x, _ = _toy_task(1)
-    model.fused_attention = False
-    kept = []
+    kept = []  # a hook on each probe makes its block form the matrix
     handles = [b.attn.probe.register_forward_hook(lambda m, a, out: kept.append(out)) for b in model.blocks]
     logits = model(x)
     for a in kept:

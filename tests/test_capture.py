@@ -64,13 +64,15 @@ print(type(trace).__name__, tuple(trace.attention[0].shape))
 
 
 def test_logits_bit_identical_to_explicit_path_and_close_to_fused(model, images):
-    model.fused_attention = True
+    assert model.config.fused_attention
     with torch.no_grad():
         fused = model(images)
         trace = capture(model, images)
-        model.fused_attention = False
-        explicit = model(images)
-    assert torch.equal(trace.logits, explicit)
+        explicit = model.with_config(fused_attention=False)(images)
+        with capturing(model) as rec:  # hooks on every probe: every block forms its matrix
+            hooked = model(images)
+    assert torch.equal(trace.logits, explicit) and torch.equal(hooked, explicit)
+    assert torch.equal(rec.result.attention, trace.attention)
     assert torch.allclose(trace.logits, fused, atol=1e-5)
     assert trace.logits.shape == (2, 5)
 
@@ -81,7 +83,7 @@ def test_fields_shapes_and_values(model, images):
     assert trace.grid == (gh, gw) and trace.patch_size == 4 and trace.num_prefix_tokens == 1
     assert torch.equal(trace.patches, patchify(images, 4))  # the pixels each token saw
     assert trace.patch_embeddings.shape == (B, N, D)
-    model.fused_attention = False  # recompute on the path the capture ran on
+    model = model.with_config(fused_attention=False)  # recompute on the path the capture ran on
     with torch.no_grad():
         assert torch.equal(trace.patch_embeddings, model.patch_embed(images))
         assert torch.equal(trace.pos_embedding, model.pos_embedding[0])
@@ -102,7 +104,7 @@ def test_fields_shapes_and_values(model, images):
 
 def test_attention_matches_a_recomputation_from_tokens(model, images):
     trace = capture(model, images, qkv=True, mlp=True)
-    model.fused_attention = False
+    model = model.with_config(fused_attention=False)
     with torch.no_grad():
         for i, block in enumerate(model.blocks):
             qkv = block.attn.qkv(block.norm1(trace.tokens[i]))  # (B, T, 3D)
@@ -156,6 +158,30 @@ def test_selection_errors_name_the_valid_range(model, images, kw, fragment):
     assert hook_count(model) == 0
 
 
+def test_the_slab_belongs_to_capture_each_record_holds_its_slice(model, images):
+    from vitcore.model import Record
+
+    slab = torch.empty(3, 2, 4, 25, 25)  # (L, B, H, T, T), as capture allocates it
+    records = {i: Record(attention=True, out=slab[i]) for i in range(3)}
+    with torch.no_grad():
+        out = model.forward_intermediates(images, records=records)
+    assert all(a.data_ptr() == slab[i].data_ptr() for i, a in enumerate(out.attention))  # the softmax wrote there
+    full = capture(model, images)
+    assert torch.equal(slab, full.attention) and torch.equal(out.logits, full.logits)
+    half = torch.empty(2, 2, 2, 25, 25, dtype=torch.float16)  # two layers, two heads, packed per layer
+    kept = (1, 3)
+    records = {0: Record(attention=True, heads=kept, out=half[0]), -1: Record(attention=True, heads=kept, out=half[1])}
+    with torch.no_grad():
+        out = model.forward_intermediates(images, records=records)
+    assert out.layers == (0, 2) and out.heads == (1, 3)
+    torch.testing.assert_close(half.float(), full.attention[[0, 2]][:, :, [1, 3]], atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="either records or"):
+        model.forward_intermediates(images, records=records, attention=True)
+    mixed = {0: Record(attention=True, heads=(1,)), 1: Record(attention=True)}
+    with pytest.raises(ValueError, match="same heads"):
+        model.forward_intermediates(images, records=mixed)
+
+
 def test_float16_attention(model, images):
     full = capture(model, images)
     half = capture(model, images, attention_dtype=torch.float16)
@@ -165,30 +191,34 @@ def test_float16_attention(model, images):
     assert torch.equal(half.logits, full.logits)
 
 
-def test_hooks_removed_and_fused_flag_restored_after_exception(model, images):
-    model.blocks[1].attn.fused = False  # mixed flags must come back exactly
-    flags = [b.attn.fused for b in model.blocks]
+def forms_matrix(model: VisionTransformer) -> list[bool]:
+    """Per block: whether a plain call forms the attention matrix (explicit path) right now."""
+    return [block.attn.explicit(None) for block in model.blocks]
+
+
+def test_hooks_removed_after_exception_and_the_fused_path_comes_back(model, images):
     before = hook_count(model)
+    assert forms_matrix(model) == [False] * 3
     with pytest.raises(ValueError, match="not a multiple of patch size"), capturing(model) as rec:
         assert hook_count(model) > before
-        assert not model.fused_attention
+        assert forms_matrix(model) == [True] * 3  # a hooked probe is seen: no flag was switched
         model(torch.randn(1, 3, 17, 24))
     assert hook_count(model) == before == 0
-    assert [b.attn.fused for b in model.blocks] == flags
+    assert forms_matrix(model) == [False] * 3
     with pytest.raises(RuntimeError, match="no complete forward"):
         _ = rec.result
 
 
-def test_hooks_removed_and_flag_restored_after_success(model, images):
-    model.fused_attention = True
+def test_hooks_removed_after_success_and_only_hooked_blocks_form_the_matrix(model, images):
     model.train()
     with torch.no_grad(), capturing(model, layers=[1]) as rec:
+        assert forms_matrix(model) == [False, True, False]
         model(images)
-    assert hook_count(model) == 0 and model.fused_attention and model.training
+    assert hook_count(model) == 0 and forms_matrix(model) == [False] * 3 and model.training
     assert rec.result.attention.shape == (1, 2, 4, 25, 25)
     capture(model, images)
-    assert hook_count(model) == 0 and model.fused_attention
-    assert all(m.training for m in model.modules())  # capture() ran in eval mode and restored train mode
+    assert hook_count(model) == 0 and forms_matrix(model) == [False] * 3
+    assert all(m.training for m in model.modules())  # capture() changed no mode
 
 
 def test_capture_does_not_change_training_state_or_grads():
@@ -258,8 +288,6 @@ def test_eight_threads_capturing_one_shared_model_match_sequential_traces():
 
     torch.manual_seed(0)
     model = VisionTransformer(ViTConfig(image_size=32, patch_size=8, dim=48, depth=3, heads=4, num_classes=5)).eval()
-    model.blocks[1].attn.fused = False  # mixed flags must be left exactly as they are
-    flags = [b.attn.fused for b in model.blocks]
     before = _state(model)
     images = [torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(8)]
     sequential = [capture(model, x, qkv=True) for x in images]
@@ -276,7 +304,7 @@ def test_eight_threads_capturing_one_shared_model_match_sequential_traces():
         assert torch.equal(rel, ref_rel)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert [b.attn.fused for b in model.blocks] == flags
+    assert forms_matrix(model) == [False] * 3
     assert hook_count(model) == 0
     assert all(p.grad is None for p in model.parameters())
     assert not any(m.training for m in model.modules())
@@ -292,8 +320,7 @@ def test_capture_of_a_training_mode_model_leaves_it_in_training_mode_and_skips_d
     assert model.training and torch.equal(a.logits, b.logits)  # no dropout: deterministic
     model.eval()
     with torch.no_grad():
-        model.fused_attention = False
-        assert torch.allclose(a.logits, model(x), atol=1e-6)
+        assert torch.allclose(a.logits, model.with_config(fused_attention=False)(x), atol=1e-6)
 
 
 def test_registers_are_prefix_tokens_without_position_embedding():

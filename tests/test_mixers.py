@@ -9,6 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import vitcore
 from vitcore import VisionTransformer, ViTConfig
+from vitcore.model import Record
 from vitcore.model.config import TOKEN_MIXERS
 from vitcore.model.mixers import (
     MIXER_LABELS,
@@ -44,7 +45,7 @@ def apply_matrix(mixer, matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     out = matrix @ values(mixer, x)  # (B, H, T, d)
     if isinstance(mixer, PoolingMixer):
         return rearrange(out, "b h t d -> b t (h d)")
-    return mixer.merge_heads(out, dropout=False)
+    return mixer.merge_heads(out)
 
 
 def test_labels_cover_every_mixer_and_build_mixer_builds_each():
@@ -62,11 +63,12 @@ def test_exposed_matrix_applied_to_values_reproduces_the_output(name, registers)
     cfg = config(name, num_registers=registers)
     mixer = build_mixer(cfg).eval()
     x = tokens(cfg)
+    record = Record(attention=True, qkv=True)
     with torch.no_grad():
-        out, matrix, qkv = mixer.forward_explicit(x, cfg.grid_size)
+        out = mixer(x, cfg.grid_size, record)  # the explicit path: the record asks for the matrix
         fast = mixer(x, cfg.grid_size)
-    T = x.shape[1]
-    assert matrix.shape == (2, cfg.heads, T, T) and qkv is None
+    matrix, T = record.matrix, x.shape[1]
+    assert matrix.shape == (2, cfg.heads, T, T) and record.q is None  # q/k/v are attention's
     torch.testing.assert_close(apply_matrix(mixer, matrix, x), out, atol=1e-6, rtol=0)
     torch.testing.assert_close(fast, out, atol=1e-5, rtol=0)
 
@@ -76,9 +78,11 @@ def test_linear_attention_quadratic_form_equals_linear_time_form_and_rows_sum_to
     mixer = build_mixer(cfg).eval()
     for grid in ((4, 4), (8, 6)):  # also a grid other than the config's
         x = tokens(cfg, 3, grid)
+        record = Record(attention=True)
         with torch.no_grad():
-            quadratic, matrix, _ = mixer.forward_explicit(x, grid)
-            linear = mixer.fast(x, grid)
+            quadratic = mixer(x, grid, record)  # the quadratic form through the matrix
+            linear = mixer(x, grid)  # fused_attention=True: the linear-time form
+        matrix = record.matrix
         torch.testing.assert_close(linear, quadratic, atol=1e-5, rtol=0)
         assert (matrix > 0).all()
         torch.testing.assert_close(matrix.sum(-1), torch.ones(matrix.shape[:-1]), atol=1e-6, rtol=0)
@@ -132,8 +136,9 @@ def test_pooling_rows_sum_to_one_before_the_identity_is_subtracted():
     cfg = config("pooling", num_registers=1)
     mixer = build_mixer(cfg)
     x = tokens(cfg, 1)
-    _, matrix, _ = mixer.forward_explicit(x)
-    T = x.shape[1]
+    record = Record(attention=True)
+    mixer(x, record=record)
+    matrix, T = record.matrix, x.shape[1]
     pooling = matrix[0, 0] + torch.eye(T)
     torch.testing.assert_close(pooling.sum(-1), torch.ones(T), atol=1e-6, rtol=0)
     assert (pooling >= 0).all()
@@ -150,8 +155,9 @@ def test_mlp_mixer_is_tied_to_its_token_count():
     model = VisionTransformer(cfg).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 32, 32)).shape == (1, 5)
-        _, matrix, qkv = model.blocks[0].attn.forward_explicit(tokens(cfg, 1))
-    assert matrix is None and qkv is None
+        record = Record(attention=True, qkv=True)
+        model.blocks[0].attn(tokens(cfg, 1), record=record)
+    assert record.matrix is None and record.q is None and not model.blocks[0].attn.has_matrix
     with pytest.raises(ValueError, match=r"tied to 17 tokens.*resize the input to 32x32"):
         model(torch.randn(1, 3, 48, 48))
     assert "fixed token count" in TokenMixingMLP.__doc__
@@ -163,8 +169,7 @@ def test_grid_mixers_run_at_another_resolution(name):
     x = torch.randn(2, 3, 48, 64)  # grid 6 x 8 instead of 4 x 4
     with torch.no_grad():
         fused = model(x)
-        model.fused_attention = False
-        explicit = model(x)
+        explicit = model.with_config(fused_attention=False)(x)
     assert fused.shape == (2, 5)
     torch.testing.assert_close(explicit, fused, atol=1e-5, rtol=0)
 
@@ -183,10 +188,11 @@ def test_capture_works_for_every_mixer(name):
         assert trace.attention is None
     else:
         assert trace.attention.shape == (4, 2, 4, T, T)
-    assert model.fused_attention  # capture switched nothing
+    assert not any(block.attn.explicit(None) for block in model.blocks)  # capture switched nothing
     with vitcore.capturing(model, layers=[1]) as rec, torch.no_grad():  # hooks: the probe sees the matrices
         hooked = model(x)
-    assert model.fused_attention and not any(m._forward_hooks for m in model.modules())
+    assert not any(m._forward_hooks for m in model.modules())
+    assert not any(block.attn.explicit(None) for block in model.blocks)
     torch.testing.assert_close(hooked, logits, atol=1e-5, rtol=0)
     if name != "mlp":
         torch.testing.assert_close(rec.result.attention[0], trace.attention[1], atol=1e-6, rtol=0)
@@ -194,9 +200,8 @@ def test_capture_works_for_every_mixer(name):
 
 @pytest.mark.parametrize("name", TOKEN_MIXERS)
 def test_mixer_cost_counts_parameters_and_matrix_products(name):
-    cfg = config(name)
+    cfg = config(name, fused_attention=name != "attention")  # count attention's explicit products
     mixer = build_mixer(cfg).eval()
-    mixer.fused = False if name == "attention" else mixer.fused  # count attention's explicit products
     cost = mixer_cost(cfg)
     assert cost["params"] == sum(p.numel() for p in mixer.parameters())
     x = tokens(cfg, 1)

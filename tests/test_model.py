@@ -115,11 +115,10 @@ def test_shape_errors_at_the_boundary(images, fragment):
 def test_fused_equals_explicit(kw):
     model = VisionTransformer(small(**kw)).eval()
     x = torch.randn(2, 3, *model.config.image_size)
-    model.fused_attention = True
+    explicit_model = model.with_config(fused_attention=False)
     fused = model(x)
-    model.fused_attention = False
-    explicit = model(x)
-    assert not model.fused_attention
+    explicit = explicit_model(x)
+    assert model.config.fused_attention and not explicit_model.config.fused_attention
     assert (fused - explicit).abs().max().item() < 1e-5
 
 
@@ -150,8 +149,88 @@ def test_attention_matches_torch_multihead_attention():
     x = torch.randn(2, 17, cfg.dim)
     ref, _ = mha(x, x, x, need_weights=False)
     for fused in (True, False):
-        attn.fused = fused
-        assert (attn(x) - ref).abs().max().item() < 1e-5
+        mixer = model.with_config(fused_attention=fused).blocks[0].attn
+        assert mixer.qkv.weight is attn.qkv.weight  # the same parameters on either path
+        assert (mixer(x) - ref).abs().max().item() < 1e-5
+
+
+def test_a_hook_on_the_probe_makes_the_fused_model_form_the_matrix_without_any_flag():
+    model = VisionTransformer(small()).eval()  # fused_attention=True
+    x = torch.randn(2, 3, 32, 32)
+    seen = []
+    attn = model.blocks[1].attn
+    assert not attn.explicit(None)
+    handle = attn.probe.register_forward_hook(lambda m, i, o: seen.append(o))
+    try:
+        assert attn.explicit(None) and not model.blocks[0].attn.explicit(None)
+        with torch.no_grad():
+            hooked = model(x)
+    finally:
+        handle.remove()
+    assert not attn.explicit(None) and len(seen) == 1 and seen[0].shape == (2, 3, 17, 17)
+    with torch.no_grad():
+        torch.testing.assert_close(hooked, model(x), atol=1e-5, rtol=0)
+
+
+def test_one_forward_per_module_and_no_path_state():
+    model = VisionTransformer(small())
+    for module in model.modules():
+        assert not hasattr(module, "forward_explicit") and "fused" not in vars(module), type(module).__name__
+    assert VisionTransformer(small(token_mixer="pooling")).blocks[0].attn.config.fused_attention
+
+
+def test_with_config_shares_the_parameters_and_leaves_the_model_alone():
+    model = VisionTransformer(small(dropout=0.1)).train()
+    model.blocks[1].eval()
+    explicit = model.with_config(fused_attention=False)
+    assert model.config.fused_attention and not explicit.config.fused_attention
+    assert not any(b.attn.config.fused_attention for b in explicit.blocks)
+    assert all(a is b for a, b in zip(model.parameters(), explicit.parameters()))  # the same Parameter objects
+    assert [m.training for m in explicit.modules()] == [m.training for m in model.modules()]
+    with torch.no_grad():
+        model.head.bias.add_(1.0)  # one parameter, seen by both
+    assert torch.equal(explicit.head.bias, model.head.bias)
+    x = torch.randn(2, 3, 32, 32)
+    model.eval(), explicit.eval()
+    with torch.no_grad():
+        assert (model(x) - explicit(x)).abs().max().item() < 1e-5
+    with pytest.raises(AttributeError, match=r"model.with_config\(fused_attention=False\)"):
+        model.fused_attention = False
+    with pytest.raises(ValueError, match="would change the parameters"):
+        model.with_config(dim=96)
+    with pytest.raises(ValueError, match="would change the parameters"):
+        model.with_config(num_classes=3)
+
+
+def test_a_record_keeps_what_it_asks_for_and_the_block_output_is_unchanged():
+    from vitcore.model import Record
+
+    model = VisionTransformer(small()).eval()
+    block, explicit_block = model.blocks[0], model.with_config(fused_attention=False).blocks[0]
+    z = torch.randn(2, 17, 48)
+    with torch.no_grad():
+        plain, explicit = block(z), explicit_block(z)
+        nothing = Record()  # asks for nothing: the config's (fused) path
+        assert torch.equal(block(z, None, nothing), plain) and nothing.matrix is None and nothing.hidden is None
+        record = Record(attention=True, qkv=True, mlp=True, heads=(2,))
+        out = block(z, None, record)
+        full = Record(attention=True)
+        block(z, None, full)
+    assert torch.equal(out, explicit)  # asking for the matrix takes the explicit path for this call only
+    assert record.matrix.shape == (2, 1, 17, 17) and record.q.shape == (2, 1, 17, 16)
+    assert record.hidden.shape == (2, 17, 192)
+    assert torch.equal(record.matrix[:, 0], full.matrix[:, 2])
+    torch.testing.assert_close(record.matrix.sum(-1), torch.ones(2, 1, 17), atol=1e-6, rtol=0)
+
+
+def test_forward_intermediates_without_dropout_is_deterministic_in_training_mode():
+    model = VisionTransformer(small(dropout=0.5, attention_dropout=0.5)).train()
+    x = torch.randn(2, 3, 32, 32)
+    a = model.forward_intermediates(x, layers=[0], attention=True)  # block 1 keeps nothing, and no dropout either
+    b = model.forward_intermediates(x, layers=[0], attention=True)
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.attention[0], b.attention[0])
+    c = model.forward_intermediates(x, layers=[0], attention=True, dropout=True)
+    assert not torch.equal(a.logits, c.logits)
 
 
 # ---------------------------------------------------------------- whole model

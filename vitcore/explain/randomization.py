@@ -160,9 +160,6 @@ class _Randomizer:
             owner = variant.get_submodule(owner_name) if owner_name else variant
             if getattr(owner, bname).is_meta:
                 setattr(owner, bname, buffer)
-        for mine, theirs in zip(variant.blocks, self.model.blocks):
-            if hasattr(theirs.attn, "fused"):
-                mine.attn.fused = theirs.attn.fused
         return variant.eval()
 
 

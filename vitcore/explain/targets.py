@@ -85,9 +85,6 @@ def frozen_view(model: nn.Module) -> nn.Module:
         owner = view.get_submodule(owner_name) if owner_name else view
         if getattr(owner, bname).is_meta:
             setattr(owner, bname, buffer)
-    for mine, theirs in zip(getattr(view, "blocks", ()), getattr(model, "blocks", ())):
-        if hasattr(theirs.attn, "fused"):
-            mine.attn.fused = theirs.attn.fused
     return view.requires_grad_(False).eval()
 
 

@@ -13,19 +13,22 @@ Hooks go on the modules that already exist in :mod:`vitcore.model`: the patch em
 (pixels each token saw and ``x_p E``, eq. 1), every block's input (``z_0 ... z_{L-1}``) and the
 last block's output (``z_L``), each selected block's ``AttentionProbe`` (post-softmax attention),
 and when asked its ``qkv`` linear and its MLP activation. They are registered on entry and removed
-on exit, also when the forward pass raises; the attention path is switched from fused
-(``scaled_dot_product_attention``) to explicit while capturing and each block's flag is restored
-afterwards. The hooks return nothing, so the forward pass computes exactly what it computes without
-them: logits are bit-identical to ``model(x)`` on the explicit path, and within float rounding
-(1e-5) of the fused path.
+on exit, also when the forward pass raises. Nothing else changes: a probe with a hook on it makes
+its mixer form the matrix (the explicit path) for as long as the hook is there, which is how the
+hook sees it. The hooks return nothing, so the forward pass computes exactly what it computes
+without them: logits are bit-identical to ``model(x)`` on the explicit path
+(``model.with_config(fused_attention=False)``), and within float rounding (1e-5) of the fused path.
 
 Cost. Nothing runs twice. Tokens and embeddings are references to tensors the forward pass
-creates anyway (on a CPU model they are not copied). Attention, q/k/v and MLP activations are
-copied once, inside the hook, into a preallocated ``(L, B, H, ...)`` slab holding only the selected
-layers and heads, so the full per-layer matrix is freed as usual and the peak memory is the
-slab plus one layer. On a GPU the slabs and tokens stay on the device during the forward pass
-(device-local copies, no synchronisation per layer) and move to the CPU once, when
-``rec.result`` is first read. What remains is writing the attention to new memory: on a loaded
+creates anyway (on a CPU model they are not copied). :func:`capture` allocates one
+``(L, B, H', T, T)`` slab for the maps and gives each selected block a
+:class:`~vitcore.model.Record` holding its slice: with all heads in float32 the softmax is written
+straight into it, otherwise each layer's matrix is copied into it (only the kept heads, in
+``attention_dtype``) as soon as it exists, so the peak is the slab plus one layer. In
+:func:`capturing` the hooks copy attention, q/k/v and MLP activations into such slabs. On a GPU
+the slabs and tokens stay on the device during the forward pass (device-local copies, no
+synchronisation per layer) and move to the CPU once, at the end (or when ``rec.result`` is first
+read). What remains is writing the attention to new memory: on a loaded
 2-core CPU about +3% over the explicit forward for base and +5..12% for tiny (whose forward is
 cheap next to its T² attention), less with ``attention_dtype=torch.float16`` or a selection; CPU
 slabs of 4 MiB and more are advised to use transparent huge pages, which cuts their page faults.
@@ -49,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
@@ -58,6 +62,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from ..model.record import Record
 from ..model.vit import AttentionProbe, patchify, select_indices
 
 __all__ = ["Recorder", "Trace", "capture", "capturing"]
@@ -333,25 +338,18 @@ def capturing(
     mlp: bool = False,
     attention_dtype: torch.dtype = torch.float32,
 ) -> Iterator[Recorder]:
-    """Record the forward passes run inside the block; hooks and the fused flag are undone on exit.
+    """Record the forward passes run inside the block; the hooks are removed on exit.
 
     ``layers`` / ``heads`` (ints, negative from the end, or None for all) choose which attention
     maps (and q/k/v, MLP activations) are stored; tokens of every block are always kept. Grad mode
     and train/eval mode are the caller's; ``rec.result`` is the trace of the last ``model(x)``.
     """
     recorder = Recorder(model, layers=layers, heads=heads, qkv=qkv, mlp=mlp, attention_dtype=attention_dtype)
-    fused = [block.attn.fused for block in model.blocks]
     try:
-        for block, flag in zip(model.blocks, fused):
-            if flag:
-                block.attn.fused = False  # the probe only sees the matrix on the explicit path
-        recorder.attach()
+        recorder.attach()  # a hooked probe makes its mixer form the matrix: no flag to switch
         yield recorder
     finally:
         recorder.detach()
-        for block, flag in zip(model.blocks, fused):
-            if block.attn.fused != flag:
-                block.attn.fused = flag
 
 
 def _stack(items: list[torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor | None:
@@ -397,24 +395,20 @@ def capture(
     param = next(model.parameters(), None)
     if param is not None:
         images = images.to(param.device)
-    B, T = images.shape[0], model.num_prefix_tokens + model.grid_for(*images.shape[-2:])[0] * model.grid_for(
-        *images.shape[-2:])[1]
-    direct = (
-        bool(layer_ids) and len(head_ids) == model.config.heads and attention_dtype == torch.float32
-        and model.config.token_mixer == "attention" and images.dtype == torch.float32
-    )
     slab = None
-    if direct:  # the softmax writes straight into the trace's tensor: no copy of the maps
-        slab = torch.empty((len(layer_ids), B, model.config.heads, T, T), device=images.device)  # (L, B, H, T, T)
-        _advise_huge_pages(slab)
+    if layer_ids and getattr(model.blocks[0].attn, "has_matrix", True):  # the maps' one tensor, owned here
+        B, T = images.shape[0], model.num_prefix_tokens + math.prod(model.grid_for(*images.shape[-2:]))
+        slab = torch.empty((len(layer_ids), B, len(head_ids), T, T), dtype=attention_dtype, device=images.device)
+        _advise_huge_pages(slab)  # (L, B, H', T, T)
+    subset = None if len(head_ids) == model.config.heads else head_ids
+    records = {
+        layer: Record(attention=slab is not None, qkv=qkv, mlp=mlp, heads=subset, out=None if slab is None else slab[i])
+        for i, layer in enumerate(layer_ids)
+    }
     with torch.no_grad():
-        out = model.forward_intermediates(
-            images, layers=list(layer_ids), heads=list(head_ids), attention=bool(layer_ids), qkv=qkv, mlp=mlp,
-            attention_out=slab,
-        )
+        out = model.forward_intermediates(images, records=records)
         pos = model.token_pos_embedding(out.grid)[0]  # (T, D)
-    attention = _cpu(slab) if direct else _stack(out.attention, attention_dtype)
-    out.attention.clear()
+    attention = _cpu(slab) if out.attention else None
     P = model.config.patch_size
     return Trace(
         logits=_cpu(out.logits),

@@ -1,14 +1,16 @@
 """The architecture: config, patch embedding, blocks, token mixers (attention among them) and cost.
 
-Where is attention computed? ``attention.py``. The encoder of eq. (1)-(4)? ``vit.py``. Its
+Where is attention computed? ``attention.py``. What a forward keeps besides its output (maps,
+q/k/v, MLP activations)? ``record.py``. The encoder of eq. (1)-(4)? ``vit.py``. Its
 alternatives? ``mixers.py`` (the one registry and factory of token mixers). What a config costs
 before anything is built? ``cost.py``.
 """
 
-from .attention import Attention, AttentionProbe
+from .attention import Attention, AttentionProbe, ProjectedMixer, TokenMixer
 from .config import PRESETS, TOKEN_MIXERS, ViTConfig
 from .cost import mixer_cost, parameter_count
 from .mixers import MIXER_LABELS, build_mixer
+from .record import Record
 from .vit import (
     MLP,
     Block,
@@ -31,6 +33,9 @@ __all__ = [
     "Block",
     "Intermediates",
     "PatchEmbedding",
+    "ProjectedMixer",
+    "Record",
+    "TokenMixer",
     "ViTConfig",
     "VisionTransformer",
     "build_mixer",

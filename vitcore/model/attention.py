@@ -1,8 +1,17 @@
-"""Multi-head self-attention, the token mixer of the paper (eq. 2's MSA), and its probe.
+"""Multi-head self-attention, the token mixer of the paper (eq. 2's MSA), and what all token mixers share.
 
-The probe is a named identity that receives the post-softmax matrix (B, H, T, T): hooks for
-teaching attach there, and every other token mixer (vitcore.model.mixers) sends its mixing
-matrix through one too.
+:class:`TokenMixer` is the base of every mixer (:mod:`vitcore.model.mixers` has the others): one
+``forward(x, grid=None, record=None) -> (B, T, D)`` and a probe, a named identity that receives the
+(B, H, T, T) mixing matrix, so hooks for teaching attach there. :class:`ProjectedMixer` adds
+attention's parameters (a qkv linear and an output projection) with ``split_heads`` /
+``merge_heads``; :class:`Attention` is softmax(q k^T / sqrt(d)) v on top of it.
+
+Which path a call takes is read, never switched: the matrix is formed when the config says
+``fused_attention=False``, when the call's :class:`~vitcore.model.record.Record` asks for it, or
+when a hook waits on the probe (:func:`vitcore.capturing`); otherwise attention runs
+``F.scaled_dot_product_attention``, which never materialises it. Both give the same numbers
+(within float rounding). To run a model on the other path, make a copy with another config:
+``model.with_config(fused_attention=False)`` shares every parameter.
 """
 
 from __future__ import annotations
@@ -13,32 +22,55 @@ from einops import rearrange
 from torch import nn
 
 from .config import ViTConfig
+from .record import Record, maybe_dropout
 
-__all__ = ["Attention", "AttentionProbe"]
+__all__ = ["Attention", "AttentionProbe", "ProjectedMixer", "TokenMixer"]
 
 
 class AttentionProbe(nn.Identity):
-    """Identity that receives the post-softmax attention (B, H, T, T); capture hooks attach here."""
+    """Identity that receives the mixing matrix (B, H, T, T); capture hooks attach here."""
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention, heads kept as their own axis.
+class TokenMixer(nn.Module):
+    """What every token mixer shares: its config, heads, prefix count and the probe.
 
-    ``fused=True`` computes the same thing with ``F.scaled_dot_product_attention`` (fast, but
-    the matrix is never materialised, so the probe sees nothing on that path).
-    :meth:`forward_explicit` always takes the explicit path and returns the matrix; it reads no
-    flag, so many threads may call it on one shared module.
+    Subclasses implement ``forward(x, grid=None, record=None) -> (B, T, D)`` and send their mixing
+    matrix through :meth:`expose` whenever they form it. ``has_matrix`` is False for a mixer whose
+    mixing is not a matrix (the token-mixing MLP): it never forms one.
     """
+
+    has_matrix = True
 
     def __init__(self, config: ViTConfig) -> None:
         super().__init__()
+        self.config = config
         self.heads = config.heads
         self.head_dim = config.head_dim
-        self.scale = self.head_dim**-0.5  # 1 / sqrt(d)
-        self.fused = config.fused_attention
-        self.qkv = nn.Linear(config.dim, 3 * config.dim, bias=config.qkv_bias)
+        self.num_prefix_tokens = config.num_prefix_tokens
         self.probe = AttentionProbe()
-        self.attn_drop = nn.Dropout(config.attention_dropout)
+
+    def explicit(self, record: Record | None) -> bool:
+        """Whether this call forms the (B, H, T, T) matrix: the config says so, the record asks, or a hook waits."""
+        return (
+            not self.config.fused_attention
+            or (record is not None and record.attention)
+            or bool(self.probe._forward_hooks or self.probe._forward_pre_hooks)
+        )
+
+    def expose(self, matrix: torch.Tensor, record: Record | None) -> torch.Tensor:
+        """The matrix (B, H, T, T) through the probe, and into the record when it asks for it."""
+        matrix = self.probe(matrix)  # (B, H, T, T)
+        if record is not None:
+            record.keep_matrix(matrix)
+        return matrix
+
+
+class ProjectedMixer(TokenMixer):
+    """A token mixer with attention's parameters: a qkv linear and an output projection."""
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__(config)
+        self.qkv = nn.Linear(config.dim, 3 * config.dim, bias=config.qkv_bias)
         self.proj = nn.Linear(config.dim, config.dim)
         self.proj_drop = nn.Dropout(config.dropout)
 
@@ -47,42 +79,40 @@ class Attention(nn.Module):
         qkv = self.qkv(x)  # (B, T, 3D)
         return rearrange(qkv, "b t (three h d) -> three b h t d", three=3, h=self.heads)  # 3 x (B, H, T, d)
 
-    def attention_matrix(self, q: torch.Tensor, k: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """softmax(q k^T / sqrt(d)) through the probe, (B, H, T, T); rows sum to 1.
-
-        ``out`` (B, H, T, T) receives the softmax directly (capture's preallocated slab: no copy).
-        """
-        scores = (q @ k.transpose(-2, -1)).mul_(self.scale)  # (B, H, T, T)
-        if out is None or torch.is_grad_enabled():
-            return self.probe(scores.softmax(dim=-1))  # (B, H, T, T)
-        return self.probe(torch.softmax(scores, dim=-1, out=out))  # (B, H, T, T), written into the slab
-
-    def merge_heads(self, out: torch.Tensor, dropout: bool = True) -> torch.Tensor:
+    def merge_heads(self, out: torch.Tensor, record: Record | None = None) -> torch.Tensor:
         """Concatenate the heads (B, H, T, d) and project: (B, T, D)."""
         out = self.proj(rearrange(out, "b h t d -> b t (h d)"))  # (B, T, D)
-        return self.proj_drop(out) if dropout else out
+        return maybe_dropout(self.proj_drop, out, record)  # (B, T, D)
 
-    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
-        q, k, v = self.split_heads(x)  # 3 x (B, H, T, d)
-        if self.fused:
-            p = self.attn_drop.p if self.training else 0.0
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, H, T, d)
-        else:
-            out = self.attn_drop(self.attention_matrix(q, k)) @ v  # (B, H, T, d)
-        return self.merge_heads(out)  # (B, T, D)
 
-    def forward_explicit(
-        self,
-        x: torch.Tensor,
-        grid: tuple[int, int] | None = None,
-        dropout: bool = False,
-        out: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Output (B, T, D), attention (B, H, T, T) and (q, k, v), each (B, H, T, d), on the explicit path.
+class Attention(ProjectedMixer):
+    """Multi-head self-attention softmax(q k^T / sqrt(d)) v, heads kept as their own axis."""
 
-        ``out``: where to write the attention (B, H, T, T) (no grad mode only).
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__(config)
+        self.scale = self.head_dim**-0.5  # 1 / sqrt(d)
+        self.attn_drop = nn.Dropout(config.attention_dropout)
+
+    def attention_matrix(self, q: torch.Tensor, k: torch.Tensor, record: Record | None = None) -> torch.Tensor:
+        """softmax(q k^T / sqrt(d)) through the probe, (B, H, T, T); rows sum to 1.
+
+        When the record carries a buffer that fits, the softmax is written straight into it.
         """
+        scores = (q @ k.transpose(-2, -1)).mul_(self.scale)  # (B, H, T, T)
+        target = None if record is None else record.softmax_target(scores)
+        attn = scores.softmax(dim=-1) if target is None else torch.softmax(scores, dim=-1, out=target)  # (B, H, T, T)
+        return self.expose(attn, record)  # (B, H, T, T)
+
+    def forward(
+        self, x: torch.Tensor, grid: tuple[int, int] | None = None, record: Record | None = None
+    ) -> torch.Tensor:
         q, k, v = self.split_heads(x)  # 3 x (B, H, T, d)
-        attn = self.attention_matrix(q, k, out)  # (B, H, T, T)
-        out = (self.attn_drop(attn) if dropout else attn) @ v  # (B, H, T, d)
-        return self.merge_heads(out, dropout), attn, (q, k, v)
+        if record is not None:
+            record.keep_qkv(q, k, v)
+        if self.explicit(record):
+            attn = self.attention_matrix(q, k, record)  # (B, H, T, T)
+            out = maybe_dropout(self.attn_drop, attn, record) @ v  # (B, H, T, d)
+        else:
+            drop = self.training and (record is None or record.dropout)
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if drop else 0.0)  # (B, H, T, d)
+        return self.merge_heads(out, record)  # (B, T, D)

@@ -72,7 +72,7 @@ class ViTConfig:
     qkv_bias: bool = True
     pool: str = "cls"  # see POOLS: what the head reads (CLS, mean of patch tokens, or both concatenated)
     layer_norm_eps: float = 1e-6
-    fused_attention: bool = True  # default attention path (switchable per model at run time)
+    fused_attention: bool = True  # scaled_dot_product_attention unless a map is asked; model.with_config to switch
     distilled: bool = False  # DeiT: an extra distillation token (attends like any token)
     distilled_head: bool = True  # with distilled: a second head on that token, logits averaged (DeiT)
     num_registers: int = 0  # register tokens after CLS (Darcet et al. 2023); they get no position embedding

@@ -14,13 +14,13 @@ each its own small module:
     mlp         W2 GELU(W1 x^T), across tokens                     T * D (MLP-Mixer 2021)
     ==========  ================================================  ==========================
 
-Every mixer follows the protocol of ``Attention``: ``forward(x, grid) -> (B, T, D)`` is the fast
-path, and ``forward_explicit(x, grid, dropout) -> (out, matrix, None)`` also returns the
-(B, H, T, T) matrix M with ``out = proj(M @ values)`` when the mixing is a matrix (None for the
-MLP, whose mixing is not linear). The matrix goes through ``self.probe``, an
-:class:`~vitcore.model.AttentionProbe`, so ``forward_intermediates``, :func:`vitcore.capture`
-and hooks see "who mixes with whom" for every mixer. As for attention, ``fused=False`` makes
-``forward`` take the explicit path (what :func:`vitcore.capturing` switches to).
+Every mixer is a :class:`~vitcore.model.TokenMixer` with one ``forward(x, grid=None, record=None)
+-> (B, T, D)``. When the mixing is a matrix M with ``out = proj(M @ values)`` (all but the MLP,
+whose mixing is not linear) it is formed when the call is explicit (``fused_attention=False`` in
+the config, a :class:`~vitcore.model.Record` asking for it, or a hook on the probe) and sent through
+``self.probe``, an :class:`~vitcore.model.AttentionProbe`, so ``forward_intermediates``,
+:func:`vitcore.capture` and hooks see "who mixes with whom" for every mixer. Otherwise each takes
+its fast path, which gives the same output without forming the (B, H, T, T) matrix where it can.
 
 Prefix tokens (CLS, distillation token, registers: ``config.num_prefix_tokens``) have no place
 on the patch grid. Pooling gives each of them a global-average row (the mean of all patch tokens),
@@ -40,8 +40,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .attention import Attention, AttentionProbe
+from .attention import Attention, ProjectedMixer, TokenMixer
 from .config import TOKEN_MIXERS, ViTConfig
+from .record import Record, maybe_dropout
 
 __all__ = [
     "MIXER_LABELS",
@@ -96,49 +97,8 @@ def _grid_coordinates(grid: tuple[int, int], device: torch.device) -> tuple[torc
     return rows, cols
 
 
-class _Mixer(nn.Module):
-    """What all mixers share: heads, prefix count, the probe, the fused switch and the output projection."""
-
-    def __init__(self, config: ViTConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.heads = config.heads
-        self.head_dim = config.head_dim
-        self.num_prefix_tokens = config.num_prefix_tokens
-        self.fused = config.fused_attention  # True: fast path; False: explicit path through the probe
-        self.probe = AttentionProbe()
-
-    def fast(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
-        grid = resolve_grid(self.config, x.shape[1], grid)
-        if self.fused:
-            return self.fast(x, grid)  # (B, T, D)
-        return self.forward_explicit(x, grid, dropout=True)[0]  # (B, T, D)
-
-
-class _ProjectedMixer(_Mixer):
-    """A mixer with attention's parameters: a qkv linear and an output projection."""
-
-    def __init__(self, config: ViTConfig) -> None:
-        super().__init__(config)
-        self.qkv = nn.Linear(config.dim, 3 * config.dim, bias=config.qkv_bias)
-        self.proj = nn.Linear(config.dim, config.dim)
-        self.proj_drop = nn.Dropout(config.dropout)
-
-    def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v of the tokens x (B, T, D), each (B, H, T, d)."""
-        return rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.heads)
-
-    def merge_heads(self, out: torch.Tensor, dropout: bool = True) -> torch.Tensor:
-        """Concatenate the heads (B, H, T, d) and project: (B, T, D)."""
-        out = self.proj(rearrange(out, "b h t d -> b t (h d)"))  # (B, T, D)
-        return self.proj_drop(out) if dropout else out
-
-
 # --------------------------------------------------------------------------- linear attention
-class LinearAttention(_ProjectedMixer):
+class LinearAttention(ProjectedMixer):
     """Linear attention of Katharopoulos et al. 2020, "Transformers are RNNs" (ICML), eq. (4)-(6).
 
     The softmax similarity exp(q.k) is replaced by a kernel phi(q).phi(k) with the feature map
@@ -149,7 +109,7 @@ class LinearAttention(_ProjectedMixer):
 
     the d x d summary ``sum_j phi(k_j) v_j^T`` is built once and every query reads it: time and
     memory grow linearly with T. The T x T matrix A_ij = phi(q_i).phi(k_j) / sum_j' phi(q_i).phi(k_j')
-    still exists implicitly (rows sum to 1); :meth:`forward_explicit` computes it, only when asked.
+    still exists implicitly (rows sum to 1); an explicit call forms it (the quadratic form), only when asked.
     There is no attention dropout (the fast path never forms the matrix).
     """
 
@@ -163,22 +123,19 @@ class LinearAttention(_ProjectedMixer):
         q, k, v = self.split_heads(x)  # 3 x (B, H, T, d)
         return self.feature_map(q), self.feature_map(k), v
 
-    def fast(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, grid: tuple[int, int] | None = None, record: Record | None = None
+    ) -> torch.Tensor:
         q, k, v = self.features(x)  # 3 x (B, H, T, d)
+        if self.explicit(record):  # the quadratic form, through the implicit matrix
+            similarity = q @ k.transpose(-2, -1)  # (B, H, T, T)  phi(q_i).phi(k_j) > 0
+            matrix = self.expose(similarity / similarity.sum(dim=-1, keepdim=True), record)  # (B, H, T, T)
+            return self.merge_heads(matrix @ v, record)  # (B, T, D)
         kv = torch.einsum("bhtd,bhte->bhde", k, v)  # (B, H, d, d)  sum_j phi(k_j) v_j^T
         z = k.sum(dim=2)  # (B, H, d)  sum_j phi(k_j)
         numerator = torch.einsum("bhtd,bhde->bhte", q, kv)  # (B, H, T, d)
         denominator = torch.einsum("bhtd,bhd->bht", q, z)  # (B, H, T)
-        return self.merge_heads(numerator / denominator[..., None])  # (B, T, D)
-
-    def forward_explicit(
-        self, x: torch.Tensor, grid: tuple[int, int] | None = None, dropout: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor, None]:
-        """Output (B, T, D) through the quadratic form, and the implicit matrix (B, H, T, T)."""
-        q, k, v = self.features(x)  # 3 x (B, H, T, d)
-        similarity = q @ k.transpose(-2, -1)  # (B, H, T, T)  phi(q_i).phi(k_j) > 0
-        matrix = self.probe(similarity / similarity.sum(dim=-1, keepdim=True))  # (B, H, T, T), rows sum to 1
-        return self.merge_heads(matrix @ v, dropout), matrix, None
+        return self.merge_heads(numerator / denominator[..., None], record)  # (B, T, D)
 
 
 # --------------------------------------------------------------------------- retention
@@ -191,7 +148,7 @@ def retention_decays(heads: int) -> list[float]:
     return [1.0 - 2.0 ** -(1 + h) for h in range(heads)]
 
 
-class Retention(_ProjectedMixer):
+class Retention(ProjectedMixer):
     """Parallel retention with a per-head decay over 2-D patch distance (after RetNet, Sun et al. 2023).
 
     RetNet's parallel form (eq. 5, section 2.4) is ``(Q K^T * D) V`` with D_nm = gamma^(n-m), a
@@ -232,18 +189,13 @@ class Retention(_ProjectedMixer):
         weighted = scores * self.decay(grid, q.device, q.dtype)  # (B, H, T, T)
         return weighted / weighted.sum(dim=-1, keepdim=True).abs().clamp(min=1.0)  # (B, H, T, T)
 
-    def fast(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        q, k, v = self.split_heads(x)  # 3 x (B, H, T, d)
-        return self.merge_heads(self.retention_matrix(q, k, grid) @ v)  # (B, T, D)
-
-    def forward_explicit(
-        self, x: torch.Tensor, grid: tuple[int, int] | None = None, dropout: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor, None]:
-        """Output (B, T, D) and the decay-weighted retention matrix (B, H, T, T)."""
+    def forward(
+        self, x: torch.Tensor, grid: tuple[int, int] | None = None, record: Record | None = None
+    ) -> torch.Tensor:
         grid = resolve_grid(self.config, x.shape[1], grid)
         q, k, v = self.split_heads(x)  # 3 x (B, H, T, d)
-        matrix = self.probe(self.retention_matrix(q, k, grid))  # (B, H, T, T)
-        return self.merge_heads(matrix @ v, dropout), matrix, None
+        matrix = self.expose(self.retention_matrix(q, k, grid), record)  # (B, H, T, T), formed on every path
+        return self.merge_heads(matrix @ v, record)  # (B, T, D)
 
     def forward_recurrent(self, x: torch.Tensor) -> torch.Tensor:
         """The same output as ``forward(x, grid=(1, N))``, computed token by token with d x d states."""
@@ -288,7 +240,7 @@ class Retention(_ProjectedMixer):
 
 
 # --------------------------------------------------------------------------- pooling
-class PoolingMixer(_Mixer):
+class PoolingMixer(TokenMixer):
     """PoolFormer's token mixer (Yu et al. 2022, "MetaFormer Is Actually What You Need for Vision", eq. 4).
 
     ``AvgPool(x) - x``: each patch token becomes the mean of its 3 x 3 neighbourhood on the grid
@@ -313,7 +265,16 @@ class PoolingMixer(_Mixer):
         bottom = F.pad(window, (p, 0))  # (N, T)
         return torch.cat([top, bottom], dim=0)  # (T, T)
 
-    def fast(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, grid: tuple[int, int] | None = None, record: Record | None = None
+    ) -> torch.Tensor:
+        grid = resolve_grid(self.config, x.shape[1], grid)
+        if self.explicit(record):  # the fixed matrix P - I, expanded to (B, H, T, T) (a view, no copies)
+            B, T, _ = x.shape
+            fixed = self.pooling_matrix(grid, x.device, x.dtype) - torch.eye(T, device=x.device, dtype=x.dtype)
+            matrix = self.expose(fixed.expand(B, self.heads, T, T), record)  # (B, H, T, T)
+            values = rearrange(x, "b t (h d) -> b h t d", h=self.heads)  # (B, H, T, d): the tokens themselves
+            return rearrange(matrix @ values, "b h t d -> b t (h d)")  # (B, T, D)
         p = self.num_prefix_tokens
         gh, gw = grid
         patches = rearrange(x[:, p:], "b (gh gw) d -> b d gh gw", gh=gh, gw=gw)  # (B, D, gh, gw)
@@ -323,28 +284,19 @@ class PoolingMixer(_Mixer):
         prefix = x[:, p:].mean(dim=1, keepdim=True).expand(-1, p, -1)  # (B, p, D) global average
         return torch.cat([prefix, pooled], dim=1) - x  # (B, T, D)
 
-    def forward_explicit(
-        self, x: torch.Tensor, grid: tuple[int, int] | None = None, dropout: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor, None]:
-        """Output (B, T, D) and the fixed matrix P - I, expanded to (B, H, T, T) (a view, no copies)."""
-        grid = resolve_grid(self.config, x.shape[1], grid)
-        B, T, _ = x.shape
-        fixed = self.pooling_matrix(grid, x.device, x.dtype) - torch.eye(T, device=x.device, dtype=x.dtype)
-        matrix = self.probe(fixed.expand(B, self.heads, T, T))  # (B, H, T, T)
-        values = rearrange(x, "b t (h d) -> b h t d", h=self.heads)  # (B, H, T, d): the tokens themselves
-        return rearrange(matrix @ values, "b h t d -> b t (h d)"), matrix, None
-
 
 # --------------------------------------------------------------------------- token-mixing MLP
-class TokenMixingMLP(_Mixer):
+class TokenMixingMLP(TokenMixer):
     """The token-mixing MLP of MLP-Mixer (Tolstikhin et al. 2021, eq. 1): an MLP across tokens.
 
     Every channel is mixed over the token axis by the same MLP, T -> D_S -> T with a GELU, and
     D_S = D / 2 (Mixer-S and Mixer-B use D_S = C / 2). Its weights have one row per token, so
     **the module is tied to a fixed token count** T = prefix + N of ``config.image_size``: another
     input size raises a ValueError (no interpolation exists for these weights). The mixing is not
-    a matrix (it is nonlinear), so :meth:`forward_explicit` returns None for it.
+    a matrix (it is nonlinear), so no record ever receives one (``has_matrix = False``).
     """
+
+    has_matrix = False
 
     def __init__(self, config: ViTConfig) -> None:
         super().__init__(config)
@@ -363,22 +315,15 @@ class TokenMixingMLP(_Mixer):
                 f"{self.config.patch_size}) but got {x.shape[1]}; resize the input to {h}x{w} or use another mixer"
             )
 
-    def mix(self, x: torch.Tensor, dropout: bool) -> torch.Tensor:
-        self._check(x)
+    def forward(
+        self, x: torch.Tensor, grid: tuple[int, int] | None = None, record: Record | None = None
+    ) -> torch.Tensor:
+        self._check(x)  # no grid needed, only the token count
         y = rearrange(x, "b t d -> b d t")  # (B, D, T): each channel is a sequence over tokens
         y = self.act(self.fc1(y))  # (B, D, D_S)
-        y = self.fc2(self.drop(y) if dropout else y)  # (B, D, T)
+        y = self.fc2(maybe_dropout(self.drop, y, record))  # (B, D, T)
         y = rearrange(y, "b d t -> b t d")  # (B, T, D)
-        return self.drop(y) if dropout else y
-
-    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
-        return self.mix(x, dropout=True)  # (B, T, D); no grid needed, only the token count
-
-    def forward_explicit(
-        self, x: torch.Tensor, grid: tuple[int, int] | None = None, dropout: bool = False
-    ) -> tuple[torch.Tensor, None, None]:
-        """Output (B, T, D); no matrix (the mixing is nonlinear)."""
-        return self.mix(x, dropout), None, None
+        return maybe_dropout(self.drop, y, record)  # (B, T, D)
 
 
 def token_mlp_width(config: ViTConfig) -> int:
@@ -386,7 +331,7 @@ def token_mlp_width(config: ViTConfig) -> int:
     return max(1, config.dim // 2)
 
 
-_MIXERS: dict[str, type[nn.Module]] = {  # the one registry of token mixers, in TOKEN_MIXERS order
+_MIXERS: dict[str, type[TokenMixer]] = {  # the one registry of token mixers, in TOKEN_MIXERS order
     "attention": Attention,
     "linear": LinearAttention,
     "retention": Retention,
@@ -395,7 +340,7 @@ _MIXERS: dict[str, type[nn.Module]] = {  # the one registry of token mixers, in 
 }
 
 
-def build_mixer(config: ViTConfig) -> nn.Module:
+def build_mixer(config: ViTConfig) -> TokenMixer:
     """The token mixer ``config.token_mixer`` names: the one factory every block uses."""
     if config.token_mixer not in _MIXERS:
         raise ValueError(f"token_mixer={config.token_mixer!r} is unknown; choose one of {list(TOKEN_MIXERS)}")

@@ -12,7 +12,9 @@ T = 1 + N tokens (CLS first), D the width and H the number of heads:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +24,7 @@ from torch import nn
 from .attention import Attention, AttentionProbe
 from .config import ViTConfig
 from .mixers import build_mixer
+from .record import Record, maybe_dropout
 
 __all__ = [
     "MLP",
@@ -30,6 +33,7 @@ __all__ = [
     "Block",
     "Intermediates",
     "PatchEmbedding",
+    "Record",
     "VisionTransformer",
     "conv_as_linear",
     "interpolate_pos_embedding",
@@ -144,15 +148,12 @@ class MLP(nn.Module):
         self.fc2 = nn.Linear(config.mlp_dim, config.dim)
         self.drop2 = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.drop1(self.act(self.fc1(x)))  # (B, T, mlp_dim)
-        return self.drop2(self.fc2(x))  # (B, T, D)
-
-    def forward_explicit(self, x: torch.Tensor, dropout: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Output (B, T, D) and the hidden activations after GELU (B, T, mlp_dim)."""
-        hidden = self.act(self.fc1(x))  # (B, T, mlp_dim)
-        out = self.fc2(self.drop1(hidden) if dropout else hidden)  # (B, T, D)
-        return (self.drop2(out) if dropout else out), hidden
+    def forward(self, x: torch.Tensor, record: Record | None = None) -> torch.Tensor:
+        hidden = self.act(self.fc1(x))  # (B, T, M)
+        if record is not None:
+            record.keep_hidden(hidden)
+        out = self.fc2(maybe_dropout(self.drop1, hidden, record))  # (B, T, D)
+        return maybe_dropout(self.drop2, out, record)  # (B, T, D)
 
 
 class Block(nn.Module):
@@ -165,28 +166,12 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(config.dim, eps=config.layer_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), grid)  # (B, T, D)   z' = MSA(LN(z)) + z
-        return x + self.mlp(self.norm2(x))  # (B, T, D)   z  = MLP(LN(z')) + z'
-
-    def forward_explicit(
-        self,
-        x: torch.Tensor,
-        grid: tuple[int, int] | None = None,
-        dropout: bool = False,
-        out: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple | None, torch.Tensor]:
-        """Output (B, T, D), the mixing matrix (B, H, T, T) or None, (q, k, v) or None, MLP hidden (B, T, M).
-
-        ``out`` (attention only): a preallocated (B, H, T, T) tensor the matrix is written into.
-        """
-        if out is not None and isinstance(self.attn, Attention):
-            mixed, matrix, qkv = self.attn.forward_explicit(self.norm1(x), grid, dropout, out)
-        else:
-            mixed, matrix, qkv = self.attn.forward_explicit(self.norm1(x), grid, dropout)  # (B, T, D), ...
-        x = x + mixed  # (B, T, D)   z' = MSA(LN(z)) + z
-        out, hidden = self.mlp.forward_explicit(self.norm2(x), dropout)  # (B, T, D), (B, T, M)
-        return x + out, matrix, qkv, hidden  # z = MLP(LN(z')) + z'
+    def forward(
+        self, x: torch.Tensor, grid: tuple[int, int] | None = None, record: Record | None = None
+    ) -> torch.Tensor:
+        """z (B, T, D) -> the next z (B, T, D); ``record`` (optional) says what else to keep and receives it."""
+        x = x + self.attn(self.norm1(x), grid, record)  # (B, T, D)   z' = MSA(LN(z)) + z
+        return x + self.mlp(self.norm2(x), record)  # (B, T, D)   z  = MLP(LN(z')) + z'
 
 
 # --------------------------------------------------------------------------- the model
@@ -279,16 +264,47 @@ class VisionTransformer(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    # ---- run-time switches ----------------------------------------------------------
+    # ---- another config, the same parameters -----------------------------------------
+    def with_config(self, **changes: Any) -> VisionTransformer:
+        """This model under ``self.config.replace(**changes)``, sharing every parameter and buffer.
+
+        How a model is switched to the explicit attention path (or back): a copy,
+        ``model.with_config(fused_attention=False)``, whose parameters *are* this model's (the same
+        ``nn.Parameter`` objects: training either trains both). This model is not changed. Submodules
+        keep their train / eval mode; hooks stay on this model. Changes that would need other
+        parameters (``dim``, ``depth``, ``num_classes``, ...) are refused.
+        """
+        config = self.config.replace(**changes)
+        with torch.device("meta"):  # a skeleton: nothing allocated, no random numbers drawn
+            twin = type(self)(config)
+        mine = dict(self.named_parameters()) | dict(self.named_buffers())
+        theirs = dict(twin.named_parameters()) | dict(twin.named_buffers())
+        differ = sorted(name for name in mine.keys() | theirs.keys()
+                        if name not in mine or name not in theirs or mine[name].shape != theirs[name].shape)
+        if differ:
+            raise ValueError(
+                f"with_config({', '.join(f'{k}={v!r}' for k, v in changes.items())}) would change the parameters "
+                f"{differ[:4]}{' ...' if len(differ) > 4 else ''}; it only changes how the same parameters are "
+                "used (e.g. fused_attention, dropout, pool). Build a new VisionTransformer for another shape"
+            )
+        for name, tensor in mine.items():  # Parameters stay Parameters, buffers stay (non-)persistent
+            owner, _, attr = name.rpartition(".")
+            setattr(twin.get_submodule(owner), attr, tensor)
+        for a, b in zip(twin.modules(), self.modules()):
+            a.training = b.training
+        return twin
+
     @property
     def fused_attention(self) -> bool:
-        """Whether blocks use ``scaled_dot_product_attention`` (True) or the explicit path."""
-        return all(block.attn.fused for block in self.blocks)
+        """``config.fused_attention``: whether attention runs ``scaled_dot_product_attention`` when no map is asked."""
+        return self.config.fused_attention
 
     @fused_attention.setter
     def fused_attention(self, value: bool) -> None:
-        for block in self.blocks:
-            block.attn.fused = bool(value)
+        raise AttributeError(
+            "fused_attention lives in the frozen config; make a copy that shares the parameters: "
+            f"model = model.with_config(fused_attention={bool(value)})"
+        )
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -342,20 +358,33 @@ class VisionTransformer(nn.Module):
         x = self.patch_embed(images)  # (B, N, D)
         return self.embed_patches(x, self.grid_for(*images.shape[-2:]))  # (B, T, D)
 
+    def forward_blocks(
+        self,
+        x: torch.Tensor,
+        grid: tuple[int, int],
+        records: Sequence[Record | None] | None = None,
+        tokens: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Eq. (2) and (3) for l = 1..L: z_0 (B, T, D) -> z_L (B, T, D), the one loop over the blocks.
+
+        ``records``: one per block (or None), handed to it; ``tokens``: a list that receives every
+        block's input z_0 .. z_{L-1}.
+        """
+        for i, block in enumerate(self.blocks):
+            if tokens is not None:
+                tokens.append(x)  # (B, T, D) z_i, the input of block i
+            x = block(x, grid, None if records is None else records[i])  # (B, T, D)
+        return x
+
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Tokens after the last block and the final LayerNorm, (B, T, D)."""
-        grid = self.grid_for(*images.shape[-2:])
         x = self.embed(images)  # (B, T, D)
-        for block in self.blocks:
-            x = block(x, grid)  # (B, T, D)
-        return self.norm(x)  # (B, T, D)
+        return self.norm(self.forward_blocks(x, self.grid_for(*images.shape[-2:])))  # (B, T, D)
 
     def forward_embedded(self, patch_embeddings: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Logits (B, C) from patch embeddings x_p E (B, N, D), e.g. for gradients w.r.t. the embeddings."""
         x = self.embed_patches(patch_embeddings, grid)  # (B, T, D)
-        for block in self.blocks:
-            x = block(x, grid)  # (B, T, D)
-        return self.forward_head(self.norm(x))  # (B, C)
+        return self.forward_head(self.norm(self.forward_blocks(x, grid)))  # (B, C)
 
     def forward_intermediates(
         self,
@@ -368,58 +397,58 @@ class VisionTransformer(nn.Module):
         mlp: bool = False,
         head: bool = True,
         dropout: bool = False,
-        attention_out: torch.Tensor | None = None,
+        records: Mapping[int, Record] | None = None,
     ) -> Intermediates:
         """One forward pass that returns every block's tokens and, when asked, its internals.
 
         Tokens of every block are always returned (they exist anyway). For the blocks in
-        ``layers`` (default all; negative counts from the end) the mixing matrix (``attention``),
-        q/k/v (``qkv``) and the MLP hidden activations (``mlp``) are computed explicitly and
-        returned; the other blocks run their normal (fused) path. Only the ``heads`` asked for are
-        kept. Nothing on the model is read but its parameters and buffers: no flag is switched,
-        no hook is added, so any number of threads may call this on one shared model. Dropout runs
-        only with ``dropout=True`` (and the modules in training mode); grad mode is the caller's,
-        so ``torch.autograd.grad(score, out.attention)`` gives gradients of the attention maps.
+        ``layers`` (default all; negative counts from the end) the mixing matrix (``attention``,
+        computed explicitly), q/k/v (``qkv``) and the MLP hidden activations (``mlp``) are
+        returned; the other blocks run the config's path. Only the ``heads`` asked for are kept.
+        Nothing on the model is read but its parameters and buffers: no flag is switched, no hook
+        is added, so any number of threads may call this on one shared model. Dropout runs only
+        with ``dropout=True`` (and the modules in training mode); grad mode is the caller's, so
+        ``torch.autograd.grad(score, out.attention)`` gives gradients of the attention maps.
 
-        ``attention_out``: a preallocated (len(layers), B, H, T, T) float tensor (all heads kept, no
-        grad) that the softmax writes into, so storing the maps costs no copy (:func:`vitcore.capture`).
+        ``records``: the caller's own :class:`Record` per block index instead of ``layers``,
+        ``heads``, ``attention``, ``qkv`` and ``mlp`` (e.g. with buffers the matrices are written
+        into, as :func:`vitcore.capture` does); the lists of the result hold what they received.
         """
         _check_images(images, self.config.patch_size, self.config.in_channels)
         depth = len(self.blocks)
-        selected = set(select_indices(layers, depth, "layers"))
-        head_ids = select_indices(heads, self.config.heads, "heads")
-        if not head_ids:
-            raise ValueError("select at least one head (heads=None keeps all)")
-        subset = None if len(head_ids) == self.config.heads else list(head_ids)
+        if records is None:
+            selected = select_indices(layers, depth, "layers")
+            head_ids = select_indices(heads, self.config.heads, "heads")
+            if not head_ids:
+                raise ValueError("select at least one head (heads=None keeps all)")
+            subset = None if len(head_ids) == self.config.heads else head_ids
+            records = {i: Record(attention=attention, qkv=qkv, mlp=mlp, heads=subset, dropout=dropout)
+                       for i in selected}
+        else:
+            if layers is not None or heads is not None or attention or qkv or mlp:
+                raise ValueError("pass either records or layers / heads / attention / qkv / mlp, not both")
+            selected = select_indices(list(records), depth, "layers")
+            records = {i % depth: record for i, record in records.items()}
+            kept = {record.heads for record in records.values()}
+            if len(kept) > 1:
+                raise ValueError(f"every record must keep the same heads, got {sorted(map(str, kept))}")
+            head_ids = kept.pop() if kept and None not in kept else tuple(range(self.config.heads))
         grid = self.grid_for(*images.shape[-2:])
-        explicit = attention or qkv or mlp
-
-        def keep(t: torch.Tensor) -> torch.Tensor:
-            return t if subset is None else t[:, subset]  # (B, H', ...)
-
         patch_embeddings = self.patch_embed(images)  # (B, N, D)
         x = self.embed_patches(patch_embeddings, grid, dropout)  # (B, T, D)
-        out = Intermediates(grid=grid, patch_embeddings=patch_embeddings, layers=tuple(sorted(selected)),
-                            heads=head_ids)
-        if attention_out is not None and (subset is not None or not attention or torch.is_grad_enabled()):
-            raise ValueError("attention_out needs attention=True, all heads and no grad mode")
-        slots = {layer: slot for slot, layer in enumerate(out.layers)}
-        for i, block in enumerate(self.blocks):
-            out.tokens.append(x)  # (B, T, D) z_i, input of block i
-            if explicit and i in selected:
-                slab = attention_out[slots[i]] if attention_out is not None else None  # (B, H, T, T)
-                x, matrix, qkv_i, hidden = block.forward_explicit(x, grid, dropout, slab)  # (B, T, D), ...
-                if attention and matrix is not None:
-                    out.attention.append(keep(matrix))  # (B, H', T, T)
-                if qkv and qkv_i is not None:
-                    out.q.append(keep(qkv_i[0]))  # (B, H', T, d)
-                    out.k.append(keep(qkv_i[1]))
-                    out.v.append(keep(qkv_i[2]))
-                if mlp:
-                    out.mlp.append(hidden)  # (B, T, M)
-            else:
-                x = block(x, grid)  # (B, T, D)
+        out = Intermediates(grid=grid, patch_embeddings=patch_embeddings, layers=selected, heads=head_ids)
+        plain = Record(dropout=dropout)  # blocks whose internals are not asked for: the config's path
+        x = self.forward_blocks(x, grid, [records.get(i, plain) for i in range(depth)], out.tokens)  # (B, T, D)
         out.tokens.append(x)  # (B, T, D) z_L
+        for record in (records[i] for i in selected):
+            if record.matrix is not None:
+                out.attention.append(record.matrix)  # (B, H', T, T)
+            if record.q is not None:
+                out.q.append(record.q)  # (B, H', T, d)
+                out.k.append(record.k)
+                out.v.append(record.v)
+            if record.hidden is not None:
+                out.mlp.append(record.hidden)  # (B, T, M)
         out.features = self.norm(x)  # (B, T, D)
         out.logits = self.forward_head(out.features) if head else None  # (B, C)
         return out

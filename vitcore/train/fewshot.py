@@ -249,7 +249,6 @@ def attach_head(backbone: VisionTransformer, head: nn.Linear, class_names: Seque
     state["head.weight"] = head.weight.detach().to(param.device, param.dtype).clone()
     state["head.bias"] = head.bias.detach().to(param.device, param.dtype).clone()
     model.load_state_dict(state, assign=True)  # the copies become the new model's parameters
-    model.fused_attention = backbone.fused_attention
     return model.eval()
 
 

@@ -138,7 +138,6 @@ def replace_head(model: VisionTransformer, num_classes: int) -> VisionTransforme
     missing, unexpected = new.load_state_dict(backbone, strict=False)
     if unexpected or any(not k.startswith(("head.", "head_dist.")) for k in missing):
         raise ValueError(f"could not carry the backbone over: missing {missing}, unexpected {unexpected}")
-    new.fused_attention = model.fused_attention
     param = next(model.parameters())
     return new.to(param.device, param.dtype)
 
