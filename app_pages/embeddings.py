@@ -55,6 +55,7 @@ with cols[1]:  # hover a patch: its row is drawn in the browser, no script run (
     size = tuple(loaded.preprocessing.crop_size)
     jpeg = cached_view_jpeg(spec, key, size, resized)
     patch = (picked(S.EMB_GRID) or (0, 0))[0]  # only reported back when the view is over the budget
+    patch = patch if 0 <= patch < N else 0  # a click on another model's larger grid
     fits = matrix_fits(1, grid, len(jpeg))
     payload = cached_payload(("position", spec, key, size, *(() if fits else (patch,))),
                              lambda: matrix_payload(sim.reshape(N, N), grid, query=patch, image=jpeg))

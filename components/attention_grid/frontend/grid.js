@@ -507,6 +507,7 @@
       st.awaiting = null;
     }
     if (st.head >= meta.panels) st.head = 0;
+    if (st.pinned >= meta.grid[0] * meta.grid[1]) st.pinned = 0; // a smaller grid than before (another model)
     layout();
     if (st.notice) st.notice.textContent = a.notice || "";
     drawAll();
