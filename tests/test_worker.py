@@ -133,3 +133,38 @@ def test_bad_data_fails_in_the_worker_with_its_message(tmp_path):
     assert job.status == "failed" and "zip" in job.message.lower() and "Traceback" not in job.message
     assert "Traceback" in job.snapshot()["artifacts"]["traceback"]
     assert list((tmp_path / "work").iterdir()) == []  # a job without a session code leaves nothing behind
+
+
+@pytest.mark.slow
+def test_the_page_shows_a_killed_worker_as_failed_and_keeps_working(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from explorer import state as S
+    from explorer.jobs import default_manager
+    from explorer.training import submit_finetune
+
+    manager = default_manager()
+    monkeypatch.setattr(manager, "store", JobStore(tmp_path))
+    code = "KILLED22"
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "streamlit_app.py"), default_timeout=180)
+    at.query_params["code"] = code  # the page finds its session's job through the code, as after a reload
+    at.run()
+    page = "app_pages/finetune.py"
+    at.switch_page(page).run()  # the first run loads models: longer than a job's heartbeat
+    job = submit_finetune(manager, code, micro_request(epochs=500, max_seconds=300), code=code)
+    at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.button(key=S.FT_START).disabled  # this session's job runs
+    wait(job, what=lambda: job.snapshot()["artifacts"].get("best_checkpoint"))
+    os.kill(job.snapshot()["artifacts"]["worker_pid"], signal.SIGKILL)
+    wait(job)
+    at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    errors = [e.value for e in at.error]
+    assert any(e.startswith("Training failed: the training process was killed") for e in errors), errors
+    assert len(at.get("download_button")) == 1  # its last checkpoint is offered
+    assert S.FT_USE in [b.key for b in at.button]
+    at.switch_page(page).run()  # the next run: Start is enabled again
+    assert not at.exception and not at.button(key=S.FT_START).disabled
