@@ -1,34 +1,37 @@
-"""Faithfulness scoreboard: every explanation method against a random and a centre-bias map, measured.
+"""Faithfulness scoreboard: every explanation method against a random and a centre-bias map, on three models.
 
     python benchmarks/faithfulness.py [--images 200] [--steps 10] [--fill mean] [--threads 2]
-        [--timing-threads 2] [--randomization-images N] [--lfw-checkpoint PATH [--lfw-data DIR]] [--skip-vits]
+        [--randomization-images N] [--lfw-images 10] [--photos 4] [--dino-randomization-images 1] [--skip-dino]
 
-On Shapes validation images with the bundled model (assets/shapes_micro.safetensors), each method
-(vitcore.explain.faithfulness.METHODS) explains the model's predicted class; per method the mean and a 95 %
+(a) the bundled Shapes model (assets/shapes_micro.safetensors) on Shapes validation images, its
+predicted class; (b) DINOv2 ViT-S/14 at 224 px with a linear head taught 10-shot on scikit-image's
+LFW subset (faces vs not faces; vitcore.train.fewshot, draw 0: 10 photos per class), on held-out
+photos, its predicted class; (c) head-less DINOv2 on the sample photos, the similarity target
+(cosine similarity of the CLS features to the clean photo's; vitcore.explain.targets). Every
+method of vitcore.explain.maps.METHODS explains the target; per method the mean and a 95 %
 interval (mean ± t·sd/√n over images) of:
 
     deletion AUC ↓, insertion AUC ↑       Petsiuk et al. 2018 (RISE), `--steps` steps, probability of the class
+                                          (the similarity for (c))
     positive AUC ↓, negative AUC ↑        Chefer et al. 2021: 0, 10, ..., 90 % removed, most / least relevant first
-    pointing game ↑, mask share ↑         against the Shapes object masks
-    Spearman rho per randomisation stage  Adebayo et al. 2018, cascading from the head down
+                                          ((a) only: on DINOv2 they would double a run of ~500 forwards per image)
+    pointing game ↑, mask share ↑         against the Shapes object masks ((a) only)
+    Spearman rho per randomisation stage  Adebayo et al. 2018, cascading from the head down ((b), (c): the head,
+                                          blocks 11 and 5 and the embedding)
 
 with the random and centre-bias baselines in the same table. "Beats random" means the paired
 per-image difference to the random map has a 95 % interval entirely on the good side, for both
-deletion and insertion (the same test is reported against the centre-bias map). Removed patches
-show `--fill` (reported, it changes the numbers; Rong et al. 2022). Nothing is tuned to make a
-method win: settings are the library defaults.
+deletion and insertion. Removed patches show `--fill` (vitcore.explain.perturb.FILLS). Nothing is
+tuned to make a method win: settings are the library defaults; on DINOv2 occlusion hides boxes
+of 2x2 patches (64 forward passes instead of 256) and Integrated Gradients uses 16 points.
 
-`--lfw-checkpoint PATH` (a vitcore checkpoint with a few-shot head on LFW faces, e.g. DINOv2
-ViT-S/14 + vitcore.train.fewshot.attach_head) adds the same table for that model on scikit-image's LFW
-subset (or `--lfw-data`, a folder of class folders; its validation split), preprocessed with the
-checkpoint's own record; no masks there, so no localisation. The last line is then its
-``deletion AUC gradient-rollout/random: 0.NN`` (ratio of the two means; below 1 = better than
-random). Without it the last line reports the same ratio for the Shapes model, labelled so.
+Timing (issue 20's targets, per image on DINOv2 at 224 px, 2 threads): all maps <= 10 s together,
+all curves <= 15 s; printed with the load average and, because the machine is shared, in plain
+forward passes of the same model measured in the same run.
 
-Timing (issue target): all methods' deletion and insertion curves of one image with 10 steps,
-<= 3 s for the Shapes model and <= 15 s for ViT-S/14 at 224 (random weights) on 2 threads
-(`--timing-threads`; the scoreboard itself may use `--threads 1`, which suffers less when other
-jobs share the cores). The load average is printed with the timings.
+The second-to-last line is ``deletion AUC best-method/random on DINOv2 lfw: 0.NN`` (the best
+method's mean deletion AUC over the random map's; below 1 = better than random), the last line
+``deletion AUC gradient-rollout/random: 0.NN`` for the Shapes model.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from pathlib import Path
 import torch
 
 import vitcore
+from vitcore.data.images import Preprocessing
 from vitcore.explain import faithfulness as FA
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,25 +93,26 @@ class Scores:
 
 
 def score_model(model, samples, *, steps: int, fill: str, normalization, randomization_images: int,
-                label: str) -> Scores:
-    """Run every metric on (image, label, mask or None) samples."""
+                label: str, target=None, occlusion_block: int = 1, stages=None, chefer_curves: bool = True) -> Scores:
+    """Run every metric on (image, label or None, mask or None) samples; ``target`` None: the prediction."""
     scores = Scores()
     start = time.perf_counter()
     for i, (x, label_index, mask) in enumerate(samples):
         t0 = time.perf_counter()
-        maps = FA.relevance_maps(model, x, None, FA.ALL_METHODS, seed=i)
+        maps = FA.relevance_maps(model, x, target, FA.ALL_METHODS, seed=i, fill=fill, normalization=normalization,
+                                 occlusion_block=occlusion_block)
         t1 = time.perf_counter()
-        petsiuk = FA.faithfulness_curves(model, x, maps, None, kinds=("deletion", "insertion"), steps=steps,
+        petsiuk = FA.faithfulness_curves(model, x, maps, target, kinds=("deletion", "insertion"), steps=steps,
                                          fill=fill, normalization=normalization)
         t2 = time.perf_counter()
-        chefer = FA.faithfulness_curves(model, x, maps, None, kinds=("positive", "negative"), fill=fill,
-                                        normalization=normalization)
+        chefer = {} if not chefer_curves else FA.faithfulness_curves(
+            model, x, maps, target, kinds=("positive", "negative"), fill=fill, normalization=normalization)
         scores.map_seconds.append(t1 - t0)
         scores.curve_seconds.append(t2 - t1)
-        target = petsiuk["deletion"]["random"].target
-        scores.correct += int(target == label_index)
+        explained = petsiuk["deletion"]["random"].target
+        scores.correct += int(label_index is not None and explained == label_index)
         scores.images += 1
-        for curves in (petsiuk, chefer):
+        for curves in (petsiuk, chefer):  # chefer may be {} (DINOv2: deletion / insertion only, for time)
             for kind, by_method in curves.items():
                 for method, curve in by_method.items():
                     scores.add(kind, method, curve.auc)
@@ -116,12 +121,13 @@ def score_model(model, samples, *, steps: int, fill: str, normalization, randomi
                 scores.add("pointing game", method, float(FA.pointing_game(m, mask)))
                 scores.add("mask share", method, FA.mask_share(m, mask))
         if i < randomization_images:
-            check = FA.randomization_check(model, x, target, FA.ALL_METHODS, seed=i)
+            check = FA.randomization_check(model, x, explained, FA.ALL_METHODS, seed=i, stages=stages, fill=fill,
+                                           normalization=normalization, occlusion_block=occlusion_block)
             scores.stages = check.stages
             for method in FA.ALL_METHODS:
                 scores.rho.setdefault(method, []).append(check.spearman[method])
                 scores.ssim.setdefault(method, []).append(check.ssim[method])
-        if (i + 1) % 20 == 0 or i + 1 == len(samples):
+        if (i + 1) % 20 == 0 or i + 1 == len(samples) or label != "shapes":
             print(f"  [{label}] {i + 1}/{len(samples)} images, {time.perf_counter() - start:.0f} s", flush=True)
     return scores
 
@@ -134,42 +140,42 @@ def beats(scores: Scores, method: str, metric: str, baseline: str = "random") ->
     return mean + half < 0 if LOWER_IS_BETTER[metric] else mean - half > 0
 
 
-def print_tables(scores: Scores, title: str, fill: str, steps: int) -> dict[str, str]:
+def print_tables(scores: Scores, title: str, fill: str, steps: int,
+                 explained: str = "the predicted class") -> dict[str, str]:
     """The scoreboard and the randomisation table; returns each method's randomisation verdict."""
     n = scores.images
-    print(f"\n## {title}: {n} images, model correct on {scores.correct}/{n}; explained class = prediction; "
-          f"fill = {fill}; deletion/insertion in {steps} steps; mean ± 95% CI")
+    print(f"\n## {title}: {n} images, model correct on {scores.correct}/{n}; explained: {explained}; "
+          f"fill = {fill}; deletion/insertion in {steps} steps; mean ± 95% CI\n")
     metrics = [m for m in LOWER_IS_BETTER if m in scores.metrics]
     arrows = {m: "↓" if LOWER_IS_BETTER[m] else "↑" for m in metrics}
-    header = (f"{'method':<18}" + "".join(f"{m + ' ' + arrows[m]:>20}" for m in metrics)
-              + "  beats (del & ins): random, centre-bias")
-    print(header)
-    print("-" * len(header))
+    columns = ["method", *(f"{m} {arrows[m]}" for m in metrics), "beats random (del & ins)", "beats centre-bias"]
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
     for method in FA.ALL_METHODS:
-        cells = []
+        cells = [method]
         for metric in metrics:
             mean, half = mean_ci(scores.metrics[metric][method])
             cells.append(f"{mean:.3f} ± {half:.3f}")
         if method in FA.BASELINES:
-            verdict = "(baseline)"
+            cells += ["(baseline)", "(baseline)"]
         else:
-            verdict = ", ".join("yes" if both_curves(scores, method, b) else "no" for b in FA.BASELINES)
-        print(f"{method:<18}" + "".join(f"{c:>20}" for c in cells) + f"  {verdict}")
+            cells += ["yes" if both_curves(scores, method, b) else "no" for b in FA.BASELINES]
+        print("| " + " | ".join(cells) + " |")
 
     verdicts: dict[str, str] = {}
     if scores.rho:
         k = len(next(iter(scores.rho.values())))
         print(f"\nRandomisation check (Adebayo et al. 2018), cascading from the head down, {k} images: "
-              "mean Spearman rho with the trained map (SSIM of the fully random model in the last column)")
-        head = f"{'method':<18}" + "".join(f"{s:>11}" for s in scores.stages[1:]) + f"{'SSIM all':>10}  verdict"
-        print(head)
-        print("-" * (len(head) + 40))
+              "mean Spearman rho with the trained map (SSIM of the last stage in the last column)\n")
+        columns = ["method", *(f"ρ {stage}" for stage in scores.stages[1:]), "SSIM last", "verdict"]
+        print("| " + " | ".join(columns) + " |")
+        print("|" + "---|" * len(columns))
         for method in FA.ALL_METHODS:
             per_stage = [statistics.fmean(r[j] for r in scores.rho[method]) for j in range(len(scores.stages))]
             last_ssim = statistics.fmean(s[-1] for s in scores.ssim[method])
             verdicts[method] = FA.randomization_verdict(scores.stages, per_stage)
-            print(f"{method:<18}" + "".join(f"{r:>11.2f}" for r in per_stage[1:]) + f"{last_ssim:>10.2f}  "
-                  f"{verdicts[method]}")
+            cells = [method, *(f"{r:.2f}" for r in per_stage[1:]), f"{last_ssim:.2f}", verdicts[method]]
+            print("| " + " | ".join(cells) + " |")
     return verdicts
 
 
@@ -203,26 +209,39 @@ def shapes_samples(n: int, image_size: tuple[int, int]):
     return [(ds.tensors[i], int(ds.targets[i]), ds.masks[i]) for i in range(n)]
 
 
-def lfw_samples(meta, folder: str | None, n: int):
-    """(image, label, None) from an image folder's validation split, or scikit-image's LFW subset when no folder."""
-    from vitcore.data.images import Preprocessing
+def dino_lfw(n: int, shots: int = 10):
+    """DINOv2 ViT-S/14 at 224 px with a head taught on ``shots`` faces and non-faces; n held-out samples."""
+    from vitcore.pretrained.dinov2 import dinov2_small
+    from vitcore.train.fewshot import attach_head, extract_features, lfw_subset, train_linear_head
 
-    pre = Preprocessing.from_dict(meta["preprocessing"])  # load_checkpoint fills it in for old checkpoints
-    normalization = (tuple(pre.mean), tuple(pre.std))
-    if folder:
-        data = vitcore.from_image_folder(folder, image_size=pre.crop_size, normalization=normalization,
-                                         augment=False)
-        val = data.datasets["val"]
-        return [(val[i][0], int(val[i][1]), None) for i in range(min(n, len(val)))], normalization
-    from vitcore.train.fewshot import lfw_subset
+    backbone, meta = dinov2_small()
+    backbone.eval()
+    pre = Preprocessing.from_dict(meta["preprocessing"]).at_size(224)
+    images, labels, names = lfw_subset()
+    g = torch.Generator().manual_seed(0)  # draw 0 of benchmarks/fewshot.py
+    train = torch.cat([torch.randperm(100, generator=g)[:shots] + 100 * c for c in (0, 1)]).tolist()
+    feats = extract_features(backbone, [images[i] for i in train], pre, batch_size=20)
+    head = train_linear_head(feats, torch.tensor([labels[i] for i in train]), 2).head
+    model = attach_head(backbone, head, names).eval()
+    held_out = [i for pair in zip(range(100), range(100, 200)) for i in pair if i not in train]  # alternating
+    samples = [(pre(images[i]), labels[i], None) for i in held_out[:n]]
+    return model, samples, (tuple(pre.mean), tuple(pre.std))
 
-    images, labels, _ = lfw_subset()  # 100 faces, then 100 non-faces
-    order = [i for pair in zip(range(100), range(100, 200)) for i in pair]  # alternate, so any n is balanced
-    return [(pre(images[i]), labels[i], None) for i in order[:n]], normalization
+
+def dino_photos(n: int):
+    """Head-less DINOv2 at 224 px and n sample photos (scikit-image), for the similarity target."""
+    from explorer.samples import sample_images
+    from vitcore.pretrained.dinov2 import dinov2_small
+
+    model, meta = dinov2_small()
+    model.eval()
+    pre = Preprocessing.from_dict(meta["preprocessing"]).at_size(224)
+    photos = list(sample_images().items())[:n]
+    return model, [(pre(image), None, None) for _, image in photos], (tuple(pre.mean), tuple(pre.std))
 
 
 def forward_seconds(model, x: torch.Tensor, images: int, batch_size: int = 64) -> float:
-    """Seconds of plain batched forward passes over ``images`` copies of x: the floor for any curve code."""
+    """Seconds of plain batched forward passes over ``images`` copies of x: the unit of the timing ratios."""
     batch = x[None].expand(min(images, batch_size), -1, -1, -1).contiguous()
     start = time.perf_counter()
     with torch.no_grad():
@@ -233,29 +252,32 @@ def forward_seconds(model, x: torch.Tensor, images: int, batch_size: int = 64) -
     return time.perf_counter() - start
 
 
-def curve_forwards(steps: int) -> int:
-    """Images the model runs for all maps' deletion + insertion curves: the clean and empty image once."""
-    return len(FA.ALL_METHODS) * 2 * (steps - 1) + 2
+def timing(scores: Scores, model, x: torch.Tensor, title: str) -> None:
+    """Median seconds per image for the maps and the curves, and the same in plain forward passes."""
+    one = forward_seconds(model, x, 16) / 16
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    maps_s, curves_s = statistics.median(scores.map_seconds), statistics.median(scores.curve_seconds)
+    print(f"\n{title} timing per image ({torch.get_num_threads()} threads, load average {load}): all maps "
+          f"{maps_s:.1f} s (target <= 10 s: {'met' if maps_s <= 10 else 'MISSED'}), all deletion + insertion curves "
+          f"{curves_s:.1f} s (target <= 15 s: {'met' if curves_s <= 15 else 'MISSED'}); one plain forward pass "
+          f"{one:.3f} s, so the maps cost {maps_s / one:.0f} and the curves {curves_s / one:.0f} forward passes")
 
 
-def time_vits(steps: int, fill: str, reps: int) -> tuple[float, float, float]:
-    """Seconds for all maps, all deletion + insertion curves, and the same number of plain forwards (ViT-S/14, 224)."""
-    config = vitcore.ViTConfig.preset("small", patch_size=14)
-    generator = torch.Generator().manual_seed(0)
-    model = vitcore.VisionTransformer(config).eval()
-    x = torch.randn(3, 224, 224, generator=generator)
-    map_times, curve_times, plain_times = [], [], []
-    for i in range(reps):
-        t0 = time.perf_counter()
-        maps = FA.relevance_maps(model, x, None, FA.ALL_METHODS, seed=i)
-        t1 = time.perf_counter()
-        FA.faithfulness_curves(model, x, maps, None, steps=steps, fill=fill,
-                               normalization=((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
-        t2 = time.perf_counter()
-        map_times.append(t1 - t0)
-        curve_times.append(t2 - t1)
-        plain_times.append(forward_seconds(model, x, curve_forwards(steps)))
-    return statistics.median(map_times), statistics.median(curve_times), statistics.median(plain_times)
+DINO_STAGES = ["trained", "head", "block 11", "block 5", "embedding"]
+
+
+def run(title: str, label: str, model, samples, normalization, args, *, target=None, explained: str,
+        randomization_images: int, occlusion_block: int = 1, stages=None, chefer_curves: bool = True) -> Scores:
+    scores = score_model(model, samples, steps=args.steps, fill=args.fill, normalization=normalization,
+                         randomization_images=randomization_images, label=label, target=target,
+                         occlusion_block=occlusion_block, stages=stages, chefer_curves=chefer_curves)
+    verdicts = print_tables(scores, title, args.fill, args.steps, explained)
+    summary(scores, verdicts, label)
+    return scores
+
+
+def ratio(scores: Scores, method: str) -> float:
+    return statistics.fmean(scores.metrics["deletion"][method]) / statistics.fmean(scores.metrics["deletion"]["random"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,80 +285,52 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=200, help="Shapes validation images (issue: 200)")
     parser.add_argument("--steps", type=int, default=10, help="deletion / insertion steps")
     parser.add_argument("--fill", default="mean", choices=FA.FILLS, help="what removed patches show")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads for the scoreboard")
-    parser.add_argument("--timing-threads", type=int, default=2, help="torch CPU threads for the timing targets")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--randomization-images", type=int, default=None,
-                        help="images for the randomisation check (default: all)")
-    parser.add_argument("--lfw-checkpoint", help="vitcore checkpoint with a few-shot head on LFW faces")
-    parser.add_argument("--lfw-data", help="folder of class folders to score the lfw head on (its validation "
-                        "split); default: scikit-image's LFW subset (faces / not faces)")
-    parser.add_argument("--lfw-images", type=int, default=40,
-                        help="images for the lfw head (a ViT-S/14 needs ~600 forwards per image; the subset has 200)")
-    parser.add_argument("--lfw-randomization-images", type=int, default=5,
-                        help="images for the lfw head's randomisation check (14 stages x every method)")
-    parser.add_argument("--skip-vits", action="store_true", help="skip the ViT-S/14 timing")
-    parser.add_argument("--vits-reps", type=int, default=2, help="repetitions of the ViT-S/14 timing")
+                        help="Shapes images for the randomisation check (default: all)")
+    parser.add_argument("--lfw-images", type=int, default=10, help="held-out LFW photos for DINOv2 + lfw head")
+    parser.add_argument("--photos", type=int, default=4, help="sample photos for DINOv2's similarity target")
+    parser.add_argument("--dino-randomization-images", type=int, default=1,
+                        help="images per DINOv2 model for the randomisation check (7 stages x every method)")
+    parser.add_argument("--skip-dino", action="store_true", help="only the Shapes model")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rand_n = args.images if args.randomization_images is None else args.randomization_images
+    print(f"Faithfulness scoreboard; torch {torch.__version__}, {torch.get_num_threads()} threads")
 
     model, meta = vitcore.load_checkpoint(BUNDLED)
     model.eval()
     norm = meta["normalization"]
-    normalization = (tuple(norm["mean"]), tuple(norm["std"]))
-    print(f"Faithfulness scoreboard; torch {torch.__version__}, {torch.get_num_threads()} threads")
-    shapes = score_model(model, shapes_samples(args.images, model.config.image_size), steps=args.steps, fill=args.fill,
-                         normalization=normalization, randomization_images=rand_n, label="shapes")
     h, w = model.config.image_size
     gh, gw = model.config.grid_size
-    verdicts = print_tables(shapes, f"Shapes micro ViT (bundled, {h}x{w}, {gh}x{gw} patches)", args.fill, args.steps)
-    summary(shapes, verdicts, "Shapes")
+    samples = shapes_samples(args.images, model.config.image_size)
+    shapes = run(f"(a) Shapes micro ViT (bundled, {h}x{w}, {gh}x{gw} patches)", "shapes", model, samples,
+                 (tuple(norm["mean"]), tuple(norm["std"])), args, explained="the predicted class",
+                 randomization_images=rand_n)
+    timing(shapes, model, samples[0][0], "(a) Shapes")
 
     lfw = None
-    if args.lfw_checkpoint:
-        lfw_model, lfw_meta = vitcore.load_checkpoint(args.lfw_checkpoint)
-        lfw_model.eval()
-        samples, lfw_norm = lfw_samples(lfw_meta, args.lfw_data, args.lfw_images)
-        lfw = score_model(lfw_model, samples, steps=args.steps, fill=args.fill, normalization=lfw_norm,
-                          randomization_images=args.lfw_randomization_images, label="lfw")
-        lfw_verdicts = print_tables(lfw, f"LFW few-shot head ({args.lfw_checkpoint})", args.fill, args.steps)
-        summary(lfw, lfw_verdicts, "LFW")
+    if not args.skip_dino:
+        dino, samples, normalization = dino_lfw(args.lfw_images)
+        lfw = run("(b) DINOv2 ViT-S/14 at 224 px + a linear head taught 10-shot on LFW faces / not faces", "lfw",
+                  dino, samples, normalization, args, explained="the predicted class",
+                  randomization_images=args.dino_randomization_images, occlusion_block=2, stages=DINO_STAGES,
+                  chefer_curves=False)
+        timing(lfw, dino, samples[0][0], "(b) DINOv2 + lfw head")
+        del dino
+        backbone, samples, normalization = dino_photos(args.photos)
+        photos = run("(c) DINOv2 ViT-S/14 at 224 px, no head: similarity of the CLS features to the clean photo's",
+                     "photos", backbone, samples, normalization, args, target="similarity",
+                     explained="cosine similarity to the clean photo's features",
+                     randomization_images=args.dino_randomization_images, occlusion_block=2,
+                     stages=[s for s in DINO_STAGES if s != "head"], chefer_curves=False)
+        timing(photos, backbone, samples[0][0], "(c) DINOv2 similarity")
 
-    torch.set_num_threads(args.timing_threads)
-    timing = shapes_samples(min(args.images, 5), model.config.image_size)
-    curve_times = []
-    for i, (x, _, _) in enumerate(timing):
-        maps = FA.relevance_maps(model, x, None, FA.ALL_METHODS, seed=i)
-        start = time.perf_counter()
-        FA.faithfulness_curves(model, x, maps, None, steps=args.steps, fill=args.fill, normalization=normalization)
-        curve_times.append(time.perf_counter() - start)
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    print(f"\nTiming, one image, all {len(FA.ALL_METHODS)} maps' deletion + insertion curves "
-          f"({args.steps} steps, batched, {torch.get_num_threads()} threads, load average {load}):")
-    curves_s = statistics.median(curve_times)
-    h, w = model.config.image_size
-    print(f"  Shapes micro {h}x{w}: curves {curves_s:.3f} s (target <= 3 s: {'met' if curves_s <= 3 else 'MISSED'}; "
-          f"median of {len(curve_times)} images); during the scoreboard ({args.threads} threads) curves took "
-          f"{statistics.median(shapes.curve_seconds):.3f} s and the maps {statistics.median(shapes.map_seconds):.3f} s")
-    plain = statistics.median(forward_seconds(model, x, curve_forwards(args.steps)) for x, _, _ in timing)
-    print(f"  (the same {curve_forwards(args.steps)} images as plain batched forwards: {plain:.3f} s, "
-          f"curves / plain = {curves_s / plain:.2f})")
-    if not args.skip_vits:
-        vits_maps, vits_curves, vits_plain = time_vits(args.steps, args.fill, args.vits_reps)
-        print(f"  ViT-S/14 224x224 (random weights): curves {vits_curves:.2f} s "
-              f"(target <= 15 s: {'met' if vits_curves <= 15 else 'MISSED'}; median of {args.vits_reps}); "
-              f"the same {curve_forwards(args.steps)} images as plain forwards {vits_plain:.2f} s "
-              f"(curves / plain = {vits_curves / vits_plain:.2f}); "
-              f"computing the maps themselves {vits_maps:.2f} s (occlusion alone runs 256 forward passes)")
-
-    final = lfw if lfw is not None else shapes
-    ratio = statistics.fmean(final.metrics["deletion"]["gradient-rollout"]) / statistics.fmean(
-        final.metrics["deletion"]["random"])
-    if lfw is None:
-        print("(no --lfw-checkpoint: the few-shot lfw head does not exist yet; the ratio below is the Shapes model's)")
-        print(f"deletion AUC gradient-rollout/random: {ratio:.2f}  [Shapes micro model, not lfw]")
-    else:
-        print(f"deletion AUC gradient-rollout/random: {ratio:.2f}")
+    if lfw is not None:
+        best = min(FA.METHODS, key=lambda m: ratio(lfw, m))
+        print(f"(best method on DINOv2 lfw: {best})")
+        print(f"deletion AUC best-method/random on DINOv2 lfw: {ratio(lfw, best):.2f}")
+    print(f"deletion AUC gradient-rollout/random: {ratio(shapes, 'gradient-rollout'):.2f}")
     return 0
 
 
