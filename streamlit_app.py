@@ -2,30 +2,33 @@
 
 Run with ``make run`` (or ``streamlit run streamlit_app.py``). This entry draws the shared
 sidebar (image and model) and hands over to the selected page.
+
+The first page after a server start is drawn before PyTorch is imported: this file, the sidebar
+and the Home page's text import only PyTorch-free modules, and a background warm-up started by
+the first run imports PyTorch and loads the default model (``app_pages/_startup.py``).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a classroom server has no hub access
 
 import streamlit as st
 
+from app_pages import _startup
+
+_startup.start()  # once per process: PyTorch, the gallery, the default model and its Home page, in the background
 st.set_page_config(page_title="ViT Explorer", page_icon="🔬", layout="wide")
 
-if "app_pages._ui" not in sys.modules:
-    # The first visit after the server starts imports PyTorch (a few seconds): say so at once.
-    with st.spinner("Starting up: loading PyTorch and the models…"):
-        import app_pages._ui  # noqa: F401
-
-from app_pages._ui import count_run, sidebar  # noqa: E402
+from app_pages._sidebar import sidebar  # noqa: E402
 from explorer.registry import PAGES  # noqa: E402
 
-count_run()  # a full script run (GET /_stcore/metrics?families=explorer_script_runs)
+_startup.count_run()  # a full script run (GET /_stcore/metrics?families=explorer_script_runs)
 navigation = st.navigation(
     [st.Page(p.file, title=p.label, icon=p.icon, url_path=p.slug, default=not p.numbered) for p in PAGES]
 )
 sidebar()
+if navigation.url_path:  # every page but Home (url_path "") imports PyTorch at its top: after the warm-up's import
+    _startup.wait_for("imports", "Starting up: loading PyTorch (the first visit after a server start)…")
 navigation.run()

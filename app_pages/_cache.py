@@ -25,13 +25,19 @@ from vitcore import ViTConfig
 
 
 def _cached(key: Hashable, compute: Callable[[], Any], size: Callable[[Any], int], spinner: str = "") -> Any:
-    """``compute()`` once per key in the shared byte cache (a spinner while it runs, if given)."""
+    """``compute()`` once per key in the shared byte cache (a spinner while it runs, if given).
+
+    The spinner is shown in a script run only: the warm-up thread (``app_pages/_startup.py``) fills
+    the same entries with no page to draw on.
+    """
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
     cache = shared_cache()
     missing = object()
     value = cache.get(key, missing)
     if value is not missing:
         return value
-    if not spinner:
+    if not spinner or get_script_run_ctx(suppress_warning=True) is None:
         return cache.get_or_compute(key, compute, size)
     with st.spinner(spinner):
         return cache.get_or_compute(key, compute, size)

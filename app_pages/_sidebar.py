@@ -1,17 +1,18 @@
-"""The sidebar every page shares: image and model pickers (widgets only; logic in explorer.specs)."""
+"""The sidebar every page shares: image and model pickers (widgets only; logic in explorer.specs).
+
+Drawn on the first page before PyTorch is imported (see ``app_pages/_startup.py``): what needs
+``vitcore`` or the shared caches is imported by the controls that use it.
+"""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from app_pages._cache import cached_model, cached_samples
+from app_pages._startup import cached_sample_names
 from explorer import specs
 from explorer import state as S
-from explorer.models import MODEL_KINDS
+from explorer.specs import MODEL_KINDS
 from explorer.texts import page_name
-from vitcore import PRESETS
-from vitcore.model.config import TOKEN_MIXERS
-from vitcore.model.mixers import MIXER_LABELS
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"]
 
@@ -37,7 +38,7 @@ def sidebar() -> None:
             format_func={"sample": "Gallery", "upload": "Upload", "camera": "Camera"}.get,
         )
         if source == "sample":
-            names = list(cached_samples())
+            names = cached_sample_names()
             if st.session_state.get(S.SAMPLE_NAME) not in names:
                 st.session_state[S.SAMPLE_NAME] = names[0]
             st.selectbox("Sample", names, key=S.SAMPLE_NAME)
@@ -83,6 +84,7 @@ def sidebar() -> None:
 
 def _download_controls(source: str) -> None:
     """A download button for weights not in the local cache: size first, then a progress bar."""
+    from app_pages._cache import cached_model
     from vitcore.pretrained import cached_path, download, download_size
 
     try:
@@ -120,6 +122,10 @@ def _snap(key: str, options: list[int]) -> None:
 
 
 def _preset_controls() -> None:
+    from vitcore import PRESETS
+    from vitcore.model.config import TOKEN_MIXERS
+    from vitcore.model.mixers import MIXER_LABELS
+
     if st.session_state.get(S.PRESET_NAME) not in PRESETS:
         st.session_state[S.PRESET_NAME] = S.DEFAULTS[S.PRESET_NAME]
     st.selectbox("Preset", list(PRESETS), key=S.PRESET_NAME, on_change=_apply_preset)

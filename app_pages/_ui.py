@@ -1,13 +1,13 @@
 """What every page does first: pick up the sidebar's model and image, show errors, clickable figures.
 
 Pages lay out; the logic lives in ``explorer/`` (tested without Streamlit), the shared caches in
-``app_pages/_cache.py`` and the sidebar in ``app_pages/_sidebar.py``.
+``app_pages/_cache.py``, the sidebar in ``app_pages/_sidebar.py`` and what runs before PyTorch is
+imported (run counts, the warm-up) in ``app_pages/_startup.py``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import threading
 from typing import Any
 
 import streamlit as st
@@ -27,11 +27,13 @@ from app_pages._cache import (  # noqa: F401  (re-exported for the pages)
     trace_guard,
 )
 from app_pages._sidebar import sidebar, sync_url  # noqa: F401
-from explorer import guard, runs, specs
+from app_pages._startup import count_run  # noqa: F401  (re-exported for the pages' fragments)
+from explorer import guard, specs
 from explorer import state as S
 from explorer.images import ImageError
 from explorer.models import LoadedModel, ModelSpec
 from explorer.registry import heading
+from explorer.samples import sample_key
 from explorer.texts import sentences
 
 
@@ -74,7 +76,7 @@ def current_image() -> tuple[str, Any, Any] | None:
         if name not in samples:
             name = next(iter(samples))
         sample = samples[name]
-        return f"sample:{name}", sample.image, sample.mask
+        return sample_key(name), sample.image, sample.mask
     widget = ss.get(S.UPLOAD if source == "upload" else S.CAMERA)
     if widget is None:
         st.info("Upload an image (or take a photo) in the sidebar; the gallery works too.")
@@ -154,39 +156,3 @@ def page_inputs(slug: str) -> tuple[ModelSpec, LoadedModel, str, Any, Any]:
     spec, loaded = picked
     key, image, mask = img
     return spec, loaded, key, image, mask
-
-
-_REGISTERING = threading.Lock()
-
-
-class RunStats:
-    """The script-run counts of :mod:`explorer.runs` as a Streamlit metrics family (``/_stcore/metrics``)."""
-
-    stats_families = (runs.FAMILY,)
-
-    def get_stats(self, family_names=None):
-        from streamlit.runtime.stats import CounterStat
-
-        return {runs.FAMILY: [CounterStat(runs.FAMILY, n, {"kind": kind}, help="script runs of the app by kind")
-                              for kind, n in runs.counts().items()]}
-
-
-def count_run(fragment: bool = False) -> None:
-    """Count this script run for :mod:`explorer.runs`: call at the top of the app and of a fragment.
-
-    In a fragment (``fragment=True``) only the fragment's own reruns count: during a full run the
-    app has counted it already.
-    """
-    from streamlit.runtime import Runtime
-    from streamlit.runtime.scriptrunner import get_script_run_ctx
-
-    ctx = get_script_run_ctx()
-    fragment_run = bool(ctx is not None and ctx.fragment_ids_this_run)
-    if fragment and not fragment_run:
-        return
-    runs.record("fragment" if fragment_run else "full")
-    if Runtime.exists():  # each server (and each AppTest) has its own metrics registry
-        manager = Runtime.instance().stats_mgr
-        with _REGISTERING:
-            if runs.FAMILY not in manager.registered_families():
-                manager.register_provider(RunStats())

@@ -8,13 +8,13 @@ no copy is made for reading; only training copies a model.
 from __future__ import annotations
 
 import functools
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from explorer.specs import MODEL_KINDS, ModelSpec, digest  # plain data, defined where the sidebar reads them
 from vitcore import VisionTransformer, ViTConfig
 from vitcore.data.images import HALF_NORMALIZATION, Preprocessing
 
@@ -32,46 +32,6 @@ __all__ = [
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED_CHECKPOINT = ASSETS / "shapes_micro.safetensors"
-
-MODEL_KINDS = {
-    "auto": "Automatic: DINOv2 for photos, the Shapes model for Shapes",
-    "dinov2": "DINOv2 ViT-S/14 (real, self-supervised on photos)",
-    "bundled": "Bundled Shapes model (trained)",
-    "preset": "Random-initialised preset (you set the architecture)",
-    "checkpoint": "Upload a checkpoint (.safetensors)",
-    "session": "Fine-tuned in this session",
-    "torchvision": "torchvision ViT",
-    "hf": "Hugging Face ViT / DeiT / DINO",
-}
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What to load: a kind plus the few values that identify it (hashable, cache key)."""
-
-    kind: str = "bundled"
-    preset: str = "tiny"
-    overrides: tuple[tuple[str, Any], ...] = ()  # ViTConfig fields changed from the preset
-    name: str = ""  # torchvision name, HF id/path, or session model name
-    digest: str = ""  # sha256 of uploaded / session checkpoint bytes
-
-    def label(self) -> str:
-        """Short human-readable description."""
-        if self.kind == "preset":
-            changes = ", ".join(f"{k}={v}" for k, v in self.overrides)
-            return f"random {self.preset}" + (f" ({changes})" if changes else "")
-        if self.kind in ("torchvision", "hf", "session"):
-            return f"{self.kind}: {self.name}"
-        if self.kind == "checkpoint":
-            return f"uploaded checkpoint {self.digest[:8]}"
-        if self.kind == "dinov2":
-            return f"DINOv2 ViT-S/14 at {self.input_size} px"
-        return "bundled Shapes micro ViT"
-
-    @property
-    def input_size(self) -> int:
-        """The input side for models that take several (DINOv2: 224 by default, 448 for a 32x32 grid)."""
-        return int(dict(self.overrides).get("input_size", 224))
 
 
 @dataclass
@@ -103,11 +63,6 @@ class LoadedModel:
     def image_size(self) -> tuple[int, int]:
         """(H, W) the model was built for."""
         return self.model.config.image_size
-
-
-def digest(data: bytes) -> str:
-    """sha256 hex digest of bytes (identifies uploads in cache keys)."""
-    return hashlib.sha256(data).hexdigest()
 
 
 def preprocessing_from_metadata(

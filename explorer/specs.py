@@ -3,24 +3,31 @@
 The sidebar (``app_pages/_sidebar.py``) only draws widgets; what the settings mean (which model,
 which architecture, which values stay valid when another one changes, what a shared URL may
 set) is decided here, on any mapping (``st.session_state`` in the app, a dict in tests).
+
+This module is on the first page's path (the sidebar is drawn before PyTorch is imported, see
+``app_pages/_startup.py``), so it imports no PyTorch: :class:`ModelSpec` is plain data, and
+``vitcore`` (whose package imports torch) is imported only by the functions that read a preset.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 from explorer import state as S
-from explorer.models import ModelSpec, digest
 from explorer.texts import page_name
-from vitcore.model.config import PATCH_SIZES, PRESETS, TOKEN_MIXERS, ViTConfig, divisors
 
 __all__ = [
     "DIMS",
+    "MODEL_KINDS",
+    "ModelSpec",
     "HEADS",
     "IMAGE_SIZES",
     "TORCHVISION_NAMES",
+    "digest",
     "head_options",
     "nearest",
     "patch_options",
@@ -38,14 +45,66 @@ SHAPES_PREFIX = "shapes:"  # gallery names of the Shapes samples (explorer.sampl
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")  # org/name on the Hugging Face hub
 TORCHVISION_NAMES = ["vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14"]
 
+MODEL_KINDS = {
+    "auto": "Automatic: DINOv2 for photos, the Shapes model for Shapes",
+    "dinov2": "DINOv2 ViT-S/14 (real, self-supervised on photos)",
+    "bundled": "Bundled Shapes model (trained)",
+    "preset": "Random-initialised preset (you set the architecture)",
+    "checkpoint": "Upload a checkpoint (.safetensors)",
+    "session": "Fine-tuned in this session",
+    "torchvision": "torchvision ViT",
+    "hf": "Hugging Face ViT / DeiT / DINO",
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load: a kind plus the few values that identify it (hashable, cache key).
+
+    :func:`explorer.models.build_model` turns one into a model.
+    """
+
+    kind: str = "bundled"
+    preset: str = "tiny"
+    overrides: tuple[tuple[str, Any], ...] = ()  # ViTConfig fields changed from the preset
+    name: str = ""  # torchvision name, HF id/path, or session model name
+    digest: str = ""  # sha256 of uploaded / session checkpoint bytes
+
+    def label(self) -> str:
+        """Short human-readable description."""
+        if self.kind == "preset":
+            changes = ", ".join(f"{k}={v}" for k, v in self.overrides)
+            return f"random {self.preset}" + (f" ({changes})" if changes else "")
+        if self.kind in ("torchvision", "hf", "session"):
+            return f"{self.kind}: {self.name}"
+        if self.kind == "checkpoint":
+            return f"uploaded checkpoint {self.digest[:8]}"
+        if self.kind == "dinov2":
+            return f"DINOv2 ViT-S/14 at {self.input_size} px"
+        return "bundled Shapes micro ViT"
+
+    @property
+    def input_size(self) -> int:
+        """The input side for models that take several (DINOv2: 224 by default, 448 for a 32x32 grid)."""
+        return int(dict(self.overrides).get("input_size", 224))
+
+
+def digest(data: bytes) -> str:
+    """sha256 hex digest of bytes (identifies uploads in cache keys)."""
+    return hashlib.sha256(data).hexdigest()
+
 
 def patch_options(image_size: int) -> list[int]:
     """Patch sizes the sidebar offers for a square image of this side."""
+    from vitcore.model.config import PATCH_SIZES
+
     return [p for p in PATCH_SIZES if image_size % p == 0 and p < image_size]
 
 
 def head_options(dim: int) -> list[int]:
     """Head counts the sidebar offers for width ``dim`` (they must divide it)."""
+    from vitcore.model.config import divisors
+
     return [h for h in HEADS if h in divisors(dim)]
 
 
@@ -60,6 +119,8 @@ def nearest(value: Any, options: list[int]) -> int:
 
 def preset_values(name: str) -> dict[str, int]:
     """The architecture sliders' values for a preset (depth capped at the slider's maximum)."""
+    from vitcore.model.config import ViTConfig
+
     base = ViTConfig.preset(name)
     size = nearest(base.image_size[0], IMAGE_SIZES)
     return {
@@ -81,6 +142,8 @@ def _int(state: Mapping[str, Any], key: str) -> int:
 
 def preset_config(state: Mapping[str, Any]) -> tuple[str, tuple[tuple[str, Any], ...]]:
     """(preset name, overrides) of the architecture sliders, each snapped to a value its slider offers."""
+    from vitcore.model.config import PRESETS, TOKEN_MIXERS
+
     name = state.get(S.PRESET_NAME, S.DEFAULTS[S.PRESET_NAME])
     if name not in PRESETS:
         name = S.DEFAULTS[S.PRESET_NAME]
