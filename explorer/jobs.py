@@ -1,6 +1,9 @@
 """A small job queue for long work (fine-tuning) that never runs inside a Streamlit script run.
 
-Each job runs ``work(job)`` in its own thread. A process-wide :class:`JobManager` caps how many
+Each job runs ``work(job)`` in its own thread. For training that work is an
+:class:`explorer.worker.ProcessWork`: the thread only supervises a worker process, which trains,
+and copies what the worker writes into the job; the web process itself never trains.
+A process-wide :class:`JobManager` caps how many
 run at once (``EXPLORER_MAX_TRAINING_JOBS``, default 1) and starts waiting jobs strictly in the
 order they were submitted. Pages only read :meth:`Job.snapshot` (cheaply: :attr:`Job.version`
 says whether anything changed) and call :meth:`Job.stop`; the worker never touches Streamlit.
@@ -17,8 +20,8 @@ the cap also holds across several app processes that share the data directory (o
 training slot).
 
 When the interpreter exits (SIGTERM to ``streamlit run`` ends the server, then Python exits), an
-``atexit`` hook stops every job, lets it write its last checkpoint and joins its thread, so no
-thread is left inside PyTorch while the interpreter is torn down.
+``atexit`` hook stops every job, lets it write its last checkpoint (a worker process writes it and
+exits) and joins its thread, so no thread or worker is left while the interpreter is torn down.
 """
 
 from __future__ import annotations
