@@ -44,9 +44,12 @@ def trace_image(loaded: LoadedModel, x: torch.Tensor, *, qkv: bool = True,
     every layer in float32 first would take 2.3 GB). The Attention page asks for q/k/v of one layer
     on demand (:func:`layer_qkv`).
     """
+    from explorer.fastpath import existing
     from vitcore.inspect.capture import capture
 
-    return capture(loaded.model, x, qkv=qkv, attention_dtype=attention_dtype)
+    path = existing(loaded)  # the fast path, where one was warmed up and passed its fidelity check
+    model = loaded.model if path is None else path.model_for(x)
+    return capture(model, x, qkv=qkv, attention_dtype=attention_dtype)
 
 
 def layer_qkv(loaded: LoadedModel, x: torch.Tensor, layer: int, head: int):

@@ -40,7 +40,7 @@ import contextlib
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -251,7 +251,7 @@ def _quantized_engine(engine: str):
         torch.backends.quantized.engine = old
 
 
-def _compile_shapes(model: OptimizedViT, shapes: Sequence[tuple[int, ...]], trace: bool) -> None:
+def _compile_shapes(model: OptimizedViT, shapes: Sequence[tuple[int, ...]], trace: bool | Mapping[str, Any]) -> None:
     """Compile forward_features (and capture's full trace) for each shape, running each once so it is paid now."""
     from ..inspect.capture import capture
 
@@ -268,7 +268,7 @@ def _compile_shapes(model: OptimizedViT, shapes: Sequence[tuple[int, ...]], trac
                 x = torch.zeros(shape, dtype=param.dtype, device=param.device)
                 model.forward_features(x)
                 if trace:
-                    capture(model, x)  # compiles exactly the request capture makes
+                    capture(model, x, **({} if trace is True else dict(trace)))  # compiles exactly this request
     finally:
         model._warming = False
 
@@ -294,7 +294,7 @@ def optimize(
     mode: str = "int8+compile",
     *,
     shapes: Iterable[Sequence[int]] | None = None,
-    trace: bool = True,
+    trace: bool | Mapping[str, Any] = True,
     int8_backend: str = "auto",
     keep_float: Iterable[str] = KEEP_FLOAT,
 ) -> OptimizedViT:
@@ -303,7 +303,8 @@ def optimize(
     ``mode``: one of :data:`MODES`. ``shapes``: the (B, C, H, W) input shapes to compile for (default
     batch 1 at the config's image size); compiling happens here, once, and its wall time is in
     ``result.optimization.compile_seconds``; other shapes run the eager path. ``trace``: also compile
-    the full trace (:func:`vitcore.capture`'s default request). ``int8_backend``: "auto" (torchao,
+    the full trace (:func:`vitcore.capture`'s default request), or, given a dict, the capture with
+    those keyword arguments (e.g. ``{"qkv": True}``). ``int8_backend``: "auto" (torchao,
     else the deprecated torch.ao), "torchao" or "fbgemm" (torch.ao's x86/fbgemm dynamic quantisation).
     ``keep_float``: names of block Linear layers ("qkv", "proj", "fc1", "fc2") kept in float32 on
     the int8 paths; by default q/k/v (see :data:`KEEP_FLOAT`).

@@ -1,0 +1,52 @@
+"""explorer.fastpath: the app's traces run on the optimised model only once it is warm and faithful."""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+from explorer import fastpath, traces
+from explorer.models import LoadedModel
+from vitcore import VisionTransformer, ViTConfig
+from vitcore.data.images import Preprocessing
+
+opt = importlib.import_module("vitcore.model.optimize")
+
+
+def _loaded() -> LoadedModel:
+    config = ViTConfig.preset("micro")
+    model = VisionTransformer(config).eval()
+    return LoadedModel(model, [], Preprocessing.for_model(config.image_size), "micro")
+
+
+def test_traces_use_the_fast_path_once_warm_and_faithful():
+    loaded = _loaded()
+    size = loaded.model.config.image_size[0]
+    x = torch.randn(1, 3, size, size)
+    before = traces.trace_image(loaded, x)  # no fast path yet: the shared model
+    path = fastpath.fast_path(loaded, mode="int8")
+    path.shape = tuple(x.shape)
+    assert fastpath.fast_path(loaded) is path and path.label() == "fp32"
+    path.start(photos=torch.randn(3, 3, size, size), wait=True)
+    assert path.state == "ready", path.detail
+    assert path.label() == "int8" and "int8 via" in path.detail
+    assert path.model_for(x) is path.model and path.model is not loaded.model
+    assert path.model_for(torch.randn(2, 3, size, size)) is loaded.model  # a shape not warmed up
+    after = traces.trace_image(loaded, x)
+    assert after.q is not None and after.attention.shape == before.attention.shape
+    torch.testing.assert_close(after.attention.sum(-1), torch.ones(after.attention.shape[:-1]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(after.attention, before.attention, atol=2e-3, rtol=0)
+    assert not torch.equal(after.tokens[-1], before.tokens[-1])  # it really ran the int8 model
+
+
+def test_an_unfaithful_path_is_refused(monkeypatch):
+    loaded = _loaded()
+    size = loaded.model.config.image_size[0]
+    bad = opt.Fidelity(images=3, cls_cosine=0.95, attention_pearson=0.999, max_row_sum_error=0.0)
+    monkeypatch.setattr(opt, "fidelity", lambda *args, **kwargs: bad)
+    path = fastpath.FastPath(loaded, mode="int8", size=size)
+    path.start(photos=torch.randn(3, 3, size, size), wait=True)
+    assert path.state == "refused" and "0.9500" in path.detail
+    assert path.model_for(torch.randn(1, 3, size, size)) is loaded.model
+    assert path.label() == "fp32 (fast path not used)"
