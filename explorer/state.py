@@ -62,6 +62,7 @@ TRUST_STEPS = "trust_steps"  # Trust: steps per curve
 TRUST_RUN = "trust_run"  # Trust: (spec, image key, class, fill, steps) of the last "compute" click
 TRUST_RANDOMIZE = "trust_randomize"  # Trust: (spec, image key, class) of the last randomisation click
 TRUST_STRIP_METHOD = "trust_strip_method"  # Trust: method shown in the randomisation strip
+TRUST_REFERENCE = "trust_reference"  # Trust: photo the similarity target compares with ("" = the photo itself)
 
 
 def component_record_key(key: str) -> str:
@@ -177,6 +178,7 @@ TRUST_LOCALISATION_TABLE = "trust_localisation"
 TRUST_RANDOMIZE_BUTTON = "trust_randomize_button"
 TRUST_STRIP_FIG = "trust_strip"
 TRUST_RANDOMIZATION_TABLE = "trust_randomization"
+TRUST_USE_TAUGHT = "trust_use_taught"  # Trust: button that switches to the model taught on the Teach page
 BEYOND_MASKS_FIG = "beyond_masks"
 BEYOND_MASK_TABLE = "beyond_mask_table"
 BEYOND_YOUR_MASKS_FIG = "beyond_your_masks"

@@ -19,6 +19,9 @@ from explorer import state as S
 from explorer.figures import head_maps
 from explorer.models import LoadedModel
 from vitcore.explain import faithfulness as FA
+from vitcore.explain import maps as MAPS
+from vitcore.explain import perturb
+from vitcore.explain.targets import SimilarityTarget
 
 __all__ = [
     "METHODS",
@@ -29,7 +32,12 @@ __all__ = [
     "CURVES_TEXT",
     "RANDOMIZATION_TEXT",
     "METHODS_TEXT",
-    "check_explainable",
+    "FILL_LABELS",
+    "SIMILARITY",
+    "SIMILARITY_TEXT",
+    "available_methods",
+    "taught_model_name",
+    "make_target",
     "method_map",
     "method_curves",
     "method_randomization",
@@ -43,6 +51,9 @@ __all__ = [
 
 METHODS: tuple[str, ...] = FA.ALL_METHODS  # the methods, then the random and centre-bias baselines
 FILLS: tuple[str, ...] = FA.FILLS
+FILL_LABELS: dict[str, str] = {"mean": "data-set mean colour", "black": "black", "blur": "blurred", "noise": "noise",
+                               "image": "the photo's mean colour"}
+SIMILARITY = "similarity"  # the target of a head-less model (and a choice for every model)
 
 # session-state keys of the Trust page (to join the others in explorer/state.py)
 RUN_KEY = S.TRUST_RUN  # (spec, image key, class, fill, steps) of the last "compute" click
@@ -77,25 +88,51 @@ Rollout and raw attention never read the classifier head, so they stay at ρ = 1
 is random; the random and centre-bias maps ignore the model entirely, which is what failing looks like.
 """
 
-METHODS_TEXT = "\n".join(f"- **{name}**: {note}" for name, note in FA.METHOD_NOTES.items())
+METHODS_TEXT = "\n".join(f"- **{name}**: {note}" for name, note in FA.METHOD_NOTES.items()) + (
+    "\n\nRemoved patches (occlusion, curves) and Integrated Gradients' starting image use one vocabulary of "
+    "fills: " + "; ".join(f"**{k}**: {v}" for k, v in perturb.FILL_NOTES.items()) + ".")
 
 
-def check_explainable(loaded: LoadedModel) -> None:
-    """Raise ValueError with what to do when the model cannot be explained per class."""
-    if loaded.config.num_classes == 0:
-        raise ValueError(
-            "this model is a feature backbone without a classification head, so there is no class to explain; "
-            "train a few-shot head first (Fine-tune page, strategy 'head') and pick that model"
-        )
+SIMILARITY_TEXT = """
+**No class to explain?** This model has no classifier head: it turns a photo into features. So the
+maps explain the representation itself: the **cosine similarity of the CLS features to the clean
+photo's** (1 for the photo as it is; removing the patches that matter most should make it drop
+fast). Pick a second photo to ask instead *why are these two alike?*
+"""
 
 
-def method_map(loaded: LoadedModel, x: torch.Tensor, target: int, method: str) -> np.ndarray:
-    """One method's relevance map (gh, gw) of class ``target``."""
-    return FA.relevance_map(loaded.model, x, target, method).double().numpy()
+def taught_model_name(session_models: Mapping[str, bytes] | None) -> str | None:
+    """The newest model taught on the Teach page in this session ("taught #N ..."), or None."""
+    names = [name for name in (session_models or {}) if str(name).startswith("taught #")]
+    return names[-1] if names else None
+
+
+def make_target(choice: int | str, reference: torch.Tensor | None = None) -> int | str | SimilarityTarget:
+    """The page's choice (a class index or "similarity") as a vitcore target; ``reference`` a second photo."""
+    if choice == SIMILARITY:
+        return SimilarityTarget(reference) if reference is not None else SIMILARITY
+    return int(choice)
+
+
+def available_methods(loaded: LoadedModel) -> tuple[list[str], dict[str, str]]:
+    """(methods that can explain this model, {method: why not} for the others)."""
+    reasons = {m: MAPS.unavailable_reason(loaded.model, m) for m in METHODS}
+    return [m for m in METHODS if reasons[m] is None], {m: r for m, r in reasons.items() if r is not None}
+
+
+def _options(loaded: LoadedModel, x: torch.Tensor) -> dict:
+    grid = loaded.model.grid_for(*x.shape[-2:])
+    # boxes of 2x2 patches on large grids (DINOv2 at 224 px: 64 forward passes instead of 256)
+    return {"normalization": (loaded.mean, loaded.std), "occlusion_block": 2 if min(grid) >= 12 else 1}
+
+
+def method_map(loaded: LoadedModel, x: torch.Tensor, target, method: str, fill: str = "mean") -> np.ndarray:
+    """One method's relevance map (gh, gw) for ``target`` (class index, "similarity" or a target object)."""
+    return FA.relevance_map(loaded.model, x, target, method, fill=fill, **_options(loaded, x)).double().numpy()
 
 
 def method_curves(
-    loaded: LoadedModel, x: torch.Tensor, target: int, method: str, relevance: np.ndarray, steps: int, fill: str
+    loaded: LoadedModel, x: torch.Tensor, target, method: str, relevance: np.ndarray, steps: int, fill: str
 ) -> dict[str, FA.Curve]:
     """Deletion and insertion curves of one map, all steps in one batch: {"deletion": Curve, "insertion": Curve}."""
     curves = FA.faithfulness_curves(loaded.model, x, {method: relevance}, target, steps=steps, fill=fill,
@@ -104,11 +141,11 @@ def method_curves(
 
 
 def method_randomization(
-    loaded: LoadedModel, x: torch.Tensor, target: int, method: str,
+    loaded: LoadedModel, x: torch.Tensor, target, method: str,
     progress: Callable[[float, str], None] | None = None,
 ) -> FA.RandomizationCheck:
     """The cascading randomisation check of one method (all stages)."""
-    return FA.randomization_check(loaded.model, x, target, [method], progress=progress)
+    return FA.randomization_check(loaded.model, x, target, [method], progress=progress, **_options(loaded, x))
 
 
 def area_rows(curves: Mapping[str, Mapping[str, FA.Curve]], fill: str) -> list[dict]:
@@ -188,7 +225,8 @@ def curves_figure(curves: Mapping[str, Mapping[str, FA.Curve]]) -> go.Figure:
     first = next(iter(curves.values()))["deletion"]
     fig.update_xaxes(title_text="share of patches removed", tickformat=".0%", row=1, col=1)
     fig.update_xaxes(title_text="share of patches revealed", tickformat=".0%", row=1, col=2)
-    fig.update_yaxes(title_text=f"p(class {first.target})", rangemode="tozero", row=1, col=1)
+    label = "cosine similarity" if first.target == SIMILARITY else f"p(class {first.target})"
+    fig.update_yaxes(title_text=label, rangemode="tozero", row=1, col=1)
     fig.update_layout(height=340, margin=dict(l=0, r=0, t=40, b=0), legend=dict(orientation="h", y=-0.25))
     return fig
 

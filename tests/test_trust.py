@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest
@@ -69,10 +70,19 @@ def test_randomization_rows_and_strip(bundled):
     assert titles[0] == "trained: ρ=1.00" and len(titles) == len(checks["rollout"].stages)
 
 
-def test_a_feature_backbone_is_refused_with_what_to_do():
+def test_a_feature_backbone_is_explained_by_its_similarity():
     backbone = build_model(ModelSpec("preset", preset="micro", overrides=(("num_classes", 0),)))
-    with pytest.raises(ValueError, match="few-shot head"):
-        T.check_explainable(backbone)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    relevance = T.method_map(backbone, x, T.make_target(T.SIMILARITY), "occlusion")
+    curves = T.method_curves(backbone, x, T.SIMILARITY, "occlusion", relevance, 4, "mean")
+    assert relevance.shape == (4, 4) and curves["deletion"].probabilities[0] == pytest.approx(1.0, abs=1e-6)
+    methods, unavailable = T.available_methods(backbone)
+    assert methods == list(T.METHODS) and unavailable == {}
+    pooling = build_model(ModelSpec("preset", preset="micro", overrides=(("token_mixer", "pooling"),)))
+    methods, unavailable = T.available_methods(pooling)
+    assert "occlusion" in methods and "'pooling'" in unavailable["chefer-lrp"]
+    assert T.taught_model_name({"uploaded": b"", "taught #3 (2 classes)": b""}) == "taught #3 (2 classes)"
+    assert T.taught_model_name({}) is None
 
 
 def test_trust_page_shows_maps_curves_areas_and_the_randomisation_strip():
@@ -86,10 +96,10 @@ def test_trust_page_shows_maps_curves_areas_and_the_randomisation_strip():
     assert not at.exception, [e.value for e in at.exception]
     assert any("press the button" in i.value for i in at.info)
     target = at.selectbox(key="trust_class").value
-    assert at.selectbox(key="trust_class").format_func(target).startswith("star")
+    assert at.selectbox(key="trust_class").format_func(target).startswith("class star")
     # AppTest does not deliver clicks on st.navigation pages: set what the buttons set
-    at.session_state[T.RUN_KEY] = (ModelSpec("bundled"), f"sample:{STAR}", target, "mean", 10)
-    at.session_state[T.RANDOMIZE_KEY] = (ModelSpec("bundled"), f"sample:{STAR}", target)
+    at.session_state[T.RUN_KEY] = (ModelSpec("bundled"), f"sample:{STAR}", target, "", "mean", 10)
+    at.session_state[T.RANDOMIZE_KEY] = (ModelSpec("bundled"), f"sample:{STAR}", target, "")
     at.switch_page(PAGE).run()
     assert not at.exception, [e.value for e in at.exception]
     tables = {tuple(d.value.columns)[1]: d.value for d in at.dataframe}  # keyed by their second column
@@ -108,9 +118,22 @@ def test_trust_page_shows_maps_curves_areas_and_the_randomisation_strip():
     from explorer.budget import deep_nbytes, shared_cache
 
     cache = shared_cache()
-    where = (ModelSpec("bundled"), f"sample:{STAR}", target)
+    where = (ModelSpec("bundled"), f"sample:{STAR}", target, "")  # "": compared with nothing (a class)
     for method in T.METHODS:
-        assert ("trust_map", *where, method) in cache and ("trust_randomization", *where, method) in cache
+        assert ("trust_map", *where, "mean", method) in cache and ("trust_randomization", *where, method) in cache
         assert ("trust_curves", *where, method, "mean", 10) in cache
     check = cache.get(("trust_randomization", *where, "gradient-rollout"))
     assert deep_nbytes(check) >= sum(m.numel() * m.element_size() for ms in check.maps.values() for m in ms)
+
+
+@pytest.mark.slow  # loads the real DINOv2
+def test_trust_page_on_the_default_model_explains_the_similarity_without_an_error():
+    at = AppTest.from_file(APP, default_timeout=600)
+    at.run()
+    at.switch_page(PAGE).run()
+    assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
+    assert at.session_state[S.MODEL_KIND] == "auto" and at.session_state[S.SAMPLE_NAME] == "chelsea"
+    assert any("No class to explain" in m.value for m in at.markdown)
+    reference = at.selectbox(key=S.TRUST_REFERENCE)
+    assert reference.value == "" and "chelsea" not in reference.options and len(reference.options) > 1
+    assert any("press the button" in i.value for i in at.info)
