@@ -10,6 +10,7 @@ from explorer import figures as F
 from explorer import state as S
 from explorer.texts import page_name
 from explorer.traces import occlusion_effect
+from vitcore.explain.perturb import FILL_NOTES
 
 spec, loaded, key, image, _ = page_inputs("predict")
 cfg = loaded.config
@@ -57,8 +58,9 @@ with left:
         st.rerun()
 
 if masked:
-    fill = st.radio("Masked patches are filled with", ["mean", "zero", "blur"], horizontal=True, key=S.PRED_FILL)
-    delta = occlusion_effect(loaded.model, x, masked, fill=fill)
+    fill = st.radio("Masked patches are filled with", list(FILL_NOTES), horizontal=True, key=S.PRED_FILL,
+                    help="; ".join(f"{name}: {note}" for name, note in FILL_NOTES.items()))
+    delta = occlusion_effect(loaded.model, x, masked, fill=fill, normalization=(loaded.mean, loaded.std))
     order = np.argsort(-np.abs(delta))[:k]
     st.markdown(f"Masking {len(masked)} patch(es) changes the logits like this (largest changes):")
     st.dataframe([{"class": names[i], "logit change": round(float(delta[i]), 4)} for i in order], hide_index=True)

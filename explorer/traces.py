@@ -9,6 +9,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -213,8 +214,9 @@ def measure_latency_ms(model: VisionTransformer, reps: int = 3) -> float:
     return statistics.median(times) * 1e3
 
 
-def occlusion_effect(model: VisionTransformer, x: torch.Tensor, patches: list[int], fill: str = "mean") -> np.ndarray:
-    """Change of every class logit when the given patches are masked, (C,)."""
+def occlusion_effect(model: VisionTransformer, x: torch.Tensor, patches: list[int], fill: str = "mean",
+                     normalization: Any = None) -> np.ndarray:
+    """Change of every class logit when the given patches are masked, (C,); fills of vitcore.explain.perturb."""
     from vitcore.inspect.analysis import occlusion_probe
 
-    return occlusion_probe(model, x, patches, fill=fill).double().numpy()
+    return occlusion_probe(model, x, patches, fill=fill, normalization=normalization).double().numpy()
