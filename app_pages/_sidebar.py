@@ -6,6 +6,8 @@ Drawn on the first page before PyTorch is imported (see ``app_pages/_startup.py`
 
 from __future__ import annotations
 
+import sys
+
 import streamlit as st
 
 from app_pages._startup import cached_sample_names
@@ -57,6 +59,9 @@ def sidebar() -> None:
             st.segmented_control("DINOv2 input size", specs.DINO_SIZES, key=S.DINO_SIZE,
                                  format_func=lambda s: f"{s} px ({s // 14}×{s // 14})",
                                  help="A larger input gives a finer patch grid (and costs more).")
+        fast = sys.modules.get("explorer.fastpath")  # imported by the warm-up; the first paint stays torch-free
+        if fast is not None and kind in ("auto", "dinov2"):
+            st.caption(fast.status_line())
         if kind == "preset":
             _preset_controls()
         elif kind == "checkpoint":

@@ -67,9 +67,31 @@ def _default_home() -> None:
                       lambda: model_input(loaded, image))
 
 
+def _fast_path() -> None:
+    """The default model's fast trace path (explorer.fastpath, ``$EXPLORER_FAST_PATH``), checked on the gallery."""
+    import torch
+
+    from app_pages._cache import cached_model, cached_samples
+    from app_pages._ui import model_input
+    from explorer import fastpath
+
+    mode = fastpath.env_mode()
+    if mode is None:
+        return
+    spec, data, name = default_choice()
+    loaded = cached_model(spec, data)
+    gallery = cached_samples()
+    x = model_input(loaded, gallery[name].image)  # (1, C, H, W) the shape traces of the default photo have
+    photos = torch.cat([model_input(loaded, item.image) for item in list(gallery.values())[:8]])
+    path = fastpath.fast_path(loaded, mode)
+    path.shape = tuple(x.shape)
+    path.start(photos, wait=True)
+
+
 # one per server process (this module is imported once; the entry script is re-run per visit)
 WARMUP = warmup.Warmup(
-    [("imports", _import_app), ("gallery", _gallery), ("model", _default_model), ("home", _default_home)],
+    [("imports", _import_app), ("gallery", _gallery), ("model", _default_model), ("home", _default_home),
+     ("fast path", _fast_path)],
     name="explorer-warmup",
 )
 

@@ -13,6 +13,7 @@ the shared fp32 one on the sample photos (:func:`vitcore.model.optimize.fidelity
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -20,10 +21,35 @@ import torch
 
 from explorer.models import LoadedModel
 
-__all__ = ["FastPath", "fast_path"]
+__all__ = ["FastPath", "env_mode", "existing", "fast_path", "status_line"]
 
 _PATHS: dict[int, FastPath] = {}
 _LOCK = threading.Lock()
+_LAST: list[FastPath] = []  # the path the warm-up started last (what the sidebar reports)
+# off (default until benchmarks/peers.py has been run on a quiet server) | int8 (seconds to build, no
+# compiler) | int8+compile | compile (minutes of compiling in the warm-up thread)
+ENV = "EXPLORER_FAST_PATH"
+
+
+def env_mode() -> str | None:
+    """The fast path the app warms up (``$EXPLORER_FAST_PATH``): None when "off"."""
+    value = os.environ.get(ENV, "off").strip().lower()
+    if value in ("", "off", "0", "none", "fp32"):
+        return None
+    from vitcore.model.optimize import MODES
+
+    if value not in MODES:
+        raise ValueError(f"{ENV}={value!r} is not one of off, {', '.join(m for m in MODES if m != 'fp32')}")
+    return value
+
+
+def status_line() -> str:
+    """One line for the sidebar: which path the traces of the default model run on."""
+    if not _LAST:
+        return "Traces run on fp32."
+    path = _LAST[-1]
+    text = f"Traces of {path.loaded.label} at {path.shape[-1]} px run on {path.label()}"
+    return text + (f": {path.detail}" if path.detail and path.state != "warming" else ".")
 
 
 class FastPath:
@@ -44,6 +70,7 @@ class FastPath:
         with self._lock:
             if self._thread is None:
                 self.state = "warming"
+                _LAST.append(self)
                 self._thread = threading.Thread(target=self._warm, args=(photos,), name="fast-path", daemon=True)
                 self._thread.start()
             thread = self._thread

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 
+import pytest
 import torch
 
 from explorer import fastpath, traces
@@ -50,3 +51,21 @@ def test_an_unfaithful_path_is_refused(monkeypatch):
     assert path.state == "refused" and "0.9500" in path.detail
     assert path.model_for(torch.randn(1, 3, size, size)) is loaded.model
     assert path.label() == "fp32 (fast path not used)"
+
+
+def test_env_mode_and_status_line(monkeypatch):
+    monkeypatch.delenv(fastpath.ENV, raising=False)
+    assert fastpath.env_mode() is None  # off unless the server opts in
+    monkeypatch.setenv(fastpath.ENV, "int8")
+    assert fastpath.env_mode() == "int8"
+    monkeypatch.setenv(fastpath.ENV, "int8+compile")
+    assert fastpath.env_mode() == "int8+compile"
+    monkeypatch.setenv(fastpath.ENV, "int4")
+    with pytest.raises(ValueError, match="EXPLORER_FAST_PATH='int4' is not one of off, compile, int8"):
+        fastpath.env_mode()
+    loaded = _loaded()
+    size = loaded.model.config.image_size[0]
+    path = fastpath.FastPath(loaded, mode="int8", size=size)
+    path.start(photos=torch.randn(2, 3, size, size), wait=True)
+    line = fastpath.status_line()
+    assert line.startswith(f"Traces of micro at {size} px run on int8: int8 inference path"), line

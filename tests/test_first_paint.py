@@ -109,7 +109,8 @@ def test_once_the_warmup_is_done_home_shows_the_default_data_flow(first_visit):
     full = first_visit["full"]
     assert full["exceptions"] == []
     assert full["flow"]["patches"] == "[1, 256, 588]" and full["flow"]["features"] == "[1, 384]"  # DINOv2 at 224
-    assert dict(full["steps"]) == {"imports": "done", "gallery": "done", "model": "done", "home": "done"}
+    assert dict(full["steps"]) == {"imports": "done", "gallery": "done", "model": "done", "home": "done",
+                                   "fast path": "done"}  # off unless EXPLORER_FAST_PATH opts in
     assert full["torch_after"] is True
 
 
