@@ -154,6 +154,7 @@ def main() -> None:
     parser.add_argument("--modes", default="fp32,int8,compile,int8+compile", help="vitcore.optimize modes to time")
     parser.add_argument("--skip-dinov2", action="store_true", help="skip the DINOv2 trace section")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows while compiling, also when piped to a file
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     warnings.filterwarnings("ignore", category=UserWarning)
