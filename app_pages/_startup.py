@@ -5,10 +5,11 @@ the default model. So the first page after a server start is drawn without them:
 (``streamlit_app.py``), the sidebar (``app_pages/_sidebar.py``) and the Home page's text and tour
 import only this module and PyTorch-free ones (``explorer.registry``, ``state``, ``specs``,
 ``samples``, ``runs``, ``warmup``); ``tests/test_first_paint.py`` checks that ``torch`` is not
-imported when they have been drawn. Then :data:`WARMUP` (started by the first script run of the
-process, in a background thread) imports PyTorch and the app's modules, builds the gallery, loads
-the default model and runs the Home page's forward pass on the default photo, so the page fills
-in, and the next visitor finds everything ready.
+imported when they have been drawn. Then :data:`WARMUP`, a background thread started by the first
+page that waits for it (:func:`wait_for`, once that page's first paint is on its way to the
+browser, so that PyTorch's import does not compete with the browser drawing it), imports PyTorch
+and the app's modules, builds the gallery, loads the default model and runs the Home page's
+forward pass on the default photo: the page fills in, and the next visitor finds everything ready.
 
 Pages other than Home import PyTorch at their top: the entry waits for the warm-up's imports
 before running them (one import at a time, a spinner meanwhile). More work for after the first
@@ -97,7 +98,7 @@ WARMUP = warmup.Warmup(
 
 
 def start() -> None:
-    """Start the warm-up (the first script run of the process does; later calls do nothing)."""
+    """Start the warm-up now (:func:`wait_for` does it when a page first needs it; later calls do nothing)."""
     WARMUP.start()
 
 
@@ -109,7 +110,8 @@ def warmup_step(name: str, fn: Callable[[], Any]) -> None:
 def wait_for(step: str, message: str) -> None:
     """Return once warm-up step ``step`` has finished, with a spinner saying ``message`` meanwhile.
 
-    A failed step is not reported here: the code that needs it runs it again and shows its error.
+    The first call of the process starts the warm-up. A failed step is not reported here: the code
+    that needs it runs it again and shows its error.
     """
     if WARMUP.done(step):
         return

@@ -1,6 +1,6 @@
 """Time to the first page in a real browser after a fresh server start (Chromium + Playwright).
 
-    python benchmarks/first_paint.py [--runs 2] [--new-user]
+    python benchmarks/first_paint.py [--runs 2] [--new-user] [--verbose]
 
 For each run: start ``streamlit run streamlit_app.py`` on 127.0.0.1, wait for its health check,
 open the app and report, in the page's own clock (``performance.now()`` from the navigation
@@ -110,6 +110,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--new-user", action="store_true", help="empty cache folders: convert DINOv2 again")
+    parser.add_argument("--verbose", action="store_true", help="also print when each marker appeared")
     args = parser.parse_args()
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(chromium).exists():
@@ -125,6 +126,8 @@ def main() -> None:
               f"after the request: first element {t['any']:.2f} s, first paint (title, text, sidebar, tour) "
               f"{t['first paint']:.2f} s, full Home (data flow) {t['table']:.2f} s "
               f"(target: first page <= 3 s); load average {load:.1f} on {os.cpu_count()} cores", flush=True)
+        if args.verbose:
+            print("    " + ", ".join(f"{name} {t[name]:.2f} s" for name in MARKERS), flush=True)
 
 
 if __name__ == "__main__":
