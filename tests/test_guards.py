@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from grid_support import grids
 
 from explorer import guard, registry
 from explorer import state as S
@@ -124,7 +125,8 @@ def test_smallest_playground_and_one_block_one_head_models_work():
     at = run("app_pages/attention.py", **one)
     assert not at.error
     captions = " ".join(c.value for c in at.caption)
-    assert "Layer: 0 (this model has only one)" in captions and "Head: 0 (this model has only one)" in captions
+    assert "Layer: 0 (this model has only one)" in captions
+    assert {payload.panels for _, payload in grids(at).values()} == {1}  # one head: one panel in every browser map
     assert len(at.dataframe) == 1  # the arithmetic still shows
 
 
