@@ -390,7 +390,7 @@ def _finetune(job: Job, request: TeachRequest, head: nn.Linear, train_images: li
                            f"loss {event.get('loss', float('nan')):.3f}")
 
     result = fit(model, data, strategy=request.strategy, last_k=request.last_k, epochs=request.epochs,
-                 lr=None, callbacks=[on_event], stop=lambda: job.stop_requested, seed=request.seed, augment=False)
+                 lr=None, callbacks=[on_event], stop=lambda: job.stop_requested, seed=None, augment=False)
     job.check()
     return result.model.eval()
 
