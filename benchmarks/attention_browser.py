@@ -64,7 +64,7 @@ def main() -> None:
     from streamlit.proto.BackMsg_pb2 import BackMsg
 
     print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())} ({os.cpu_count()} cores)")
-    server = Server(log=ROOT / "benchmarks" / "attention_browser_server.log")
+    server = Server(log=ROOT / "tests" / "artifacts" / "attention_browser_server.log")  # git-ignored
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)

@@ -63,6 +63,8 @@ class Server:
     def __init__(self, env: dict[str, str] | None = None, log: Path | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        if log:
+            log.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"), "--server.port",
