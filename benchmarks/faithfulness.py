@@ -86,6 +86,7 @@ class Scores:
     curve_seconds: list[float] = field(default_factory=list)  # all methods' deletion + insertion, per image
     map_seconds: list[float] = field(default_factory=list)  # all methods' maps, per image
     correct: int = 0
+    labelled: int = 0
     images: int = 0
 
     def add(self, metric: str, method: str, value: float) -> None:
@@ -111,6 +112,7 @@ def score_model(model, samples, *, steps: int, fill: str, normalization, randomi
         scores.curve_seconds.append(t2 - t1)
         explained = petsiuk["deletion"]["random"].target
         scores.correct += int(label_index is not None and explained == label_index)
+        scores.labelled += int(label_index is not None)
         scores.images += 1
         for curves in (petsiuk, chefer):  # chefer may be {} (DINOv2: deletion / insertion only, for time)
             for kind, by_method in curves.items():
@@ -144,7 +146,8 @@ def print_tables(scores: Scores, title: str, fill: str, steps: int,
                  explained: str = "the predicted class") -> dict[str, str]:
     """The scoreboard and the randomisation table; returns each method's randomisation verdict."""
     n = scores.images
-    print(f"\n## {title}: {n} images, model correct on {scores.correct}/{n}; explained: {explained}; "
+    correct = f"model correct on {scores.correct}/{n}" if scores.labelled else "no labels"
+    print(f"\n## {title}: {n} images, {correct}; explained: {explained}; "
           f"fill = {fill}; deletion/insertion in {steps} steps; mean ± 95% CI\n")
     metrics = [m for m in LOWER_IS_BETTER if m in scores.metrics]
     arrows = {m: "↓" if LOWER_IS_BETTER[m] else "↑" for m in metrics}
