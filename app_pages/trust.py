@@ -14,6 +14,7 @@ from explorer import trust as T
 from explorer.budget import deep_nbytes, shared_cache
 from explorer.models import LoadedModel, ModelSpec
 from explorer.samples import sample_images
+from explorer.texts import page_name
 
 
 # ----------------------------------------------------------------------------- caches (one entry per method)
@@ -53,7 +54,7 @@ names = loaded.class_names
 headless = loaded.config.num_classes == 0
 taught = T.taught_model_name(st.session_state.get(S.SESSION_MODELS))
 if taught is not None and spec.kind != "session":
-    st.button(f"Explain the model taught on the Teach page ({taught})", key=S.TRUST_USE_TAUGHT,
+    st.button(f"Explain the model taught on {page_name('teach', markdown=False)} ({taught})", key=S.TRUST_USE_TAUGHT,
               on_click=use_taught, args=(taught,))
 st.markdown(T.INTRO)
 with st.expander("What each method computes"):
@@ -64,7 +65,7 @@ reference_name, reference = "", None
 if headless:
     left.markdown(T.SIMILARITY_TEXT)
     if taught is None:
-        left.caption("Teach it classes on the Teach page to explain a class instead.")
+        left.caption(f"Teach it classes on {page_name('teach')} to explain a class instead.")
     target = T.SIMILARITY
 else:
     probs = trace_for(spec, loaded, key, image).logits[0].softmax(-1).double().numpy()  # cached with the trace
