@@ -44,8 +44,8 @@ def wait_healthy(url: str, seconds: float, proc: subprocess.Popen | None = None)
 
 
 @contextlib.contextmanager
-def app_server(log_name: str, startup_seconds: float = 60.0) -> Iterator[str]:
-    """``streamlit run streamlit_app.py`` on a free loopback port; yields its URL, stops it on exit.
+def app_server(log_name: str, startup_seconds: float = 60.0, script: Path = ROOT / "streamlit_app.py") -> Iterator[str]:
+    """``streamlit run <script>`` (the app by default) on a free loopback port; yields its URL, stops it on exit.
 
     Skips the test where Chromium or Playwright is missing (``.ci/run`` installs Chromium).
     """
@@ -57,7 +57,7 @@ def app_server(log_name: str, startup_seconds: float = 60.0) -> Iterator[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "EXPLORER_MAX_TRAINING_JOBS": "1"}
     with open(ARTIFACTS / log_name, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"), "--server.port", str(port),
+            [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
              "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
              "--client.showErrorDetails", "full"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,

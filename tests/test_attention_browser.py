@@ -8,9 +8,6 @@ fragment once; text from the page (class names, labels) shows as text, never as 
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
-import sys
 
 import pytest
 from browser_support import (
@@ -21,11 +18,9 @@ from browser_support import (
     ROOT,
     app_server,
     canvas_digests,
-    free_port,
     grid_frame,
     grid_point,
     script_runs,
-    wait_healthy,
     wait_idle,
 )
 
@@ -118,28 +113,9 @@ def test_hovering_two_patches_redraws_every_head_with_no_script_run(browser):
         assert "head 2" in frame.locator("figure.big .title").text_content()
 
 
-@contextlib.contextmanager
 def grid_app(log_name: str):
     """``streamlit run tests/apps/attention_grid_app.py``: the component alone, synthetic maps, no PyTorch model."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with open(ARTIFACTS / log_name, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(ROOT / "tests" / "apps" / "attention_grid_app.py"),
-             "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
-             "--browser.gatherUsageStats", "false"],
-            cwd=ROOT, env={**os.environ}, stdout=log, stderr=subprocess.STDOUT,
-        )
-        try:
-            if not wait_healthy(url, 60, proc):
-                pytest.fail("the test app did not start within 60 s")
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    return app_server(log_name, script=ROOT / "tests" / "apps" / "attention_grid_app.py")
 
 
 def test_class_names_and_labels_show_as_text_not_html(browser):
