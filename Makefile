@@ -49,7 +49,7 @@ beyond-assets: $(STAMP)
 	$(BIN)/python -m explorer.beyond_assets
 
 bench: $(DEV_STAMP)
-	for b in forward capture train app finetune dinov2 fewshot faithfulness mixers; do \
+	for b in forward capture peers train app finetune dinov2 fewshot faithfulness explain_crosscheck mixers; do \
 		$(BIN)/python benchmarks/$$b.py || exit 1; done
 
 clean:
