@@ -235,7 +235,7 @@ def collection_from_zip(data: bytes) -> tuple[ClassCollection, list[str]]:
     try:
         return ClassCollection.from_bundle_samples(list(bundle.class_names), _bundle_samples(bundle))
     finally:
-        keep = bundle._keepalive
+        keep = bundle.keepalive
         if isinstance(keep, tempfile.TemporaryDirectory):
             keep.cleanup()
 

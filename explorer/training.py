@@ -426,7 +426,7 @@ def submit_finetune(manager: Any, owner: str, request: FinetuneRequest, *, code:
 
 def _release(data: DataBundle) -> None:
     """Remove a bundle's temporary folder (a zip's extraction) now, not whenever it is garbage collected."""
-    keepalive = data._keepalive
+    keepalive = data.keepalive
     if isinstance(keepalive, tempfile.TemporaryDirectory):
         keepalive.cleanup()
 

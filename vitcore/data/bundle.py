@@ -80,7 +80,7 @@ class DataBundle:
     datasets: dict[str, Dataset] = field(default_factory=dict)  # "train", "val" and "train_plain" (no augmentation)
     batch_size: int = 32
     augment: bool = True  # whether datasets["train"] applies random augmentation
-    _keepalive: Any = field(default=None, repr=False)  # e.g. the temporary directory a zip was extracted into
+    keepalive: Any = field(default=None, repr=False)  # e.g. the temporary directory a zip was extracted into
 
     def __post_init__(self) -> None:
         if not isinstance(self.preprocessing, Preprocessing):
@@ -139,7 +139,7 @@ def make_bundle(
         datasets={"train": train, "val": val, "train_plain": train_plain},
         batch_size=batch_size,
         augment=augment,
-        _keepalive=keepalive,
+        keepalive=keepalive,
     )
 
 

@@ -171,7 +171,7 @@ def _from_archive(archive: zipfile.ZipFile, image_size: Any, batch_size: int, ma
     except BaseException:
         tmp.cleanup()
         raise
-    bundle._keepalive = tmp  # the folder is removed when the bundle is garbage collected
+    bundle.keepalive = tmp  # the folder is removed when the bundle is garbage collected
     return bundle
 
 
