@@ -1,6 +1,6 @@
 """vitcore's inference paths against its peers on this CPU, interleaved in one run (issue 21).
 
-    python benchmarks/peers.py [--reps 7] [--threads 2] [--modes fp32,int8,compile,int8+compile] [--skip-dinov2]
+    python benchmarks/peers.py [--reps 7] [--threads 2] [--modes fp32,bf16,int8,bf16+compile,...] [--skip-dinov2]
 
 Every cell is timed round-robin (each model once per round, so drifting load on a shared machine
 hits all alike); the medians are reported, and ratios are taken between medians of the same run.
@@ -151,7 +151,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=7, help="timed rounds per cell (median reported)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the app's setting: 2)")
-    parser.add_argument("--modes", default="fp32,int8,compile,int8+compile", help="vitcore.optimize modes to time")
+    parser.add_argument("--modes", default="fp32,bf16,int8,compile,int8+compile,bf16+compile",
+                        help="vitcore.optimize modes to time (the compiled ones take minutes to build)")
     parser.add_argument("--skip-dinov2", action="store_true", help="skip the DINOv2 trace section")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # progress shows while compiling, also when piped to a file

@@ -26,20 +26,23 @@ __all__ = ["FastPath", "env_mode", "existing", "fast_path", "status_line"]
 _PATHS: dict[int, FastPath] = {}
 _LOCK = threading.Lock()
 _LAST: list[FastPath] = []  # the path the warm-up started last (what the sidebar reports)
-# off (default until benchmarks/peers.py has been run on a quiet server) | int8 (seconds to build, no
-# compiler) | int8+compile | compile (minutes of compiling in the warm-up thread)
+# auto (default: bf16 where the CPU has native bf16 dot products, which builds in about a second and
+# halves a trace's time, else off) | off | bf16 | int8 | int8+compile | compile | bf16+compile (the
+# compiled ones spend minutes compiling in the warm-up thread)
 ENV = "EXPLORER_FAST_PATH"
 
 
 def env_mode() -> str | None:
-    """The fast path the app warms up (``$EXPLORER_FAST_PATH``): None when "off"."""
-    value = os.environ.get(ENV, "off").strip().lower()
-    if value in ("", "off", "0", "none", "fp32"):
+    """The fast path the app warms up (``$EXPLORER_FAST_PATH``, default "auto"): None when off."""
+    value = os.environ.get(ENV, "auto").strip().lower()
+    if value in ("off", "0", "none", "fp32"):
         return None
-    from vitcore.model.optimize import MODES
+    from vitcore.model.optimize import MODES, bf16_native
 
+    if value in ("", "auto"):
+        return "bf16" if bf16_native() else None
     if value not in MODES:
-        raise ValueError(f"{ENV}={value!r} is not one of off, {', '.join(m for m in MODES if m != 'fp32')}")
+        raise ValueError(f"{ENV}={value!r} is not one of auto, off, {', '.join(m for m in MODES if m != 'fp32')}")
     return value
 
 
@@ -57,7 +60,7 @@ class FastPath:
 
     def __init__(self, loaded: LoadedModel, mode: str | None = None, size: int = 224) -> None:
         self.loaded = loaded
-        self.mode = mode  # None: int8+compile where a compiler exists, else int8
+        self.mode = mode  # None: bf16 on a CPU with native bf16, else int8+compile where a compiler exists, else int8
         self.shape = (1, loaded.model.config.in_channels, size, size)
         self.state = "off"  # off -> warming -> ready | refused | failed
         self.model: Any = None
@@ -78,10 +81,10 @@ class FastPath:
             thread.join()
 
     def _warm(self, photos: torch.Tensor | None) -> None:
-        from vitcore.model.optimize import compiler_available, fidelity, optimize
+        from vitcore.model.optimize import bf16_native, compiler_available, fidelity, optimize
 
         try:
-            mode = self.mode or ("int8+compile" if compiler_available() else "int8")
+            mode = self.mode or ("bf16" if bf16_native() else "int8+compile" if compiler_available() else "int8")
             fast = optimize(self.loaded.model, mode, shapes=[self.shape], trace={"qkv": True})  # trace_image's request
             if photos is not None:
                 report = fidelity(self.loaded.model, fast, photos)

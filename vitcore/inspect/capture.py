@@ -407,7 +407,7 @@ def capture(
     }
     with torch.no_grad():
         out = model.forward_intermediates(images, records=records)
-        pos = model.token_pos_embedding(out.grid)[0]  # (T, D)
+        pos = model.token_pos_embedding(out.grid)[0].float()  # (T, D), float32 on every path
     attention = _cpu(slab) if out.attention else None
     P = model.config.patch_size
     return Trace(

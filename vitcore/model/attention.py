@@ -96,11 +96,15 @@ class Attention(ProjectedMixer):
     def attention_matrix(self, q: torch.Tensor, k: torch.Tensor, record: Record | None = None) -> torch.Tensor:
         """softmax(q k^T / sqrt(d)) through the probe, (B, H, T, T); rows sum to 1.
 
-        When the record carries a buffer that fits, the softmax is written straight into it.
+        When the record carries a buffer that fits, the softmax is written straight into it. With
+        half-precision q and k (a bf16 model) the softmax is computed and returned in float32, so
+        the maps' rows sum to 1 as closely as on a float32 model.
         """
         scores = (q @ k.transpose(-2, -1)).mul_(self.scale)  # (B, H, T, T)
-        target = None if record is None else record.softmax_target(scores)
-        attn = scores.softmax(dim=-1) if target is None else torch.softmax(scores, dim=-1, out=target)  # (B, H, T, T)
+        dtype = torch.float32 if scores.dtype in (torch.bfloat16, torch.float16) else scores.dtype
+        target = None if record is None else record.softmax_target(scores, dtype)
+        attn = torch.softmax(scores, dim=-1, dtype=dtype, out=target) if target is not None else scores.softmax(
+            dim=-1, dtype=dtype)  # (B, H, T, T)
         return self.expose(attn, record)  # (B, H, T, T)
 
     def forward(
@@ -111,7 +115,7 @@ class Attention(ProjectedMixer):
             record.keep_qkv(q, k, v)
         if self.explicit(record):
             attn = self.attention_matrix(q, k, record)  # (B, H, T, T)
-            out = maybe_dropout(self.attn_drop, attn, record) @ v  # (B, H, T, d)
+            out = maybe_dropout(self.attn_drop, attn, record).to(v.dtype) @ v  # (B, H, T, d)
         else:
             drop = self.training and (record is None or record.dropout)
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if drop else 0.0)  # (B, H, T, d)

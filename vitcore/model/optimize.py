@@ -1,4 +1,4 @@
-"""Faster inference paths for a VisionTransformer: compiled (inductor) and int8 (dynamic quantisation).
+"""Faster inference paths for a VisionTransformer: bfloat16, compiled (inductor) and int8 (dynamic quantisation).
 
     fast = vitcore.optimize(model, mode="int8+compile")   # a NEW model; ``model`` is not changed
     fast(x)                                                # logits, like model(x)
@@ -18,6 +18,11 @@ Modes (:data:`MODES`):
                     the deprecated ``torch.ao.quantization.quantize_dynamic`` only when torchao is
                     missing). Patch embedding, LayerNorms, softmax and the head stay float32.
 ``"int8+compile"``  both: the quantised graph compiled, int8 GEMMs fused with their (de)quantisation.
+``"bf16"``          every weight in bfloat16 (a new half-size copy), images cast on the way in and
+                    everything returned cast back to float32; the softmax runs in float32. On CPUs
+                    with native bf16 dot products (AVX512-BF16 or AMX, see :func:`bf16_native`) the
+                    GEMMs run at about twice the fp32 rate; elsewhere they are emulated and slower.
+``"bf16+compile"``  the bf16 model compiled.
 
 Every mode keeps attention maps: :meth:`OptimizedViT.forward_intermediates` (and so
 :func:`vitcore.capture`) runs the explicit softmax(q k^T / sqrt(d)) on every path; a compiled path
@@ -29,14 +34,17 @@ Fidelity (:func:`fidelity`): against the fp32 model, the CLS feature's cosine si
 last layer's CLS attention maps' Pearson correlation, per image; :func:`fewshot_accuracy` gives the
 lfw 10-shot accuracy of a backbone, so a path's accuracy can be set beside fp32's.
 
-Why these and not others, measured on a 2-core AVX-512 VNNI CPU (``benchmarks/peers.py``): int8
-GEMMs run on the VNNI dot-product instructions at several times the fp32 rate; compiling fuses the
-LayerNorms, GELU, residual adds and the per-token quantisation into the GEMMs' neighbours.
+Why these and not others, measured on a 2-core AVX-512 VNNI/BF16 CPU (``benchmarks/peers.py``): int8
+GEMMs run on the VNNI dot-product instructions, but the per-token quantisation of the activations
+and the float32 q/k/v eat most of the gain at batch 1; bf16 GEMMs (``vdpbf16ps``) halve the time of
+every Linear and of the attention products with no quantisation step, and pass the fidelity
+targets on DINOv2; compiling fuses the LayerNorms, GELU and residual adds into the GEMMs' neighbours.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 import time
 import warnings
@@ -55,13 +63,14 @@ __all__ = [
     "Fidelity",
     "Optimization",
     "OptimizedViT",
+    "bf16_native",
     "compiler_available",
     "fewshot_accuracy",
     "fidelity",
     "optimize",
 ]
 
-MODES = ("fp32", "compile", "int8", "int8+compile")
+MODES = ("fp32", "compile", "int8", "int8+compile", "bf16", "bf16+compile")
 INT8_BACKENDS = ("auto", "torchao", "fbgemm")
 # Block Linear layers kept float32 on the int8 paths. Measured on DINOv2 ViT-S/14, 7 sample photos,
 # torchao per-token int8: all four int8 -> worst CLS cosine 0.99876 (below 0.999); q/k/v float ->
@@ -96,9 +105,15 @@ class Optimization:
         """Whether the encoder's Linear layers run in int8."""
         return "int8" in self.mode
 
+    @property
+    def bf16(self) -> bool:
+        """Whether the model computes in bfloat16 (weights and activations; softmax in float32)."""
+        return "bf16" in self.mode
+
     def label(self) -> str:
-        """Short name for a sidebar, e.g. ``int8 + compiled`` or ``fp32``."""
-        parts = (["int8"] if self.int8 else ["fp32"]) + (["compiled"] if self.compiled else [])
+        """Short name for a sidebar, e.g. ``int8 + compiled``, ``bf16`` or ``fp32``."""
+        base = "int8" if self.int8 else "bf16" if self.bf16 else "fp32"
+        parts = [base] + (["compiled"] if self.compiled else [])
         return " + ".join(parts)
 
     def describe(self) -> str:
@@ -129,13 +144,14 @@ class OptimizedViT(VisionTransformer):
         self._fast_features: Callable | None = None
         self._fast_intermediates: Callable | None = None
         self._warming = False  # True while optimize() compiles: then a compiled call may compile
+        self._dtype = next(self.parameters()).dtype  # what it computes in: float32, or bfloat16 on bf16 paths
 
     # ---- the plain VisionTransformer code that gets compiled --------------------------------
     def _eager_features(self, images: torch.Tensor) -> torch.Tensor:
-        return VisionTransformer.forward_features(self, images)  # (B, T, D)
+        return VisionTransformer.forward_features(self, images.to(self._dtype))  # (B, T, D) in the compute dtype
 
     def _eager_intermediates(self, images: torch.Tensor, **kwargs: Any) -> Intermediates:
-        return VisionTransformer.forward_intermediates(self, images, **kwargs)
+        return VisionTransformer.forward_intermediates(self, images.to(self._dtype), **kwargs)
 
     def _pick(self, images: torch.Tensor, fast: Callable | None, eager: Callable) -> Callable:
         if fast is not None and isinstance(images, torch.Tensor) and tuple(images.shape) in self._compiled_shapes:
@@ -143,27 +159,38 @@ class OptimizedViT(VisionTransformer):
         return eager
 
     # ---- public interface -------------------------------------------------------------------
-    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Tokens after the final LayerNorm, (B, T, D); compiled for the compiled shapes."""
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
         fn = self._pick(images, self._fast_features, self._eager_features)
         with torch.no_grad(), _no_compiling(fn is not self._eager_features and not self._warming):
-            return fn(images)
+            return fn(images)  # (B, T, D) in the compute dtype
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Tokens after the final LayerNorm, (B, T, D) float32; compiled for the compiled shapes."""
+        return self._features(images).float()  # no copy on the float32 paths
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) -> logits (B, C) (the pooled features when the model has no head)."""
-        tokens = self.forward_features(images)  # (B, T, D)
+        """Images (B, C, H, W) -> float32 logits (B, C) (the pooled features when the model has no head)."""
+        tokens = self._features(images)  # (B, T, D)
         with torch.no_grad():
-            return self.forward_head(tokens)  # (B, C)
+            return self.forward_head(tokens).float()  # (B, C)
 
     def forward_intermediates(self, images: torch.Tensor, **kwargs: Any) -> Intermediates:
         """As :meth:`VisionTransformer.forward_intermediates` (same arguments), without grad.
 
         Compiled for the requests made while compiling (:func:`vitcore.capture`'s full trace);
         any other request, or a shape not compiled, runs eagerly instead of compiling again.
+        Every tensor comes back float32 (the bf16 paths' are cast; attention is float32 already).
         """
         fn = self._pick(images, self._fast_intermediates, self._eager_intermediates)
         with torch.no_grad(), _no_compiling(fn is not self._eager_intermediates and not self._warming):
-            return fn(images, **kwargs)
+            out = fn(images, **kwargs)
+        if self._dtype == torch.float32:
+            return out
+        names = ("tokens", "attention", "q", "k", "v", "mlp")
+        lists = {name: [t.float() for t in getattr(out, name)] for name in names}
+        tensors = {name: None if getattr(out, name) is None else getattr(out, name).float()
+                   for name in ("patch_embeddings", "features", "logits")}
+        return dataclasses.replace(out, **lists, **tensors)
 
     def train(self, mode: bool = True) -> OptimizedViT:
         """An optimised model is inference-only: it stays in eval mode."""
@@ -183,6 +210,12 @@ def _no_compiling(compiled: bool):
 
 
 # --------------------------------------------------------------------------- building it
+def bf16_native() -> bool:
+    """Whether this CPU has native bfloat16 dot products (AVX512-BF16 or AMX), so the bf16 paths pay off."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check is not None and check() for check in checks)
+
+
 def compiler_available() -> bool:
     """Whether a C++ compiler for inductor's CPU code is on PATH (``$CXX``, else g++ / c++ / clang++)."""
     import os
@@ -191,12 +224,15 @@ def compiler_available() -> bool:
     return any(shutil.which(name) for name in names)
 
 
-def _shared_copy(model: VisionTransformer) -> OptimizedViT:
-    """A new OptimizedViT whose parameters and buffers are the given model's tensors (shared, not copied)."""
+def _shared_copy(model: VisionTransformer, dtype: torch.dtype = torch.float32) -> OptimizedViT:
+    """A new OptimizedViT over the given model's tensors: shared (float32), or cast copies (``dtype``)."""
     config = model.config.replace(fused_attention=True)  # explicit attention runs only where maps are asked
     with torch.device("meta"):  # shapes only: nothing is allocated or initialised
         new = OptimizedViT(config)
-    new.load_state_dict(model.state_dict(), assign=True)  # new Parameter objects over the same storage
+    state = model.state_dict()
+    if dtype != torch.float32:
+        state = {name: t.to(dtype) if t.is_floating_point() else t for name, t in state.items()}
+    new.load_state_dict(state, assign=True)  # new Parameter objects over the same (or the cast) storage
     new.requires_grad_(False)  # on the new Parameter objects only
     new._setup_fast_paths()
     return nn.Module.train(new, False)
@@ -265,7 +301,7 @@ def _compile_shapes(model: OptimizedViT, shapes: Sequence[tuple[int, ...]], trac
     try:
         with torch.no_grad():
             for shape in shapes:
-                x = torch.zeros(shape, dtype=param.dtype, device=param.device)
+                x = torch.zeros(shape, dtype=torch.float32, device=param.device)  # callers pass float32 images
                 model.forward_features(x)
                 if trace:
                     capture(model, x, **({} if trace is True else dict(trace)))  # compiles exactly this request
@@ -332,9 +368,12 @@ def optimize(
     if unknown:
         raise ValueError(f"keep_float names {unknown}; the block Linear layers are 'qkv', 'proj', 'fc1' and 'fc2'")
     compile_shapes = _check_shapes(model, shapes)
-    new = _shared_copy(model)
+    new = _shared_copy(model, torch.bfloat16 if "bf16" in mode else torch.float32)
     backend = _quantize_int8(new, int8_backend, keep_float) if "int8" in mode else None
     runs, message, seconds, compiled = mode, "", 0.0, ()
+    if "bf16" in mode and not bf16_native():
+        warnings.warn(f"vitcore.optimize(mode={mode!r}): this CPU has no native bf16 dot products (AVX512-BF16 or "
+                      "AMX), so bf16 runs emulated and is likely slower than fp32", RuntimeWarning, stacklevel=2)
     if "compile" in mode:
         if not compiler_available():
             message = "No C++ compiler found (install g++ or set $CXX), so nothing was compiled"
@@ -380,6 +419,11 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-12)
 
 
+def _final_cls(model: VisionTransformer, tokens: torch.Tensor) -> torch.Tensor:
+    """The CLS token after ``model``'s final LayerNorm, in the model's own dtype, returned float32, (B, D)."""
+    return model.norm(tokens[:, :1].to(model.norm.weight.dtype))[:, 0].float()
+
+
 @torch.no_grad()
 def fidelity(reference: VisionTransformer, candidate: VisionTransformer, images: torch.Tensor,
              batch_size: int = 1) -> Fidelity:
@@ -397,8 +441,8 @@ def fidelity(reference: VisionTransformer, candidate: VisionTransformer, images:
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size]
         ref, cand = capture(reference, x), capture(candidate, x)
-        cls_ref = reference.norm(ref.tokens[-1])[:, 0]  # (b, D) CLS after the final LayerNorm
-        cls_cand = candidate.norm(cand.tokens[-1])[:, 0]  # (b, D)
+        cls_ref = _final_cls(reference, ref.tokens[-1])  # (b, D) CLS after the final LayerNorm
+        cls_cand = _final_cls(candidate, cand.tokens[-1])  # (b, D)
         cosines.append(torch.nn.functional.cosine_similarity(cls_cand, cls_ref, dim=-1))
         maps_ref = ref.attention[-1][:, :, 0, p:].flatten(1)  # (b, H*N) last layer, CLS row, patch columns
         maps_cand = cand.attention[-1][:, :, 0, p:].flatten(1)

@@ -45,11 +45,14 @@ class Record:
     v: torch.Tensor | None = None
     hidden: torch.Tensor | None = None  # (B, T, M) filled in when mlp=True
 
-    def softmax_target(self, scores: torch.Tensor) -> torch.Tensor | None:
-        """``out`` when softmax(scores) may be written into it directly (same shape and dtype, no graph)."""
+    def softmax_target(self, scores: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor | None:
+        """``out`` when softmax(scores) may be written into it directly (same shape, no graph).
+
+        ``dtype`` is the dtype the softmax computes in (default: the scores'); ``out`` must have it.
+        """
         out = self.out
         if (
-            out is None or not self.attention or out.shape != scores.shape or out.dtype != scores.dtype
+            out is None or not self.attention or out.shape != scores.shape or out.dtype != (dtype or scores.dtype)
             or out.device != scores.device or (scores.requires_grad and torch.is_grad_enabled())
         ):
             return None
