@@ -6,6 +6,9 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The app's traces stay on fp32 in tests (their numbers are compared with fp32 references); the fast
+# path (bf16 by default on CPUs with native bf16) is tested in test_fastpath / test_first_paint.
+os.environ.setdefault("EXPLORER_FAST_PATH", "off")
 
 import pytest
 import torch

@@ -68,7 +68,10 @@ release.set()
 _startup.WARMUP, _startup.wait_for = real_warmup, real_wait_for
 at.switch_page("app_pages/home.py").run(timeout=600)
 flow = at.dataframe[0].value if len(at.dataframe) else None
-out["full"] = {"exceptions": [e.value for e in at.exception],
+_startup.WARMUP.wait("fast path", timeout=600)
+from explorer import fastpath
+from vitcore.model.optimize import bf16_native
+out["full"] = {"exceptions": [e.value for e in at.exception], "fast": fastpath.status_line(), "bf16": bf16_native(),
                "flow": dict(zip(flow["stage"], flow["this run"])) if flow is not None else {},
                "steps": [(r.name, r.state) for r in _startup.WARMUP.report()], "torch_after": "torch" in sys.modules}
 print(json.dumps(out))
@@ -78,7 +81,8 @@ print(json.dumps(out))
 @pytest.fixture(scope="module")
 def first_visit() -> dict:
     proc = subprocess.run([sys.executable, "-c", f"ROOT = {str(ROOT)!r}\n" + SCRIPT], capture_output=True, text=True,
-                          cwd=ROOT, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                          cwd=ROOT, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1",
+                                                                "EXPLORER_FAST_PATH": "auto"})  # the app's default
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -110,7 +114,12 @@ def test_once_the_warmup_is_done_home_shows_the_default_data_flow(first_visit):
     assert full["exceptions"] == []
     assert full["flow"]["patches"] == "[1, 256, 588]" and full["flow"]["features"] == "[1, 384]"  # DINOv2 at 224
     assert dict(full["steps"]) == {"imports": "done", "gallery": "done", "model": "done", "home": "done",
-                                   "fast path": "done"}  # off unless EXPLORER_FAST_PATH opts in
+                                   "fast path": "done"}
+    if full["bf16"]:  # auto: traces of the default photo run on bf16 once it passed the fidelity check
+        assert full["fast"].startswith("Traces of DINOv2 ViT-S/14") and "run on bf16: bf16 inference path" in full[
+            "fast"], full["fast"]
+    else:  # a CPU without native bf16: the app stays on fp32
+        assert full["fast"] == "Traces run on fp32.", full["fast"]
     assert full["torch_after"] is True
 
 
