@@ -101,8 +101,10 @@ def cached_trace(spec: ModelSpec, image_key: str, size: tuple[int, int], _loaded
 
 
 def cached_steps(spec: ModelSpec, image_key: str, size: tuple[int, int], layer: int, head: int, query_token: int,
-                 _loaded: LoadedModel, _x: torch.Tensor):
+                 _loaded: LoadedModel, _x: torch.Tensor | Callable[[], torch.Tensor]):
     """The attention arithmetic of one (layer, head, query), from q/k/v of that layer and head only.
+
+    ``_x``: the model input, or a function that makes it (only called on a miss).
 
     From the page's trace when it holds q/k/v; for large settings they are computed on demand
     (one forward pass keeping one layer and head) and cached per (layer, head). The steps
@@ -114,7 +116,8 @@ def cached_steps(spec: ModelSpec, image_key: str, size: tuple[int, int], layer: 
         trace = cached_trace(spec, image_key, size, _loaded, _x)
         if trace.q is not None:  # small settings: the page's trace has q/k/v of every layer
             return attention_steps(trace, layer, head, query_token)
-        qkv = _cached(("qkv", spec, image_key, tuple(size), layer, head), lambda: layer_qkv(_loaded, _x, layer, head),
+        qkv = _cached(("qkv", spec, image_key, tuple(size), layer, head),
+                      lambda: layer_qkv(_loaded, _x() if callable(_x) else _x, layer, head),
                       lambda t: t.nbytes(), "Computing q, k and v of this layer…")
         return attention_steps(qkv, layer, head, query_token)
 
@@ -125,21 +128,28 @@ def cached_steps(spec: ModelSpec, image_key: str, size: tuple[int, int], layer: 
 def cached_figure(key: Hashable, build: Callable[[], Any]) -> Any:
     """A plotly figure built once per key and shared (read-only: Streamlit only serialises it).
 
-    Counted by the bytes of its JSON, which is what every rerun would otherwise rebuild and send.
+    Stored frozen (:class:`explorer.figures.FrozenFigure`): its JSON form is made once, so a rerun
+    that shows it again dumps that form instead of copying and converting the figure. Counted by
+    the bytes of its JSON, which is what every rerun sends.
     """
-    import plotly.io
+    from explorer.figures import freeze
 
-    return _cached(("figure", *key) if isinstance(key, tuple) else ("figure", key), build,
-                   lambda fig: len(plotly.io.to_json(fig, validate=False)))
+    return _cached(("figure", *key) if isinstance(key, tuple) else ("figure", key), lambda: freeze(build()),
+                   lambda fig: fig.json_bytes)
 
 
-def cached_gradient_rollout(spec: ModelSpec, image_key: str, _loaded: LoadedModel, _x: torch.Tensor, target: int):
-    """Chefer et al. relevance map for one class (numpy (gh, gw)); gradients via autograd.grad, no copy."""
+def cached_gradient_rollout(spec: ModelSpec, image_key: str, _loaded: LoadedModel,
+                            _x: torch.Tensor | Callable[[], torch.Tensor], target: int):
+    """Chefer et al. relevance map for one class (numpy (gh, gw)); gradients via autograd.grad, no copy.
+
+    ``_x``: the model input, or a function that makes it at the model's crop size (called on a miss only).
+    """
     from vitcore.inspect.analysis import gradient_rollout
 
-    size = tuple(_x.shape[-2:])
+    size = tuple(_loaded.preprocessing.crop_size) if callable(_x) else tuple(_x.shape[-2:])
     return _cached(("gradient_rollout", spec, image_key, size, int(target)),
-                   lambda: gradient_rollout(_loaded.model, _x, target)[0].detach().numpy(), _array_bytes,
+                   lambda: gradient_rollout(_loaded.model, _x() if callable(_x) else _x, target)[0].detach().numpy(),
+                   _array_bytes,
                    "Computing the class-specific relevance…")
 
 
@@ -248,7 +258,11 @@ def cached_payload(key: tuple, build: Callable[[], Any]) -> Any:
 
 
 def cached_view_jpeg(spec: ModelSpec, image_key: str, size: tuple[int, int], _pixels: Any) -> bytes:
-    """The model's view of the image as JPEG bytes (the browser maps' background, about 15 KB at 224 px)."""
+    """The model's view of the image as JPEG bytes (the browser maps' background, about 15 KB at 224 px).
+
+    ``_pixels``: the (H, W, 3) view, or a function that makes it (only called on a miss).
+    """
     from explorer.attention_payload import encode_image
 
-    return _cached(("view_jpeg", spec, image_key, tuple(size)), lambda: encode_image(_pixels), len)
+    return _cached(("view_jpeg", spec, image_key, tuple(size)),
+                   lambda: encode_image(_pixels() if callable(_pixels) else _pixels), len)

@@ -20,11 +20,16 @@ UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"]
 
 
 def sync_url(*keys: str) -> None:
-    """Write the given settings into the URL so the current view can be shared."""
+    """Write the given settings into the URL so the current view can be shared.
+
+    Only a value that differs from the URL's is written: each write is a message to the browser,
+    and a class's reruns mostly change nothing.
+    """
+    params = st.query_params
     for key in keys:
         value = st.session_state.get(key)
-        if value is not None and not isinstance(value, (list, dict)):
-            st.query_params[key] = str(value)
+        if value is not None and not isinstance(value, (list, dict)) and params.get(key) != str(value):
+            params[key] = str(value)
 
 
 def sidebar() -> None:

@@ -8,6 +8,7 @@ imported (run counts, the warm-up) in ``app_pages/_startup.py``.
 from __future__ import annotations
 
 import hashlib
+import weakref
 from typing import Any
 
 import streamlit as st
@@ -128,10 +129,21 @@ def patch_picker(label: str, key: str, num_patches: int, container: Any = st) ->
     return int(container.number_input(label, 0, num_patches - 1, key=key))
 
 
+_PARAMETER_COUNTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _parameter_count(model: torch.nn.Module) -> int:
+    """Parameters of a shared (read-only) model, counted once per model rather than on every rerun."""
+    count = _PARAMETER_COUNTS.get(model)
+    if count is None:
+        count = _PARAMETER_COUNTS[model] = sum(p.numel() for p in model.parameters())
+    return count
+
+
 def model_caption(loaded: LoadedModel) -> None:
     """One line under the sidebar model picker: what is loaded and its reproduction check."""
     meta = loaded.metadata
-    line = f"{loaded.label} · {sum(p.numel() for p in loaded.model.parameters()) / 1e6:.2f} M parameters"
+    line = f"{loaded.label} · {_parameter_count(loaded.model) / 1e6:.2f} M parameters"
     if "reproduction_max_diff" in meta:
         line += f" · reproduction check: max |Δ| = {meta['reproduction_max_diff']:.1e}"
     accuracy = meta.get("val_accuracy")

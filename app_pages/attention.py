@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import streamlit as st
 
 from app_pages._cache import cached_figure, cached_payload, cached_steps, cached_view_jpeg
@@ -42,8 +43,18 @@ attention_mixer = cfg.token_mixer == "attention"
 grid = tuple(trace.grid)
 N = grid[0] * grid[1]
 prefix = trace.num_prefix_tokens
-resized = model_view(loaded, image)
-x = model_input(loaded, image)
+
+
+def view():
+    """The image as the model sees it: made only when a cached figure or the maps' JPEG is missing."""
+    return model_view(loaded, image)
+
+
+def make_input():
+    """The model input: made only when the cache misses (a class's reruns find everything cached)."""
+    return model_input(loaded, image)
+
+
 fig_key = (spec, key, size)  # cached figures are shared by every session looking at this image and model
 token_names = {0: "CLS"} | ({1: "DIST"} if cfg.distilled else {}) | {
     cfg.num_pos_prefix_tokens + r: f"REG {r}" for r in range(cfg.num_registers)}
@@ -90,7 +101,7 @@ def query_view() -> None:
 
     attention = trace.attention[trace.layer_slot(layer), 0]  # (H, T, T), float16 for large settings
     H = attention.shape[0]
-    jpeg = cached_view_jpeg(spec, key, size, resized)
+    jpeg = cached_view_jpeg(spec, key, size, view)
     fits = attention_fits(H, grid, prefix, len(jpeg))
     payload = cached_payload((spec, key, size, layer, *(() if fits else (query,))), lambda: attention_payload(
         attention, grid, prefix, query=query, prefix_names=prefix_names, image=jpeg))
@@ -110,14 +121,14 @@ def query_view() -> None:
                    "are its mixing matrix, so there is no q·k/√d arithmetic to show.")
         return
     st.subheader(f"The arithmetic for query patch {query}, layer {layer}, head {head}")
-    steps = cached_steps(spec, key, size, layer, head, prefix + query, loaded, x)
+    steps = cached_steps(spec, key, size, layer, head, prefix + query, loaded, make_input)
     d = cfg.head_dim
     rows = [{"key token": token_names.get(t, f"patch {t - prefix}"), "q·k / √d": round(s, 4),
              "softmax weight": round(w, 4)} for t, s, w in steps.top]
     st.markdown(f"1. scores: $s_j = q \\cdot k_j / \\sqrt{{d}}$ with $d = {d}$, so $1/\\sqrt{{d}} = {steps.scale:.4f}$")
     st.markdown("2. weights: $a_j = e^{s_j} / \\sum_i e^{s_i}$, which sum to "
                 f"{steps.weights.sum():.6f}; the largest five:")
-    st.dataframe(rows, hide_index=True)
+    st.dataframe(pa.Table.from_pylist(rows), hide_index=True)  # an Arrow table is sent as it is (no pandas)
     st.markdown(f"3. output: $\\sum_j a_j v_j$, a vector of {d} numbers; first four: "
                 + ", ".join(f"{v:.4f}" for v in steps.output[:4]))
     st.caption(f"Recomputed from q, k, v of this layer and head; max difference to the model's own weights: "
@@ -147,16 +158,16 @@ else:
     names = loaded.class_names
     g1, g2 = st.columns(2)
     g1.plotly_chart(cached_figure((*fig_key, "rollout", fusion, float(discard)), lambda: F.heatmap_over_image(
-        resized, rollout, title=f"rollout ({fusion}, discard {discard:.0%})", name="rollout")), key=S.ATTN_ROLLOUT_FIG)
+        view(), rollout, title=f"rollout ({fusion}, discard {discard:.0%})", name="rollout")), key=S.ATTN_ROLLOUT_FIG)
     maps = {"rollout": rollout}
     if names:
         probs = trace.logits[0].softmax(-1).numpy()
         target = st.selectbox("Class for the gradient rollout (Chefer et al. 2021)", range(len(names)),
                               index=int(np.argmax(probs)), format_func=lambda i: f"{names[i]} ({probs[i]:.1%})",
                               key=S.ATTN_TARGET)
-        maps["gradient rollout"] = relevance = cached_gradient_rollout(spec, key, loaded, x, int(target))
+        maps["gradient rollout"] = relevance = cached_gradient_rollout(spec, key, loaded, make_input, int(target))
         g2.plotly_chart(cached_figure((*fig_key, "gradient", int(target)), lambda: F.heatmap_over_image(
-            resized, relevance, name="relevance", title=f"gradient rollout for '{names[target]}'")),
+            view(), relevance, name="relevance", title=f"gradient rollout for '{names[target]}'")),
             key=S.ATTN_GRADIENT_FIG)
     else:
         g2.info("This model has no classifier head (DINOv2 learned from photos without labels), so there is no "

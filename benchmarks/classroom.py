@@ -5,7 +5,9 @@
 For each process count, `deploy/serve_class.py` starts the app (nginx in front when it is
 installed and more than one process runs). Simulated students are websocket clients, as a browser
 is: each opens the Attention page, then asks for a rerun every ``--think`` seconds and records the
-server time until the run finished (p50 / p95). One more session opens the Fine-tune page and
+server time until the run finished (p50 / p95). Like a browser, a student sends back the URL the
+app wrote and the hashes of the large messages it holds (Streamlit's message cache: the server
+then sends a reference instead of the element again). One more session opens the Fine-tune page and
 presses Start (the bundled micro model on Shapes, the page's defaults: full, 60 s). Printed per process count: the
 students' latency alone and while the fine-tune runs, the fine-tune's images/s in its first 15 s
 alone and then with the students (from its job record in the data directory), and the ratio of N processes to 1.
@@ -29,6 +31,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+MAX_CACHED_AGE = 2  # Streamlit's global.maxCachedMessageAge: a browser forgets a message unused for 2 runs
 
 
 def free_port() -> int:
@@ -49,6 +52,7 @@ class Session:
         self.port, self.cookie, self.query = port, cookie, query
         self.ws = None
         self.widgets: dict[str, str] = {}  # user key -> widget id, from the elements the server sent
+        self.cached: dict[str, int] = {}  # the browser's message cache: hash -> script runs since last seen
 
     async def open(self) -> None:
         import websockets
@@ -65,6 +69,7 @@ class Session:
         msg = BackMsg()
         msg.rerun_script.query_string = self.query
         msg.rerun_script.page_name = page
+        msg.rerun_script.cached_message_hashes.extend(self.cached)  # as a browser does: these come as references
         if trigger is not None:
             state = msg.rerun_script.widget_states.widgets.add()
             state.id, state.trigger_value = self.widgets[trigger], True
@@ -73,6 +78,12 @@ class Session:
         while True:
             reply = ForwardMsg.FromString(await asyncio.wait_for(self.ws.recv(), 600))
             kind = reply.WhichOneof("type")
+            if kind == "page_info_changed":  # the app wrote the URL: the browser sends it with its next rerun
+                self.query = reply.page_info_changed.query_string
+            elif kind == "ref_hash":
+                self.cached[reply.ref_hash] = 0
+            elif reply.metadata.cacheable and reply.hash:
+                self.cached[reply.hash] = 0
             if kind == "delta" and reply.delta.WhichOneof("type") == "new_element":
                 element = reply.delta.new_element
                 inner = getattr(element, element.WhichOneof("type") or "", None)
@@ -80,6 +91,8 @@ class Session:
                 if isinstance(widget_id, str) and widget_id:
                     self.widgets[widget_id.rsplit("-", 1)[-1]] = widget_id
             # 0 FINISHED_SUCCESSFULLY, 1 compile error; 2 (a st.rerun follows) and 3 (a fragment) are not the end
+            if kind == "script_finished" and reply.script_finished != 2:  # the browser ages its cache per run
+                self.cached = {h: age + 1 for h, age in self.cached.items() if age + 1 <= MAX_CACHED_AGE}
             if kind == "script_finished" and reply.script_finished in (0, 1):
                 return time.perf_counter() - start
 

@@ -32,6 +32,8 @@ __all__ = [
     "confusion_figure",
     "selected_patch",
     "to_csv",
+    "FrozenFigure",
+    "freeze",
 ]
 
 MARGIN = dict(l=0, r=0, t=30, b=0)
@@ -329,3 +331,46 @@ def to_csv(array: np.ndarray, header: str = "") -> bytes:
         buf.write(header + "\n")
     np.savetxt(buf, arr.reshape(arr.shape[0], -1), delimiter=",", fmt="%.6g")
     return buf.getvalue().encode()
+
+
+class FrozenFigure(go.Figure):
+    """A read-only figure whose plain-JSON form is computed once: serialising it again is one dump.
+
+    ``st.plotly_chart`` turns a figure into a dict (a deep copy), converts its arrays to base64 and
+    writes JSON on every script run. A figure shared by many sessions (a cached one) pays that once
+    here: :meth:`to_dict` returns the stored JSON form (plain lists, strings and numbers, arrays
+    already base64), so ``plotly.io.to_json`` of it is the same text as of the original figure.
+    Do not change a frozen figure (``update_layout`` and the like would not reach :meth:`to_dict`):
+    freeze a new one instead.
+    """
+
+    def __init__(self, figure: go.Figure) -> None:
+        import json
+
+        import plotly.io
+
+        super().__init__(figure, _validate=False)  # a go.Figure is valid already
+        text = plotly.io.to_json(figure, validate=False)
+        self._frozen_dict = json.loads(text)
+        self._frozen_bytes = len(text)
+
+    def to_dict(self) -> dict:
+        """The figure's JSON form, shared: read it, never change it."""
+        return self._frozen_dict
+
+    def to_plotly_json(self) -> dict:
+        return self._frozen_dict
+
+    @property
+    def json_bytes(self) -> int:
+        """Length of the figure's JSON text (what a browser receives)."""
+        return self._frozen_bytes
+
+
+def freeze(figure: go.Figure) -> FrozenFigure:
+    """``figure`` as a :class:`FrozenFigure` (a frozen one is returned as it is)."""
+    if isinstance(figure, FrozenFigure):
+        return figure
+    if not isinstance(figure, go.Figure):
+        raise ValueError(f"freeze() takes a plotly go.Figure, got {type(figure).__name__}")
+    return FrozenFigure(figure)

@@ -79,3 +79,25 @@ def test_class_names_with_markup_are_shown_as_typed():
     assert list(bars.data[0].y) == ["&lt;b&gt;bold&lt;/b&gt;", "a &amp; b"]  # least probable first (bottom)
     conf = confusion_figure(np.eye(2, dtype=int), names)
     assert list(conf.data[0].x) == ["&lt;b&gt;bold&lt;/b&gt;", "a &amp; b"]
+
+
+def test_frozen_figure_serialises_to_the_same_json_as_the_figure():
+    import json
+
+    import plotly.io
+    import plotly.tools
+
+    rng = np.random.default_rng(1)
+    fig = F.heatmap_over_image(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), rng.random((4, 4)), title="<b>t</b>")
+    frozen = F.freeze(fig)
+    text = plotly.io.to_json(fig, validate=False)
+    # what st.plotly_chart does with a figure: to_dict, then plotly.io.to_json of that dict
+    again = plotly.io.to_json(plotly.tools.return_figure_from_figure_or_data(frozen, validate_figure=True),
+                              validate=False)
+    assert again == text
+    assert frozen.to_dict() == json.loads(text)
+    assert frozen.json_bytes == len(text)
+    assert frozen.data[-1].text[5] == fig.data[-1].text[5]  # still a figure to read
+    assert F.freeze(frozen) is frozen
+    with pytest.raises(ValueError, match="go.Figure"):
+        F.freeze({"data": []})
