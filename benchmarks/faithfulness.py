@@ -1,17 +1,18 @@
 """Faithfulness scoreboard: every explanation method against a random and a centre-bias map, on three models.
 
-    python benchmarks/faithfulness.py [--images 200] [--steps 10] [--fill mean] [--threads 2]
-        [--randomization-images N] [--lfw-images 10] [--photos 4] [--dino-randomization-images 1] [--skip-dino]
+    python benchmarks/faithfulness.py [--images 200] [--steps 8] [--fill mean] [--threads 2]
+        [--randomization-images N] [--lfw-images 10] [--photos 0] [--dino-randomization-images 1] [--skip-dino]
 
 (a) the bundled Shapes model (assets/shapes_micro.safetensors) on Shapes validation images, its
 predicted class; (b) DINOv2 ViT-S/14 at 224 px with a linear head taught 10-shot on scikit-image's
 LFW subset (faces vs not faces; vitcore.train.fewshot, draw 0: 10 photos per class), on held-out
-photos, its predicted class; (c) head-less DINOv2 on the sample photos, the similarity target
+photos, its predicted class; (c) head-less DINOv2 on every sample photo (``--photos 0``), the similarity target
 (cosine similarity of the CLS features to the clean photo's; vitcore.explain.targets). Every
 method of vitcore.explain.maps.METHODS explains the target; per method the mean and a 95 %
 interval (mean ± t·sd/√n over images) of:
 
-    deletion AUC ↓, insertion AUC ↑       Petsiuk et al. 2018 (RISE), `--steps` steps, probability of the class
+    deletion AUC ↓, insertion AUC ↑       Petsiuk et al. 2018 (RISE), `--steps` steps (8: whole rows of the 8x8
+                                          and 16x16 grids per step), probability of the class
                                           (the similarity for (c))
     positive AUC ↓, negative AUC ↑        Chefer et al. 2021: 0, 10, ..., 90 % removed, most / least relevant first
                                           ((a) only: on DINOv2 they would double a run of ~500 forwards per image)
@@ -23,11 +24,13 @@ with the random and centre-bias baselines in the same table. "Beats random" mean
 per-image difference to the random map has a 95 % interval entirely on the good side, for both
 deletion and insertion. Removed patches show `--fill` (vitcore.explain.perturb.FILLS). Nothing is
 tuned to make a method win: settings are the library defaults; on DINOv2 occlusion hides boxes
-of 2x2 patches (64 forward passes instead of 256) and Integrated Gradients uses 16 points.
+of 2x2 patches (64 forward passes instead of 256) and Integrated Gradients uses 16 points (its
+Captum convergence delta on the first image is printed: the 16-point integral is not converged on
+DINOv2, and 32 points are not either).
 
 Timing (issue 20's targets, per image on DINOv2 at 224 px, 2 threads): all maps <= 10 s together,
 all curves <= 15 s; printed with the load average and, because the machine is shared, in plain
-forward passes of the same model measured in the same run.
+forward passes of the same model (batches of 16) measured in the same run.
 
 The second-to-last line is ``deletion AUC best-method/random on DINOv2 lfw: 0.NN`` (the best
 method's mean deletion AUC over the random map's; below 1 = better than random), the last line
@@ -93,21 +96,38 @@ class Scores:
         self.metrics.setdefault(metric, {}).setdefault(method, []).append(float(value))
 
 
+def ig_delta(model, x: torch.Tensor, target, fill: str, normalization) -> tuple[float, float]:
+    """Captum's convergence delta of Integrated Gradients at the default steps, and score(x) - score(baseline)."""
+    from vitcore.explain import libraries, perturb
+    from vitcore.explain.targets import scorer
+
+    x = x if x.ndim == 4 else x[None]
+    score = scorer(model, x, target)
+    _, delta = libraries.integrated_gradients(score, x, fill=fill, normalization=normalization, return_delta=True)
+    baseline = perturb.fill_image(x, fill, patch_size=model.config.patch_size, normalization=normalization)
+    with torch.inference_mode():
+        ends = score(torch.cat([x, baseline]))
+    return delta, float(ends[0] - ends[1])
+
+
 def score_model(model, samples, *, steps: int, fill: str, normalization, randomization_images: int,
                 label: str, target=None, occlusion_block: int = 1, stages=None, chefer_curves: bool = True) -> Scores:
     """Run every metric on (image, label or None, mask or None) samples; ``target`` None: the prediction."""
+    from vitcore.explain.targets import scorer
+
     scores = Scores()
     start = time.perf_counter()
     for i, (x, label_index, mask) in enumerate(samples):
         t0 = time.perf_counter()
-        maps = FA.relevance_maps(model, x, target, FA.ALL_METHODS, seed=i, fill=fill, normalization=normalization,
+        bound = scorer(model, x if x.ndim == 4 else x[None], target)  # one clean forward for every method and curve
+        maps = FA.relevance_maps(model, x, bound, FA.ALL_METHODS, seed=i, fill=fill, normalization=normalization,
                                  occlusion_block=occlusion_block)
         t1 = time.perf_counter()
-        petsiuk = FA.faithfulness_curves(model, x, maps, target, kinds=("deletion", "insertion"), steps=steps,
+        petsiuk = FA.faithfulness_curves(model, x, maps, bound, kinds=("deletion", "insertion"), steps=steps,
                                          fill=fill, normalization=normalization)
         t2 = time.perf_counter()
         chefer = {} if not chefer_curves else FA.faithfulness_curves(
-            model, x, maps, target, kinds=("positive", "negative"), fill=fill, normalization=normalization)
+            model, x, maps, bound, kinds=("positive", "negative"), fill=fill, normalization=normalization)
         scores.map_seconds.append(t1 - t0)
         scores.curve_seconds.append(t2 - t1)
         explained = petsiuk["deletion"]["random"].target
@@ -239,7 +259,8 @@ def dino_photos(n: int):
     model, meta = dinov2_small()
     model.eval()
     pre = Preprocessing.from_dict(meta["preprocessing"]).at_size(224)
-    photos = list(sample_images().items())[:n]
+    photos = list(sample_images().items())
+    photos = photos[:n] if n > 0 else photos
     return model, [(pre(image), None, None) for _, image in photos], (tuple(pre.mean), tuple(pre.std))
 
 
@@ -255,15 +276,20 @@ def forward_seconds(model, x: torch.Tensor, images: int, batch_size: int = 64) -
     return time.perf_counter() - start
 
 
-def timing(scores: Scores, model, x: torch.Tensor, title: str) -> None:
-    """Median seconds per image for the maps and the curves, and the same in plain forward passes."""
-    one = forward_seconds(model, x, 16) / 16
+def timing(scores: Scores, model, x: torch.Tensor, title: str, target=None, fill: str = "mean",
+           normalization=None) -> None:
+    """Median seconds per image for the maps and the curves, the same in plain forward passes, IG's delta."""
+    one = forward_seconds(model, x, 16, batch_size=16) / 16
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     maps_s, curves_s = statistics.median(scores.map_seconds), statistics.median(scores.curve_seconds)
     print(f"\n{title} timing per image ({torch.get_num_threads()} threads, load average {load}): all maps "
           f"{maps_s:.1f} s (target <= 10 s: {'met' if maps_s <= 10 else 'MISSED'}), all deletion + insertion curves "
           f"{curves_s:.1f} s (target <= 15 s: {'met' if curves_s <= 15 else 'MISSED'}); one plain forward pass "
           f"{one:.3f} s, so the maps cost {maps_s / one:.0f} and the curves {curves_s / one:.0f} forward passes")
+    if normalization is not None:
+        delta, gap = ig_delta(model, x, target, fill, normalization)
+        print(f"{title}: Integrated Gradients' convergence delta (Captum) on the first image: {delta:+.3f} for "
+              f"score(image) - score(baseline) = {gap:.3f} ({abs(delta) / max(abs(gap), 1e-12):.0%} of it)")
 
 
 DINO_STAGES = ["trained", "head", "block 11", "block 5", "embedding"]
@@ -286,13 +312,15 @@ def ratio(scores: Scores, method: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200, help="Shapes validation images (issue: 200)")
-    parser.add_argument("--steps", type=int, default=10, help="deletion / insertion steps")
+    parser.add_argument("--steps", type=int, default=8,
+                        help="deletion / insertion steps (8: whole rows of the 8x8 and 16x16 patch grids)")
     parser.add_argument("--fill", default="mean", choices=FA.FILLS, help="what removed patches show")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--randomization-images", type=int, default=None,
                         help="Shapes images for the randomisation check (default: all)")
     parser.add_argument("--lfw-images", type=int, default=10, help="held-out LFW photos for DINOv2 + lfw head")
-    parser.add_argument("--photos", type=int, default=4, help="sample photos for DINOv2's similarity target")
+    parser.add_argument("--photos", type=int, default=0,
+                        help="sample photos for DINOv2's similarity target (0: every sample photo)")
     parser.add_argument("--dino-randomization-images", type=int, default=1,
                         help="images per DINOv2 model for the randomisation check (7 stages x every method)")
     parser.add_argument("--skip-dino", action="store_true", help="only the Shapes model")
@@ -319,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
                   dino, samples, normalization, args, explained="the predicted class",
                   randomization_images=args.dino_randomization_images, occlusion_block=2, stages=DINO_STAGES,
                   chefer_curves=False)
-        timing(lfw, dino, samples[0][0], "(b) DINOv2 + lfw head")
+        timing(lfw, dino, samples[0][0], "(b) DINOv2 + lfw head", fill=args.fill, normalization=normalization)
         del dino
         backbone, samples, normalization = dino_photos(args.photos)
         photos = run("(c) DINOv2 ViT-S/14 at 224 px, no head: similarity of the CLS features to the clean photo's",
@@ -327,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
                      explained="cosine similarity to the clean photo's features",
                      randomization_images=args.dino_randomization_images, occlusion_block=2,
                      stages=[s for s in DINO_STAGES if s != "head"], chefer_curves=False)
-        timing(photos, backbone, samples[0][0], "(c) DINOv2 similarity")
+        timing(photos, backbone, samples[0][0], "(c) DINOv2 similarity", target="similarity", fill=args.fill,
+               normalization=normalization)
 
     if lfw is not None:
         best = min(FA.METHODS, key=lambda m: ratio(lfw, m))

@@ -63,6 +63,7 @@ TRUST_RUN = "trust_run"  # Trust: (spec, image key, class, fill, steps) of the l
 TRUST_RANDOMIZE = "trust_randomize"  # Trust: (spec, image key, class) of the last randomisation click
 TRUST_STRIP_METHOD = "trust_strip_method"  # Trust: method shown in the randomisation strip
 TRUST_REFERENCE = "trust_reference"  # Trust: photo the similarity target compares with ("" = the photo itself)
+TRUST_JOBS = "trust_jobs"  # Trust: {"maps" | "randomization": (run, job id)} of this session's trust jobs
 
 
 def component_record_key(key: str) -> str:
@@ -179,6 +180,10 @@ TRUST_RANDOMIZE_BUTTON = "trust_randomize_button"
 TRUST_STRIP_FIG = "trust_strip"
 TRUST_RANDOMIZATION_TABLE = "trust_randomization"
 TRUST_USE_TAUGHT = "trust_use_taught"  # Trust: button that switches to the model taught on the Teach page
+TRUST_STOP_MAPS = "trust_stop_maps"  # Trust: stop button of the running maps-and-curves job
+TRUST_STOP_RANDOMIZATION = "trust_stop_randomization"  # Trust: stop button of the running randomisation job
+TRUST_PROGRESS_MAPS = "trust_progress_maps"  # Trust: per-method progress table of the maps-and-curves job
+TRUST_PROGRESS_RANDOMIZATION = "trust_progress_randomization"  # Trust: the same for the randomisation job
 BEYOND_MASKS_FIG = "beyond_masks"
 BEYOND_MASK_TABLE = "beyond_mask_table"
 BEYOND_YOUR_MASKS_FIG = "beyond_your_masks"

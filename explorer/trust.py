@@ -21,7 +21,7 @@ from explorer.models import LoadedModel
 from vitcore.explain import faithfulness as FA
 from vitcore.explain import maps as MAPS
 from vitcore.explain import perturb
-from vitcore.explain.targets import SimilarityTarget
+from vitcore.explain.targets import Scorer, SimilarityTarget, as_target, scorer
 
 __all__ = [
     "METHODS",
@@ -34,12 +34,17 @@ __all__ = [
     "METHODS_TEXT",
     "FILL_LABELS",
     "SIMILARITY",
+    "STEPS",
+    "CAPTURE_METHODS",
     "SIMILARITY_TEXT",
     "available_methods",
     "taught_model_name",
     "make_target",
+    "bound_target",
     "method_map",
+    "method_maps",
     "method_curves",
+    "all_curves",
     "method_randomization",
     "area_rows",
     "localisation_rows",
@@ -54,6 +59,8 @@ FILLS: tuple[str, ...] = FA.FILLS
 FILL_LABELS: dict[str, str] = {"mean": "data-set mean colour", "black": "black", "blur": "blurred", "noise": "noise",
                                "image": "the photo's mean colour"}
 SIMILARITY = "similarity"  # the target of a head-less model (and a choice for every model)
+STEPS = 8  # deletion / insertion steps: on a 16x16 (DINOv2 at 224 px) or 8x8 grid, whole rows per step
+CAPTURE_METHODS = ("cls-attention", "rollout", "rollout-max", "rollout-min")  # read one shared capture
 
 # session-state keys of the Trust page (to join the others in explorer/state.py)
 RUN_KEY = S.TRUST_RUN  # (spec, image key, class, fill, steps) of the last "compute" click
@@ -114,6 +121,12 @@ def make_target(choice: int | str, reference: torch.Tensor | None = None) -> int
     return int(choice)
 
 
+def bound_target(loaded: LoadedModel, x: torch.Tensor, target) -> Scorer:
+    """The target bound to the model once (a similarity target's reference features: one forward pass),
+    to be shared by every method's map and the curves; a ValueError for a class outside the head."""
+    return target if isinstance(target, Scorer) else scorer(loaded.model, x, as_target(target))
+
+
 def available_methods(loaded: LoadedModel) -> tuple[list[str], dict[str, str]]:
     """(methods that can explain this model, {method: why not} for the others)."""
     reasons = {m: MAPS.unavailable_reason(loaded.model, m) for m in METHODS}
@@ -131,6 +144,12 @@ def method_map(loaded: LoadedModel, x: torch.Tensor, target, method: str, fill: 
     return FA.relevance_map(loaded.model, x, target, method, fill=fill, **_options(loaded, x)).double().numpy()
 
 
+def method_maps(loaded: LoadedModel, x: torch.Tensor, target, methods, fill: str = "mean") -> dict[str, np.ndarray]:
+    """Several methods' maps in one call (the attention-reading methods share one capture)."""
+    maps = FA.relevance_maps(loaded.model, x, target, list(methods), fill=fill, **_options(loaded, x))
+    return {method: m.double().numpy() for method, m in maps.items()}
+
+
 def method_curves(
     loaded: LoadedModel, x: torch.Tensor, target, method: str, relevance: np.ndarray, steps: int, fill: str
 ) -> dict[str, FA.Curve]:
@@ -138,6 +157,20 @@ def method_curves(
     curves = FA.faithfulness_curves(loaded.model, x, {method: relevance}, target, steps=steps, fill=fill,
                                     normalization=(loaded.mean, loaded.std))
     return {kind: by_method[method] for kind, by_method in curves.items()}
+
+
+def all_curves(
+    loaded: LoadedModel, x: torch.Tensor, target, maps: Mapping[str, np.ndarray], steps: int, fill: str,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, dict[str, FA.Curve]]:
+    """Deletion and insertion curves of every map in shared batches: {method: {"deletion": Curve, "insertion": Curve}}.
+
+    Same numbers as :func:`method_curves` per method; the clean and fully filled images run once
+    for all maps. ``progress(done, total)`` counts perturbed images.
+    """
+    curves = FA.faithfulness_curves(loaded.model, x, dict(maps), target, steps=steps, fill=fill,
+                                    normalization=(loaded.mean, loaded.std), progress=progress)
+    return {method: {kind: curves[kind][method] for kind in curves} for method in maps}
 
 
 def method_randomization(

@@ -32,7 +32,7 @@ The model is only read. Perturbed images run batched under ``torch.no_grad()``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,6 +101,7 @@ __all__ = [
 FILLS: tuple[str, ...] = perturb.FILLS
 KINDS: tuple[str, ...] = ("deletion", "insertion", "positive", "negative")
 CHEFER_FRACTIONS: tuple[float, ...] = tuple(i / 10 for i in range(10))  # 0, 10, ..., 90 % removed
+CURVE_BATCH = 16  # perturbed images per forward batch (16, 32, 64 measured on DINOv2 at 224 px: 16 no slower)
 
 
 def _check_steps(steps: int) -> None:
@@ -171,7 +172,8 @@ def faithfulness_curves(
     fractions: Iterable[float] = CHEFER_FRACTIONS,
     fill: str = "mean",
     normalization: Any = None,
-    batch_size: int = 64,
+    batch_size: int = CURVE_BATCH,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, dict[str, Curve]]:
     """Perturbation curves of many maps of one image, all perturbed copies in shared batches.
 
@@ -179,10 +181,12 @@ def faithfulness_curves(
     removed or revealed, most relevant first); ``positive`` / ``negative`` remove the given
     ``fractions`` (Chefer et al.: 0, 10, ..., 90 %) most / least relevant first. Deletion curves
     start, and insertion curves end, at the clean image's probability. Ties keep the patch order
-    (row-major). The clean and the fully filled image run once for all maps; the rest run in
-    chunks of ``batch_size`` under ``torch.no_grad()``. ``target`` as in
+    (row-major). Every distinct perturbed image runs once (the clean and the fully filled image
+    are shared by all maps, and two maps that fill the same patches at a point share that
+    image), in chunks of ``batch_size`` under ``torch.inference_mode()``. ``target`` as in
     :func:`~vitcore.explain.maps.relevance_maps` (a similarity target tracks the cosine
-    similarity). Returns ``{kind: {method: Curve}}``.
+    similarity). ``progress(done, total)`` is called after every batch with the number of
+    perturbed images run so far. Returns ``{kind: {method: Curve}}``.
     """
     check_model(model)
     kinds = list(kinds)
@@ -202,11 +206,12 @@ def faithfulness_curves(
     score = target if isinstance(target, Scorer) else scorer(model, x, as_target(target))
     t = score.index if score.index is not None else "similarity"
     filler = perturb.fill_image(x, fill, patch_size=P, normalization=normalization)  # (1, C, H, W)
-    end_values, end_kept = score.curve_value(torch.cat([x, filler]), batch_size)  # (2,): clean, all filled
 
-    # every (kind, method, point) as a bool mask of filled patches; all-clear / all-filled reuse `ends`
-    jobs: list[tuple[str, str, int]] = []
-    masks: list[torch.Tensor] = []
+    # every (kind, method, point) as a bool mask of filled patches; each distinct mask runs once
+    # (the clean and the all-filled image first, shared by every curve)
+    jobs: dict[tuple[str, str, int], int] = {}  # (kind, method, point) -> index into masks
+    masks: list[torch.Tensor] = [torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)]
+    seen: dict[bytes, int] = {m.numpy().tobytes(): i for i, m in enumerate(masks)}
     plan: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
     for kind in kinds:
         counts = _counts(n, steps) if kind in ("deletion", "insertion") else _fraction_counts(n, fractions)
@@ -218,30 +223,26 @@ def faithfulness_curves(
             for k, c in enumerate(counts):
                 chosen = rank < c  # (N,) the c first patches of the order
                 filled = ~chosen if kind == "insertion" else chosen
-                if 0 < int(filled.sum()) < n:
-                    jobs.append((kind, name, k))
+                key = filled.numpy().tobytes()
+                if key not in seen:
+                    seen[key] = len(masks)
                     masks.append(filled)
-    values: dict[tuple[str, str, int], tuple[float, bool]] = {}
+                jobs[kind, name, k] = seen[key]
+    results: list[tuple[float, bool]] = []
     for start in range(0, len(masks), batch_size):
         chunk = torch.stack(masks[start : start + batch_size])  # (K, N)
         images = perturb.perturb(x, chunk, filler, grid, P)  # (K, C, H, W)
         v, kept = score.curve_value(images, batch_size)  # (K,), (K,)
-        for job, value, keep in zip(jobs[start : start + batch_size], v.tolist(), kept.tolist()):
-            values[job] = (value, keep)
+        results += zip(v.tolist(), kept.tolist())
+        if progress is not None:
+            progress(len(results), len(masks))
 
     out: dict[str, dict[str, Curve]] = {}
     for kind in kinds:
         out[kind] = {}
         for name in flat:
             counts, xs = plan[kind, name]
-            rows = []
-            for k, c in enumerate(counts):
-                filled_count = n - c if kind == "insertion" else c
-                if filled_count in (0, n):
-                    end = 0 if filled_count == 0 else 1
-                    rows.append((float(end_values[end]), bool(end_kept[end])))
-                else:
-                    rows.append(values[kind, name, k])
+            rows = [results[jobs[kind, name, k]] for k in range(len(counts))]
             out[kind][name] = Curve(kind, name, torch.tensor(xs, dtype=torch.float64),
                                     torch.tensor([v for v, _ in rows], dtype=torch.float64),
                                     torch.tensor([keep for _, keep in rows]), t, fill)
@@ -250,7 +251,7 @@ def faithfulness_curves(
 
 def deletion_curve(
     model: nn.Module, image: torch.Tensor, relevance: Any, target: Any = None, *, steps: int = 10,
-    fill: str = "mean", normalization: Any = None, batch_size: int = 64,
+    fill: str = "mean", normalization: Any = None, batch_size: int = CURVE_BATCH,
 ) -> Curve:
     """Deletion (Petsiuk et al. 2018): remove patches most relevant first; ``steps`` + 1 points from the clean image."""
     return faithfulness_curves(model, image, {"map": relevance}, target, kinds=["deletion"], steps=steps, fill=fill,
@@ -259,7 +260,7 @@ def deletion_curve(
 
 def insertion_curve(
     model: nn.Module, image: torch.Tensor, relevance: Any, target: Any = None, *, steps: int = 10,
-    fill: str = "mean", normalization: Any = None, batch_size: int = 64,
+    fill: str = "mean", normalization: Any = None, batch_size: int = CURVE_BATCH,
 ) -> Curve:
     """Insertion (Petsiuk et al. 2018): reveal patches most relevant first on the filled canvas; ends clean."""
     return faithfulness_curves(model, image, {"map": relevance}, target, kinds=["insertion"], steps=steps, fill=fill,
@@ -269,7 +270,7 @@ def insertion_curve(
 def perturbation_curve(
     model: nn.Module, image: torch.Tensor, relevance: Any, target: Any = None, *, order: str = "positive",
     fractions: Iterable[float] = CHEFER_FRACTIONS, fill: str = "mean", normalization: Any = None,
-    batch_size: int = 64,
+    batch_size: int = CURVE_BATCH,
 ) -> Curve:
     """Chefer et al. 2021: remove ``fractions`` of the patches, most (positive) or least (negative) relevant first."""
     if order not in ("positive", "negative"):

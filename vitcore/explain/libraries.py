@@ -47,8 +47,13 @@ def patch_sums(pixels: torch.Tensor, patch_size: int) -> torch.Tensor:
 
 
 def integrated_gradients(score: Scorer, image: torch.Tensor, *, fill: str = "mean", steps: int = IG_STEPS,
-                         normalization: Any = None, batch_size: int = 16) -> torch.Tensor:
-    """Captum's Integrated Gradients of ``score`` from the ``fill`` baseline, summed per patch: (gh, gw)."""
+                         normalization: Any = None, batch_size: int = 16,
+                         return_delta: bool = False) -> torch.Tensor | tuple[torch.Tensor, float]:
+    """Captum's Integrated Gradients of ``score`` from the ``fill`` baseline, summed per patch: (gh, gw).
+
+    ``return_delta``: also Captum's convergence delta, sum(attributions) - (score(image) -
+    score(baseline)) (0 when the ``steps``-point integral has converged; one extra forward pass of 2 images).
+    """
     from captum.attr import IntegratedGradients
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
@@ -57,8 +62,11 @@ def integrated_gradients(score: Scorer, image: torch.Tensor, *, fill: str = "mea
     P = score.model.config.patch_size
     baseline = fill_image(x, fill, patch_size=P, normalization=normalization)  # (1, C, H, W)
     ig = IntegratedGradients(score)  # only torch.autograd.grad with respect to the inputs: no hook, no .grad
-    attributions = ig.attribute(x, baselines=baseline, n_steps=steps, internal_batch_size=batch_size)
-    return patch_sums(attributions.detach().double(), P).float().cpu()
+    out = ig.attribute(x, baselines=baseline, n_steps=steps, internal_batch_size=batch_size,
+                       return_convergence_delta=return_delta)
+    attributions, delta = out if return_delta else (out, None)
+    patches = patch_sums(attributions.detach().double(), P).float().cpu()
+    return (patches, float(delta.reshape(-1)[0])) if return_delta else patches
 
 
 # --------------------------------------------------------------------------- Grad-CAM

@@ -51,6 +51,7 @@ __all__ = [
 ]
 
 FILLS: tuple[str, ...] = ("mean", "black", "blur", "noise", "image")
+OCCLUSION_BATCH = 64  # occluded copies per forward batch
 FILL_NOTES: dict[str, str] = {
     "mean": "the data set's mean colour (0 after normalising)",
     "black": "black pixels",
@@ -162,7 +163,6 @@ def perturb(
     return torch.where(masks, filler, image)  # (K, C, H, W)
 
 
-@torch.no_grad()
 def occlusion(
     score: Callable[[torch.Tensor], torch.Tensor],
     image: torch.Tensor,
@@ -173,7 +173,7 @@ def occlusion(
     block: int = 1,
     normalization: Any = None,
     seed: int = 0,
-    batch_size: int = 64,
+    batch_size: int = OCCLUSION_BATCH,
     boxes: Iterable[Any] | None = None,
 ) -> torch.Tensor:
     """Drop of ``score`` when each patch (or box of ``block`` x ``block`` patches) is hidden, (gh, gw).
@@ -182,7 +182,9 @@ def occlusion(
     or a cosine similarity. Entry (r, c) is ``score(image) - score(image with the box of (r, c)
     filled)``: positive where hiding the patch lowers the score. ``block=1`` is Zeiler & Fergus's
     patch-by-patch occlusion (N forward passes); ``block=2`` needs a quarter of them and gives
-    each patch its box's value. ``boxes`` (K, N) bool overrides the boxes.
+    each patch its box's value. ``boxes`` (K, N) bool overrides the boxes. The clean image runs
+    in the first batch with the occluded copies (no forward pass of its own), every batch under
+    ``torch.inference_mode()``.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
@@ -190,10 +192,14 @@ def occlusion(
     x = image if image.ndim == 4 else image[None]  # (1, C, H, W)
     filler = fill_image(x, fill, patch_size=patch_size, normalization=normalization, seed=seed)  # (1, C, H, W)
     masks = block_masks(grid, block) if boxes is None else torch.as_tensor(boxes, dtype=torch.bool)  # (K, N)
-    base = score(x).reshape(-1)[0]  # the clean score
-    drops = []
-    for chunk in masks.split(batch_size):
-        drops.append(base - score(perturb(x, chunk, filler, grid, patch_size)).reshape(-1))  # (k,)
-    per_box = torch.cat(drops).double().cpu()  # (K,)
+    scores = []
+    with torch.inference_mode():
+        for i, chunk in enumerate(masks.split(batch_size)):
+            images = perturb(x, chunk, filler, grid, patch_size)  # (k, C, H, W)
+            if i == 0:
+                images = torch.cat([x, images])  # the clean image rides in the first batch
+            scores.append(score(images).reshape(-1).double().cpu())  # (k,) or (1 + k,)
+    scores = torch.cat(scores)  # (1 + K,) the clean score, then one per box
+    per_box = scores[0] - scores[1:]  # (K,) the drop when each box is hidden
     per_patch = (masks.double().T @ per_box) / masks.double().sum(dim=0).clamp_min(1)  # (N,) each patch's box
     return per_patch.reshape(gh, gw).float()

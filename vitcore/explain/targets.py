@@ -141,7 +141,7 @@ class Scorer(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.outputs(images)[:, self.output_index]  # (B,)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def curve_value(self, images: torch.Tensor, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
         """What a perturbation curve tracks, (K,), and whether each image still "counts", (K,) bool.
 
@@ -163,8 +163,9 @@ class Scorer(nn.Module):
 
 
 def _features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model.pool(model.forward_features(x))[0].float()  # (D',)
+    with torch.inference_mode():
+        features = model.pool(model.forward_features(x))[0].float()  # (D',)
+    return features.clone()  # a normal tensor: it becomes a buffer of the Scorer
 
 
 def scorer(model: nn.Module, image: torch.Tensor, target: Any = None) -> Scorer:
