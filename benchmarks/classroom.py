@@ -7,7 +7,8 @@ installed and more than one process runs). Simulated students are websocket clie
 is: each opens the Attention page, then asks for a rerun every ``--think`` seconds and records the
 server time until the run finished (p50 / p95). Like a browser, a student sends back the URL the
 app wrote and the hashes of the large messages it holds (Streamlit's message cache: the server
-then sends a reference instead of the element again). One more session opens the Fine-tune page and
+then sends a reference instead of the element again). The class starts clicking once the server's
+start-up work (warm-up, default model, fast-path check) is done: latencies are those of a running server. One more session opens the Fine-tune page and
 presses Start (the bundled micro model on Shapes, the page's defaults: full, 60 s). Printed per process count: the
 students' latency alone and while the fine-tune runs, the fine-tune's images/s in its first 15 s
 alone and then with the students (from its job record in the data directory), and the ratio of N processes to 1.
@@ -194,6 +195,35 @@ def serve(processes: int, data_dir: Path) -> tuple[subprocess.Popen, int]:
         time.sleep(0.5)
 
 
+def wait_until_idle(pid: int, limit: float = 240.0) -> float:
+    """Wait until the app's processes use under 10 % of a core for a second: its start-up work is done
+    (the warm-up's imports, gallery, default model and fast-path check), so the class meets a started
+    server. Returns the seconds waited (``limit`` at most)."""
+    import psutil
+
+    def cpu_seconds() -> float:
+        total = 0.0
+        try:
+            processes = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        except psutil.Error:
+            return 0.0
+        for process in processes:
+            try:
+                times = process.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:  # ended meanwhile
+                pass
+        return total
+
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        before = cpu_seconds()
+        time.sleep(1.0)
+        if cpu_seconds() - before < 0.1:
+            break
+    return time.monotonic() - start
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt  # run the clean-up (stop the servers)
 
@@ -214,6 +244,9 @@ def main() -> None:
             proc, port = serve(n, data)
             try:
                 asyncio.run(students_only(port, n, 5.0, args.think))  # every process loads its model once
+                waited = wait_until_idle(proc.pid)
+                print(f"(the server's start-up work ended {waited:.0f} s after the first pages)", file=sys.stderr,
+                      flush=True)
                 quiet = asyncio.run(students_only(port, args.students, args.seconds, args.think))
                 busy, alone, speed = [], 0.0, 0.0
                 if not args.no_finetune:

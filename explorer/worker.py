@@ -32,7 +32,10 @@ Every file except the history log is written to a temporary name and renamed int
 are removed when the job ends; the checkpoint stays.
 
 The worker owns its PyTorch threads: ``EXPLORER_TRAINING_THREADS``, by default the cores this
-process may use minus one (at least 1), leaving a core to the web process. It stops, writing
+process may use minus one (at least 1), leaving a core to the web process. It also lowers its own
+CPU priority (``EXPLORER_TRAINING_NICE``, by default 10): when the web process needs more than its
+core (a class clicking), the scheduler serves the students' script runs first and the training
+takes the rest. It stops, writing
 its last checkpoint, when the supervisor asks (Stop button, time limit, closed tab, server
 shutdown), on SIGTERM or SIGINT (Ctrl-C reaches the whole process group), and when the web
 process is gone (its parent process id changes). A worker that dies without reporting (killed,
@@ -64,17 +67,21 @@ from explorer.jobs import SHUTDOWN_REASON, Job, JobFailed, JobStopped, JobStore,
 
 __all__ = [
     "CHECKPOINT",
+    "ENV_NICE",
     "ENV_THREADS",
     "ProcessWork",
     "WorkerJob",
     "decode",
     "encode",
     "read_artifact",
+    "training_niceness",
     "training_threads",
     "write_artifact",
 ]
 
 ENV_THREADS = "EXPLORER_TRAINING_THREADS"
+ENV_NICE = "EXPLORER_TRAINING_NICE"
+DEFAULT_NICE = 10  # the web process (niceness 0) gets about 10x the training's share of a busy core
 CHECKPOINT = "checkpoint.safetensors"
 REQUEST = "worker-request.pkl"
 STATE = "worker-state.json"
@@ -106,6 +113,32 @@ def training_threads() -> int:
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
     return max(1, cores - 1)
+
+
+def training_niceness() -> int:
+    """How far a worker lowers its CPU priority: ``EXPLORER_TRAINING_NICE`` (0 to 19), else 10.
+
+    0 keeps the web process's priority. A value outside 0..19 is refused with a ValueError naming
+    the variable.
+    """
+    raw = os.environ.get(ENV_NICE, "").strip()
+    if not raw:
+        return DEFAULT_NICE
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 19:
+        raise ValueError(f"{ENV_NICE}={raw!r} must be a whole number from 0 (the web process's priority) to 19 "
+                         f"(the lowest), or unset for {DEFAULT_NICE}")
+    return value
+
+
+def _lower_priority(niceness: int) -> None:
+    """Raise this process's niceness by ``niceness`` (before PyTorch starts threads: they inherit it)."""
+    if niceness > 0:
+        with contextlib.suppress(OSError, AttributeError):  # not permitted, or not a POSIX system: train anyway
+            os.nice(niceness)
 
 
 # ------------------------------------------------------------------------------------------ artifacts as files
@@ -305,8 +338,9 @@ def _resolve(target: str):
     return getattr(importlib.import_module(module), name)
 
 
-def worker_main(folder: str, target: str, parent_pid: int, started: float, threads: int) -> None:
+def worker_main(folder: str, target: str, parent_pid: int, started: float, threads: int, niceness: int = 0) -> None:
     """The worker process: read the request, run ``target(job, request)``, report how it ended."""
+    _lower_priority(niceness)
     import torch
 
     torch.set_num_threads(threads)
@@ -386,7 +420,7 @@ class ProcessWork:
         root = str(Path(__file__).resolve().parent.parent)  # where explorer/ and vitcore/ live
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
         command = [sys.executable, "-m", "explorer.worker", str(folder), self.target, str(os.getpid()),
-                   repr(job.started or time.monotonic()), str(training_threads())]
+                   repr(job.started or time.monotonic()), str(training_threads()), str(training_niceness())]
         process = subprocess.Popen(command, cwd=root, env=env, stdin=subprocess.DEVNULL)  # same process group:
         job.update(worker_pid=process.pid)  # Ctrl-C in the terminal reaches the worker too, which stops cleanly
         mirror = _Mirror(folder)
@@ -480,6 +514,7 @@ class _Mirror:
         self.offset += end
 
 
-if __name__ == "__main__":  # python -m explorer.worker FOLDER TARGET PARENT_PID STARTED THREADS
+if __name__ == "__main__":  # python -m explorer.worker FOLDER TARGET PARENT_PID STARTED THREADS [NICENESS]
     _folder, _target, _parent, _started, _threads = sys.argv[1:6]
-    worker_main(_folder, _target, int(_parent), float(_started), int(_threads))
+    _nice = int(sys.argv[6]) if len(sys.argv) > 6 else 0
+    worker_main(_folder, _target, int(_parent), float(_started), int(_threads), _nice)

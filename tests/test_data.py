@@ -392,3 +392,27 @@ def test_grey_normalization_reads_grey_images(tmp_path):
         from_image_folder(tmp_path, 8, normalization=((0.5, 0.5), (0.5, 0.5)))
     with pytest.raises(ValueError, match="finite value per channel and std > 0"):
         from_image_folder(tmp_path, 8, normalization=((0.5,), (float("nan"),)))
+
+
+def test_shapes_render_is_kept_in_a_cache_folder_and_read_back(tmp_path, monkeypatch):
+    from vitcore.data.shapes import ShapesDataset
+
+    first = ShapesDataset(12, 24, seed=3, cache_dir=tmp_path)
+    path = first.cache_path(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
+
+    def no_drawing(self, index):
+        raise AssertionError("a stored render was drawn again")
+
+    monkeypatch.setattr(ShapesDataset, "_render", no_drawing)
+    again = ShapesDataset(12, 24, seed=3, cache_dir=tmp_path, augment=True)  # augmenting draws the same images
+    assert torch.equal(again.images, first.images) and torch.equal(again.masks, first.masks)
+    assert torch.equal(again.tensors, first.tensors) and torch.equal(again.targets, first.targets)
+    with pytest.raises(AssertionError, match="drawn again"):  # other settings: not stored yet
+        ShapesDataset(12, 24, seed=4, cache_dir=tmp_path)
+    monkeypatch.undo()
+    assert ShapesDataset(12, 24, seed=4).cache_path(tmp_path) != path  # another file
+    path.write_bytes(b"not an npz")  # a damaged file is drawn again and replaced
+    redrawn = ShapesDataset(12, 24, seed=3, cache_dir=tmp_path)
+    assert torch.equal(redrawn.images, first.images)
+    assert torch.equal(ShapesDataset(12, 24, seed=3, cache_dir=tmp_path).images, first.images)

@@ -15,7 +15,15 @@ import torch
 from explorer.jobs import JobManager, JobStore
 from explorer.models import ModelSpec, build_model
 from explorer.training import FinetuneRequest, run_finetune
-from explorer.worker import ENV_THREADS, ProcessWork, read_artifact, training_threads, write_artifact
+from explorer.worker import (
+    ENV_NICE,
+    ENV_THREADS,
+    ProcessWork,
+    read_artifact,
+    training_niceness,
+    training_threads,
+    write_artifact,
+)
 from vitcore import load_checkpoint
 
 CODE = "WORKER22"
@@ -70,6 +78,18 @@ def test_worker_threads_are_the_cores_minus_one_unless_set(monkeypatch):
             training_threads()
 
 
+def test_worker_niceness_is_ten_unless_set(monkeypatch):
+    monkeypatch.delenv(ENV_NICE, raising=False)
+    assert training_niceness() == 10
+    for good, expected in (("0", 0), (" 19 ", 19), ("5", 5)):
+        monkeypatch.setenv(ENV_NICE, good)
+        assert training_niceness() == expected
+    for bad in ("-1", "20", "low", "2.5"):
+        monkeypatch.setenv(ENV_NICE, bad)
+        with pytest.raises(ValueError, match=ENV_NICE):
+            training_niceness()
+
+
 @pytest.mark.slow
 def test_the_web_process_runs_no_backward_pass_and_a_stop_reaches_the_worker(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
@@ -87,6 +107,9 @@ def test_the_web_process_runs_no_backward_pass_and_a_stop_reaches_the_worker(tmp
     wait(job, what=lambda: job.snapshot()["artifacts"].get("best_checkpoint"))
     snap = job.snapshot()
     assert snap["artifacts"]["worker_pid"] != os.getpid()
+    if hasattr(os, "getpriority"):  # the worker yields the CPU to the web process: 10 nicer by default
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, snap["artifacts"]["worker_pid"]) == min(19, base + 10)
     assert snap["artifacts"]["class_names"] == ["circle", "square", "triangle", "cross", "star"]
     assert len(snap["artifacts"]["timeline"]) >= 2  # before training + each epoch so far, read from files
     assert snap["artifacts"]["timeline"][0]["rollout"].shape == (4, 4)  # micro: 32 px, P=8

@@ -7,7 +7,13 @@ a pure function of ``(seed, index)``: rendering neither reads nor changes global
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import math
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +27,7 @@ __all__ = ["SHAPE_CLASSES", "SHAPES_NORMALIZATION", "ShapesDataset", "shapes_bun
 
 SHAPES_NORMALIZATION: Normalization = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # [0, 1] -> [-1, 1]
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "star")
+RENDER_VERSION = 1  # change it with the drawing code: renders stored by an older version are not reused
 
 
 def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
@@ -86,6 +93,7 @@ class ShapesDataset(Dataset):
         augment: bool = False,
         max_rotation: float = 15.0,
         supersample: int = 4,
+        cache_dir: str | os.PathLike | None = None,
     ) -> None:
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n={n!r} must be a positive number of images")
@@ -97,10 +105,15 @@ class ShapesDataset(Dataset):
         self.clutter, self.supersample, self.augment = clutter, supersample, augment
         self.max_rotation = float(max_rotation)  # degrees either way from the upright shape
         self.normalization = check_normalization(normalization)
-        rendered = [self._render(i) for i in range(n)]
-        self.images = torch.from_numpy(np.stack([r[0] for r in rendered]))  # (n, H, W, 3) uint8
-        self.images = self.images.permute(0, 3, 1, 2).contiguous()  # (n, 3, H, W) uint8
-        self.masks = torch.from_numpy(np.stack([r[1] for r in rendered]))  # (n, H, W) bool
+        stored = self._load(cache_dir)
+        if stored is not None:
+            self.images, self.masks = stored
+        else:
+            rendered = [self._render(i) for i in range(n)]
+            self.images = torch.from_numpy(np.stack([r[0] for r in rendered]))  # (n, H, W, 3) uint8
+            self.images = self.images.permute(0, 3, 1, 2).contiguous()  # (n, 3, H, W) uint8
+            self.masks = torch.from_numpy(np.stack([r[1] for r in rendered]))  # (n, H, W) bool
+            self._store(cache_dir)
         self.targets = torch.tensor([i % len(classes) for i in range(n)], dtype=torch.long)  # (n,)
         mean, std = self.normalization
         mean_t = torch.tensor(mean).view(1, 3, 1, 1)
@@ -127,6 +140,44 @@ class ShapesDataset(Dataset):
             raise ValueError(f"index {index} is out of range for {self.n} images")
         image = Image.fromarray(self.images[index].permute(1, 2, 0).numpy())
         return image, int(self.targets[index]), self.masks[index].numpy().copy()
+
+    def cache_path(self, cache_dir: str | os.PathLike) -> Path:
+        """The file under ``cache_dir`` that holds this set's render: named by everything that draws it."""
+        key = json.dumps([RENDER_VERSION, self.n, list(self.image_size), list(self.classes), self.seed, self.clutter,
+                          self.supersample, self.max_rotation])
+        return Path(cache_dir) / f"shapes-{hashlib.sha256(key.encode()).hexdigest()[:24]}.npz"
+
+    def _load(self, cache_dir: str | os.PathLike | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(images, masks) rendered earlier with the same settings, or None (absent, unreadable, wrong shape)."""
+        if cache_dir is None:
+            return None
+        h, w = self.image_size
+        try:
+            with np.load(self.cache_path(cache_dir), allow_pickle=False) as data:
+                images, masks = data["images"], data["masks"]
+        except (OSError, KeyError, ValueError):
+            return None
+        if images.shape != (self.n, 3, h, w) or images.dtype != np.uint8 or masks.shape != (self.n, h, w):
+            return None
+        return torch.from_numpy(images), torch.from_numpy(masks.astype(bool))
+
+    def _store(self, cache_dir: str | os.PathLike | None) -> None:
+        """Keep the render for the next process (written to a temporary name, then renamed: no half files)."""
+        if cache_dir is None:
+            return
+        path = self.cache_path(cache_dir)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".shapes-", suffix=".npz", dir=path.parent)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    np.savez_compressed(f, images=self.images.numpy(), masks=self.masks.numpy())
+                os.replace(tmp, path)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+        except OSError:  # a full or read-only disk: the set is rendered again next time
+            pass
 
     def _render(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng([self.seed, index])
@@ -171,14 +222,20 @@ def shapes_bundle(
     *,
     augment: bool = False,
     clutter: int = 3,
+    cache_dir: str | os.PathLike | None = None,
 ) -> DataBundle:
-    """Shapes train/val splits as a :class:`DataBundle` (val uses a different seed, so no overlap)."""
+    """Shapes train/val splits as a :class:`DataBundle` (val uses a different seed, so no overlap).
+
+    ``cache_dir``: a folder where renders are kept (compressed, named by their settings), so the
+    next call with the same settings, in any process, reads them instead of drawing them again.
+    """
     for name, value in (("per_class_train", per_class_train), ("per_class_val", per_class_val)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r} must be a positive integer")
     k = len(tuple(classes))
-    train = ShapesDataset(k * per_class_train, image_size, classes, seed, clutter=clutter, augment=augment)
-    val = ShapesDataset(k * per_class_val, image_size, classes, seed + 10_007, clutter=clutter)
+    train = ShapesDataset(k * per_class_train, image_size, classes, seed, clutter=clutter, augment=augment,
+                          cache_dir=cache_dir)
+    val = ShapesDataset(k * per_class_val, image_size, classes, seed + 10_007, clutter=clutter, cache_dir=cache_dir)
     plain = train
     if augment:
         plain = ShapesDataset.__new__(ShapesDataset)
