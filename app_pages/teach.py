@@ -27,7 +27,8 @@ if not isinstance(ss.get(S.TEACH_COLLECTION), T.ClassCollection):
     ss[S.TEACH_COLLECTION] = T.ClassCollection()
 collection: T.ClassCollection = ss[S.TEACH_COLLECTION]
 try:
-    backbone = cached_model(ModelSpec("dinov2", overrides=(("input_size", 224),)))  # shared, read-only
+    backbone_spec = ModelSpec("dinov2", overrides=(("input_size", 224),))
+    backbone = cached_model(backbone_spec)  # shared, read-only
 except (ValueError, OSError, RuntimeError) as exc:
     show_error(exc, "DINOv2")
     st.stop()
@@ -138,7 +139,8 @@ if st.button("Start", type="primary", disabled=busy, key=S.TEACH_START):
         show_error(exc, "Not ready")
     else:
         request = T.TeachRequest(backbone=backbone.model, preprocessing=backbone.preprocessing, class_names=names,
-                                 images=images, strategy=strategy, last_k=int(last_k), epochs=int(epochs))
+                                 images=images, strategy=strategy, last_k=int(last_k), epochs=int(epochs),
+                                 backbone_spec=backbone_spec)  # the worker loads its own copy from the spec
         job = T.submit_teach(manager, owner, request)
         ss[S.TEACH_JOB] = job.id
         ss.pop(S.TEACH_RESULT, None)

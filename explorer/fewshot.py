@@ -20,7 +20,7 @@ import io
 import itertools
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -261,7 +261,7 @@ def _bundle_samples(bundle: Any) -> list[tuple[Path, int]]:
 class TeachRequest:
     """What a teach job needs; built by the page from this session's collection."""
 
-    backbone: VisionTransformer  # the app's shared backbone: only read
+    backbone: VisionTransformer | None  # the app's shared backbone: only read (None: load ``backbone_spec``)
     preprocessing: Preprocessing  # the backbone's record (saved with the taught model)
     class_names: list[str]
     images: list[list[Image.Image]]  # photos per class
@@ -273,6 +273,25 @@ class TeachRequest:
     batch_size: int = 16
     weight_decay: float = 1e-3
     seed: int = 0
+    backbone_spec: Any = None  # the backbone's explorer.models.ModelSpec: the worker loads it (no 88 MB copy)
+
+    def for_worker(self) -> TeachRequest:
+        """The request a worker process gets: with a ``backbone_spec``, the backbone is left out and the
+        worker loads its own from the spec (DINOv2 loads in well under a second, and pickling 88 MB of
+        weights into the job's folder would stall the web process and its students for as long)."""
+        if self.backbone_spec is None:
+            return self
+        return replace(self, backbone=None)
+
+    def resolved(self) -> TeachRequest:
+        """The request with its backbone (loaded from ``backbone_spec`` when it was left out)."""
+        if self.backbone is not None:
+            return self
+        if self.backbone_spec is None:
+            raise ValueError("a teach request needs a backbone model or a backbone_spec to load it from")
+        from explorer.models import build_model
+
+        return replace(self, backbone=build_model(self.backbone_spec).model)
 
 
 def split_indices(counts: list[int], val_fraction: float, seed: int) -> tuple[list[list[int]], list[list[int]]]:
@@ -301,6 +320,7 @@ def run_teach(job: Job, request: TeachRequest) -> dict[str, Any]:
     """
     if request.strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {request.strategy!r}; choose one of {list(STRATEGIES)}")
+    request = request.resolved()
     started = time.perf_counter()
     names = list(request.class_names)
     counts = [len(images) for images in request.images]
@@ -498,7 +518,7 @@ def submit_teach(manager: Any, owner: str, request: TeachRequest) -> Job:
         limit += 60.0 * request.epochs
     from explorer.worker import ProcessWork
 
-    work = ProcessWork("explorer.fewshot:run_teach", request, getattr(manager, "store", None))
+    work = ProcessWork("explorer.fewshot:run_teach", request.for_worker(), getattr(manager, "store", None))
     return manager.submit(owner, work, max_seconds=limit)  # trained in a worker process, not in the web process
 
 

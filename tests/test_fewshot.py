@@ -441,3 +441,31 @@ def test_lfw_ten_shot_with_real_dinov2_at_two_draws():
         preds = head(feats[20:]).argmax(-1)
         accuracies.append(float((preds == torch.tensor([labels[i] for i in val])).float().mean()))
     assert np.mean(accuracies) >= 0.85, accuracies
+
+
+def test_a_teach_job_loads_its_backbone_from_the_spec_instead_of_a_pickled_copy(pre):
+    import pickle
+
+    from explorer.models import ModelSpec, build_model
+
+    spec = ModelSpec("preset", preset="tiny", overrides=(("image_size", 32), ("patch_size", 8), ("dim", 32),
+                                                         ("depth", 2), ("heads", 2), ("num_classes", 0)))
+    shared = build_model(spec).model
+    colours, names = [(220, 30, 30), (30, 30, 220)], ["r", "b"]
+    by_object = request_for(shared, pre, colours, names)
+    by_spec = request_for(shared, pre, colours, names, backbone_spec=spec)
+    light = by_spec.for_worker()
+    assert light.backbone is None and by_object.for_worker() is by_object
+    assert len(pickle.dumps(light)) < len(pickle.dumps(by_object)) - sum(
+        p.numel() * p.element_size() for p in shared.parameters())  # the weights stay out of the file
+    resolved = light.resolved()
+    assert all(torch.equal(resolved.backbone.state_dict()[k], v) for k, v in shared.state_dict().items())
+    with pytest.raises(ValueError, match="backbone_spec"):
+        request_for(None, pre, colours, names).resolved()
+    heads = []
+    for request in (by_object, by_spec):
+        job = T.submit_teach(JobManager(max_running=1), "s", request)
+        wait(job)
+        assert job.status == "done", job.message
+        heads.append(job.snapshot()["artifacts"]["head"])
+    assert np.array_equal(np.asarray(heads[0]["weight"]), np.asarray(heads[1]["weight"]))
