@@ -8,10 +8,11 @@ is: each opens the Attention page, then asks for a rerun every ``--think`` secon
 server time until the run finished (p50 / p95). Like a browser, a student sends back the URL the
 app wrote and the hashes of the large messages it holds (Streamlit's message cache: the server
 then sends a reference instead of the element again). The class starts clicking once the server's
-start-up work (warm-up, default model, fast-path check) is done: latencies are those of a running server. One more session opens the Fine-tune page and
-presses Start (the bundled micro model on Shapes, the page's defaults: full, 60 s). Printed per process count: the
-students' latency alone and while the fine-tune runs, the fine-tune's images/s in its first 15 s
-alone and then with the students (from its job record in the data directory), and the ratio of N processes to 1.
+start-up work (warm-up, default model, fast-path check) is done: latencies are those of a running
+server. One more session opens the Fine-tune page and presses Start (the bundled micro model on
+Shapes, the page's defaults: full, 60 s). Printed per process count: the students' latency alone
+and while the fine-tune runs, the fine-tune's images/s in its first 15 s alone and then with the
+students (from its job record in the data directory), and the ratio of N processes to 1.
 """
 
 from __future__ import annotations
