@@ -191,7 +191,7 @@ if ss.get(S.TRUST_RUN) == run:
                        "that share inside it.")
 else:
     st.info("Maps, curves and areas are computed on demand by the explanation worker (a few seconds on small "
-            "models, about half a minute for DINOv2 on two cores): press the button.")
+            "models, about a minute for DINOv2 on two cores): press the button.")
 
 st.subheader("Sanity check: randomise the model")
 st.markdown(T.RANDOMIZATION_TEXT)
