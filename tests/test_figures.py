@@ -99,5 +99,5 @@ def test_frozen_figure_serialises_to_the_same_json_as_the_figure():
     assert frozen.json_bytes == len(text)
     assert frozen.data[-1].text[5] == fig.data[-1].text[5]  # still a figure to read
     assert F.freeze(frozen) is frozen
-    with pytest.raises(ValueError, match="go.Figure"):
+    with pytest.raises(ValueError, match=r"go\.Figure"):
         F.freeze({"data": []})
