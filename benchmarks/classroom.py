@@ -4,8 +4,10 @@
 
 For each process count, `deploy/serve_class.py` starts the app (nginx in front when it is
 installed and more than one process runs). Simulated students are websocket clients, as a browser
-is: each opens the Attention page, then asks for a rerun every ``--think`` seconds and records the
-server time until the run finished (p50 / p95). Like a browser, a student sends back the URL the
+is: each opens the Attention page, then asks for a rerun after a pause of 0.5 to 1.5 times ``--think``
+seconds (as people pause; ``--fixed-think`` pauses exactly ``--think``, and then students who waited
+together click together again: the class clicks in lockstep bursts) and records the server time
+until the run finished (p50 / p95). Like a browser, a student sends back the URL the
 app wrote and the hashes of the large messages it holds (Streamlit's message cache: the server
 then sends a reference instead of the element again). The class starts clicking once the server's
 start-up work (warm-up, default model, fast-path check) is done: latencies are those of a running
@@ -22,6 +24,7 @@ import asyncio
 import glob
 import json
 import os
+import random
 import signal
 import socket
 import statistics
@@ -102,14 +105,20 @@ class Session:
         await self.ws.close()
 
 
+FIXED_THINK = False  # --fixed-think: every pause exactly ``think`` (the class then clicks in lockstep bursts)
+
+
 async def student(port: int, k: int, until: float, think: float, latencies: list[float]) -> None:
     session = Session(port, f"student{k}")
     await session.open()
     await session.run("attention")
     await asyncio.sleep(think * (k % 10) / 10)  # students do not click in step
+    rng = random.Random(k)
     while time.monotonic() < until:
         latencies.append(await session.run("attention"))
-        await asyncio.sleep(think)
+        # people pause for 0.5-1.5 times the think time (as in classroom_browser.py): with one fixed pause,
+        # students who waited together click together again, and the class marches in lockstep bursts
+        await asyncio.sleep(think if FIXED_THINK else think * rng.uniform(0.5, 1.5))
     await session.close()
 
 
@@ -233,10 +242,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--students", type=int, default=30)
     parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--think", type=float, default=2.0, help="seconds between a student's clicks")
+    parser.add_argument("--think", type=float, default=2.0,
+                        help="seconds between a student's clicks, on average (each pause 0.5-1.5 times it)")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--no-finetune", action="store_true")
+    parser.add_argument("--fixed-think", action="store_true",
+                        help="pause exactly --think seconds (before issue 19's measurements: students who waited "
+                             "together click together again, so the class clicks in bursts)")
     args = parser.parse_args()
+    global FIXED_THINK
+    FIXED_THINK = args.fixed_think
     signal.signal(signal.SIGTERM, _interrupt)
     results = {}
     for n in args.processes:
