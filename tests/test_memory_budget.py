@@ -259,3 +259,39 @@ def test_five_images_at_p4_with_taught_models_peak_within_budget_models_and_1_gb
     assert r["taught_mb"] < 0.25 * 88  # five taught models share DINOv2's 88 MB instead of copying it
     assert r["cache_mb"] <= budget_mb
     assert r["max_rss_mb"] <= r["runtime_mb"] + budget_mb + r["models_mb"] + 1024, r
+
+
+# --------------------------------------------------------------------------- the allocator gives evicted bytes back
+ALLOCATOR_SCRIPT = r"""
+import json, sys
+import numpy as np
+sys.path.insert(0, ROOT)
+from explorer.budget import return_large_frees_to_os
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+fixed = return_large_frees_to_os() if FIX else False
+a = np.ones(20 * 2**20 // 8)  # 20 MB: mmapped; freeing it raises glibc's dynamic threshold above 20 MB
+del a
+before = rss_mb()
+b = np.ones(20 * 2**20 // 8)  # the same size again: from the heap unless the threshold is fixed
+c = np.ones(2**20 // 8)  # a small block above it keeps the heap from being trimmed
+del b
+print(json.dumps({"fixed": fixed, "kept_mb": rss_mb() - before}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.parametrize("fix", [False, True])
+def test_a_freed_large_block_leaves_the_process_once_the_threshold_is_fixed(fix):
+    out = subprocess.run([sys.executable, "-c", f"ROOT = {str(ROOT)!r}\nFIX = {fix}\n" + ALLOCATOR_SCRIPT],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["fixed"] is fix
+    if fix:
+        assert r["kept_mb"] < 5  # munmap'd on free
+    else:
+        assert r["kept_mb"] > 15  # the dynamic threshold kept it in the heap (what fragmented the server)
