@@ -158,6 +158,18 @@ def request(part: str) -> TJ.TrustRequest:
                            reference=reference, methods=methods, part=part, fill=fill, steps=steps, labels=names)
 
 
+def result_or_submit(part: str, run: tuple, title: str) -> Any:
+    """The finished result of ``part`` for ``run``, or None after making sure this session's job for it runs."""
+    result = shared_cache().get(result_key(part, run))
+    if result is None and job_for(part, run) is None:
+        try:
+            submit(part, run, request(part))
+        except (ValueError, OSError, RuntimeError) as exc:
+            show_error(exc, title)
+            st.stop()
+    return result
+
+
 run = (spec, key, target, reference_name, fill, steps)
 if st.button("Compute every map and its curves", type="primary", key=S.TRUST_COMPUTE):
     ss[S.TRUST_RUN] = run
@@ -165,14 +177,8 @@ if st.button("Compute every map and its curves", type="primary", key=S.TRUST_COM
 
 explained = "the similarity" if target == T.SIMILARITY else f"'{names[target]}'"
 if ss.get(S.TRUST_RUN) == run:
-    result = shared_cache().get(result_key("maps", run))
+    result = result_or_submit("maps", run, "Trust")
     if result is None:
-        if job_for("maps", run) is None:
-            try:
-                submit("maps", run, request("maps"))
-            except (ValueError, OSError, RuntimeError) as exc:
-                show_error(exc, "Trust")
-                st.stop()
         st.caption("Computed by the explanation worker (its own process): this page stays responsive, and "
                    "closing it stops the job.")
         live("maps", run, S.TRUST_STOP_MAPS, S.TRUST_PROGRESS_MAPS)
@@ -200,14 +206,8 @@ if st.button("Run the randomisation check", key=S.TRUST_RANDOMIZE_BUTTON):
     ss[S.TRUST_RANDOMIZE] = check_run
     forget("randomization")
 if ss.get(S.TRUST_RANDOMIZE) == check_run:
-    checks = shared_cache().get(result_key("randomization", check_run))
+    checks = result_or_submit("randomization", check_run, "Randomisation check")
     if checks is None:
-        if job_for("randomization", check_run) is None:
-            try:
-                submit("randomization", check_run, request("randomization"))
-            except (ValueError, OSError, RuntimeError) as exc:
-                show_error(exc, "Randomisation check")
-                st.stop()
         live("randomization", check_run, S.TRUST_STOP_RANDOMIZATION, S.TRUST_PROGRESS_RANDOMIZATION)
     else:
         first = "gradient-rollout" if "gradient-rollout" in checks else next(iter(checks))

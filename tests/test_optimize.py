@@ -46,6 +46,14 @@ def _assert_unchanged(model: torch.nn.Module, before: dict) -> None:
     assert all(p.grad is None for p in model.parameters())
 
 
+def _optimize_warnings(model: torch.nn.Module, mode: str) -> tuple[torch.nn.Module, list[str]]:
+    """``vitcore.optimize(model, mode)`` and the RuntimeWarnings it gave."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fast = vitcore.optimize(model, mode)
+    return fast, [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+
+
 def test_fp32_path_shares_weights_and_matches(micro):
     model, x = micro
     model = model.with_config(fused_attention=False)  # the given model on the explicit path
@@ -152,10 +160,7 @@ def test_fidelity_of_the_fp32_path_is_exact(micro):
 def test_no_compiler_falls_back_with_one_message(micro, monkeypatch):
     model, x = micro
     monkeypatch.setattr(opt, "compiler_available", lambda: False)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        fast = vitcore.optimize(model, "int8+compile")
-    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    fast, messages = _optimize_warnings(model, "int8+compile")
     assert len(messages) == 1 and "No C++ compiler" in messages[0] and "int8 path" in messages[0]
     o = fast.optimization
     assert (o.requested, o.mode, o.compiled, o.compiled_shapes) == ("int8+compile", "int8", False, ())
@@ -167,17 +172,11 @@ def test_no_compiler_falls_back_with_one_message(micro, monkeypatch):
 def test_bf16_without_native_support_warns_once(micro, monkeypatch):
     model, _ = micro
     monkeypatch.setattr(opt, "bf16_native", lambda: False)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        fast = vitcore.optimize(model, "bf16")
-    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    fast, messages = _optimize_warnings(model, "bf16")
     assert len(messages) == 1 and "emulated" in messages[0]
     assert fast.optimization.mode == "bf16"  # it still runs what was asked, correctly
     monkeypatch.setattr(opt, "bf16_native", lambda: True)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        vitcore.optimize(model, "bf16")
-    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert _optimize_warnings(model, "bf16")[1] == []
 
 
 def test_compile_failure_falls_back_to_eager(micro, monkeypatch):
