@@ -51,7 +51,8 @@ def status_line() -> str:
     if not _LAST:
         return "Traces run on fp32."
     path = _LAST[-1]
-    text = f"Traces of {path.loaded.label} at {path.shape[-1]} px run on {path.label()}"
+    name, size = path.loaded.label, f"{path.shape[-1]} px"
+    text = f"Traces of {name if size in name else f'{name} at {size}'} run on {path.label()}"
     return text + (f": {path.detail}" if path.detail and path.state != "warming" else ".")
 
 

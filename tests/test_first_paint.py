@@ -116,8 +116,8 @@ def test_once_the_warmup_is_done_home_shows_the_default_data_flow(first_visit):
     assert dict(full["steps"]) == {"imports": "done", "gallery": "done", "model": "done", "home": "done",
                                    "fast path": "done"}
     if full["bf16"]:  # auto: traces of the default photo run on bf16 once it passed the fidelity check
-        assert full["fast"].startswith("Traces of DINOv2 ViT-S/14") and "run on bf16: bf16 inference path" in full[
-            "fast"], full["fast"]
+        assert full["fast"].startswith("Traces of DINOv2 ViT-S/14 at 224 px run on bf16: bf16 inference path"), full[
+            "fast"]  # the size named once
     else:  # a CPU without native bf16: the app stays on fp32
         assert full["fast"] == "Traces run on fp32.", full["fast"]
     assert full["torch_after"] is True
