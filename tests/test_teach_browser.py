@@ -77,7 +77,7 @@ def test_upload_two_classes_train_and_predict(server, page, tmp_path, shoot_on_f
         wait_idle(page, 180_000)
     page.get_by_text("6 photo(s) · ready").nth(1).wait_for(timeout=300_000)
     page.get_by_role("button", name="Start", exact=True).click()
-    page.get_by_text("validation accuracy").wait_for(timeout=600_000)  # DINOv2 features on a busy CPU
+    page.get_by_text("validation accuracy", exact=True).wait_for(timeout=600_000)  # DINOv2 features on a busy CPU
     wait_idle(page, 180_000)
     page.screenshot(path=str(ARTIFACTS / "teach_trained.png"), full_page=True)
 
